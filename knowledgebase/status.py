@@ -1,0 +1,61 @@
+"""What ``kb status`` reports: where the store is, what it runs on, and what it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from knowledgebase.config import Settings
+from knowledgebase.db import connect, database_url, redact_url
+from knowledgebase.schema import SCHEMA_REVISION, TABLES, current_revision, pgvector_version
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    database_url: str
+    embedded: bool
+    server_version: str
+    pgvector_version: str | None
+    schema_revision: str | None
+    expected_revision: str
+    schema_ok: bool
+    embedding_model: str | None
+    embedding_dimension: int | None
+    configured_model: str
+    row_counts: dict[str, int]
+
+
+def store_status(settings: Settings) -> StoreStatus:
+    """Inspect the configured database without changing it."""
+    from psycopg import sql
+
+    url = database_url(settings)
+    with connect(url) as conn:
+        server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        revision = current_revision(conn)
+        counts: dict[str, int] = {}
+        model_name: str | None = None
+        model_dim: int | None = None
+        if revision is not None:
+            for table in TABLES:
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+                if exists and exists[0]:
+                    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                    counts[table] = int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+            if "embedding_models" in counts:
+                row = conn.execute("SELECT name, dimension FROM embedding_models WHERE is_active").fetchone()
+                if row:
+                    model_name, model_dim = row[0], int(row[1])
+        vector = pgvector_version(conn)
+    return StoreStatus(
+        database_url=redact_url(url),
+        embedded=settings.uses_embedded_db,
+        server_version=str(server_version),
+        pgvector_version=vector,
+        schema_revision=revision,
+        expected_revision=SCHEMA_REVISION,
+        schema_ok=revision == SCHEMA_REVISION and vector is not None,
+        embedding_model=model_name,
+        embedding_dimension=model_dim,
+        configured_model=settings.embed_model,
+        row_counts=counts,
+    )

@@ -1,0 +1,196 @@
+"""The audit trail: exchanges and commands (``command_log``), their outcomes (``command_output``),
+and token usage (``usage_log``). Values are redacted by the caller before they get here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
+
+
+@dataclass(frozen=True)
+class CommandLogEntry:
+    id: int
+    task_id: str | None
+    project_id: int | None
+    session_id: str | None
+    agent_id: str | None
+    kind: str
+    prompt: str | None
+    response: str | None
+    proposed_command: str | None
+    tool_name: str | None
+    tool_input: Any
+    permissions: str | None
+    user_confirmation: bool | None
+    agent_mode: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewCommandLog:
+    kind: str = "prompt"
+    task_id: str | None = None
+    project_id: int | None = None
+    session_id: str | None = None
+    agent_id: str | None = None
+    prompt: str | None = None
+    response: str | None = None
+    proposed_command: str | None = None
+    tool_name: str | None = None
+    tool_input: Any = None
+    permissions: str | None = None
+    user_confirmation: bool | None = None
+    agent_mode: str | None = None
+
+
+@dataclass(frozen=True)
+class CommandOutput:
+    id: int
+    command_log_id: int
+    stdout: str | None
+    stderr: str | None
+    return_code: int | None
+    file_written: list[str]
+    success: bool
+    duration_ms: int | None
+    stdout_bytes: int | None
+    stderr_bytes: int | None
+    truncated: bool
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewCommandOutput:
+    command_log_id: int
+    success: bool
+    stdout: str | None = None
+    stderr: str | None = None
+    return_code: int | None = None
+    file_written: list[str] = field(default_factory=list)
+    duration_ms: int | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+    truncated: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    id: int
+    request_type: str
+    model: str | None
+    prompt_tokens: int
+    response_tokens: int
+    total_tokens: int
+    api_key_id: int | None
+    task_id: str | None
+    command_log_id: int | None
+    latency_ms: int | None
+    success: bool
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewUsage:
+    request_type: str
+    model: str | None = None
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    total_tokens: int = 0
+    api_key_id: int | None = None
+    task_id: str | None = None
+    command_log_id: int | None = None
+    latency_ms: int | None = None
+    success: bool = True
+    error: str | None = None
+
+
+_LOG_COLS = columns(CommandLogEntry)
+_OUT_COLS = columns(CommandOutput)
+_USAGE_COLS = columns(UsageEntry)
+
+INSERT_COMMAND_LOG = f"""
+INSERT INTO command_log (kind, task_id, project_id, session_id, agent_id, prompt, response, proposed_command,
+                         tool_name, tool_input, permissions, user_confirmation, agent_mode)
+VALUES (%(kind)s, %(task_id)s, %(project_id)s, %(session_id)s, %(agent_id)s, %(prompt)s, %(response)s,
+        %(proposed_command)s, %(tool_name)s, %(tool_input)s, %(permissions)s, %(user_confirmation)s,
+        %(agent_mode)s)
+RETURNING {_LOG_COLS}
+"""
+GET_COMMAND_LOG = f"SELECT {_LOG_COLS} FROM command_log WHERE id = %s"
+LIST_COMMAND_LOG = f"""
+SELECT {_LOG_COLS} FROM command_log
+ WHERE (%(task_id)s::text IS NULL OR task_id = %(task_id)s)
+   AND (%(session_id)s::text IS NULL OR session_id = %(session_id)s)
+ ORDER BY id
+ LIMIT %(limit)s
+"""
+INSERT_COMMAND_OUTPUT = f"""
+INSERT INTO command_output (command_log_id, stdout, stderr, return_code, file_written, success, duration_ms,
+                            stdout_bytes, stderr_bytes, truncated, error)
+VALUES (%(command_log_id)s, %(stdout)s, %(stderr)s, %(return_code)s, %(file_written)s, %(success)s,
+        %(duration_ms)s, %(stdout_bytes)s, %(stderr_bytes)s, %(truncated)s, %(error)s)
+RETURNING {_OUT_COLS}
+"""
+LIST_COMMAND_OUTPUT = f"SELECT {_OUT_COLS} FROM command_output WHERE command_log_id = %s ORDER BY id"
+INSERT_USAGE = f"""
+INSERT INTO usage_log (request_type, model, prompt_tokens, response_tokens, total_tokens, api_key_id, task_id,
+                       command_log_id, latency_ms, success, error)
+VALUES (%(request_type)s, %(model)s, %(prompt_tokens)s, %(response_tokens)s, %(total_tokens)s, %(api_key_id)s,
+        %(task_id)s, %(command_log_id)s, %(latency_ms)s, %(success)s, %(error)s)
+RETURNING {_USAGE_COLS}
+"""
+LIST_USAGE = f"""
+SELECT {_USAGE_COLS} FROM usage_log
+ WHERE (%(task_id)s::text IS NULL OR task_id = %(task_id)s)
+ ORDER BY id
+ LIMIT %(limit)s
+"""
+
+
+def insert_command_log(conn: psycopg.Connection, new: NewCommandLog) -> CommandLogEntry:
+    params = {**new.__dict__, "tool_input": None if new.tool_input is None else Jsonb(new.tool_input)}
+    row = fetch_one(conn, CommandLogEntry, INSERT_COMMAND_LOG, params)
+    assert row is not None
+    return row
+
+
+def get_command_log(conn: psycopg.Connection, entry_id: int) -> CommandLogEntry:
+    return fetch_required(conn, CommandLogEntry, GET_COMMAND_LOG, (entry_id,), f"command_log #{entry_id}")
+
+
+def list_command_log(
+    conn: psycopg.Connection, *, task_id: str | None = None, session_id: str | None = None, limit: int = 1000
+) -> list[CommandLogEntry]:
+    """Log entries in the order they were written."""
+    return fetch_all(
+        conn, CommandLogEntry, LIST_COMMAND_LOG, {"task_id": task_id, "session_id": session_id, "limit": limit}
+    )
+
+
+def insert_command_output(conn: psycopg.Connection, new: NewCommandOutput) -> CommandOutput:
+    row = fetch_one(conn, CommandOutput, INSERT_COMMAND_OUTPUT, new.__dict__)
+    assert row is not None
+    return row
+
+
+def list_command_output(conn: psycopg.Connection, command_log_id: int) -> list[CommandOutput]:
+    return fetch_all(conn, CommandOutput, LIST_COMMAND_OUTPUT, (command_log_id,))
+
+
+def insert_usage(conn: psycopg.Connection, new: NewUsage) -> UsageEntry:
+    row = fetch_one(conn, UsageEntry, INSERT_USAGE, new.__dict__)
+    assert row is not None
+    return row
+
+
+def list_usage(conn: psycopg.Connection, *, task_id: str | None = None, limit: int = 1000) -> list[UsageEntry]:
+    return fetch_all(conn, UsageEntry, LIST_USAGE, {"task_id": task_id, "limit": limit})

@@ -1,0 +1,162 @@
+"""Project files and their chunks (``project_files``, ``file_chunks``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import psycopg
+
+from knowledgebase.lexical import search_text
+from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
+
+
+@dataclass(frozen=True)
+class ProjectFile:
+    id: int
+    project_id: int
+    file_path: str
+    content_hash: str
+    size_bytes: int
+    language: str | None
+    mtime_ns: int | None
+    lossy_decode: bool
+    chunked_hash: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file to record; ``content`` is already redacted."""
+
+    project_id: int
+    file_path: str
+    content: str
+    content_hash: str
+    size_bytes: int
+    language: str | None
+    mtime_ns: int | None
+    lossy_decode: bool = False
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: int
+    file_id: int
+    project_id: int
+    chunk_index: int
+    start_line: int
+    end_line: int
+    kind: str
+    symbol: str | None
+    content: str
+    content_hash: str
+    token_count: int
+    embedding_model_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk to store; ``embedding`` may be None when it is embedded later."""
+
+    file_id: int
+    project_id: int
+    chunk_index: int
+    start_line: int
+    end_line: int
+    kind: str
+    symbol: str | None
+    content: str
+    content_hash: str
+    token_count: int
+    embedding: np.ndarray | None
+    embedding_model_id: int | None
+
+
+_FILE_COLS = columns(ProjectFile)
+_CHUNK_COLS = columns(StoredChunk)
+
+UPSERT_FILE = f"""
+INSERT INTO project_files (project_id, file_path, content, content_hash, size_bytes, language, mtime_ns, lossy_decode)
+VALUES (%(project_id)s, %(file_path)s, %(content)s, %(content_hash)s, %(size_bytes)s, %(language)s, %(mtime_ns)s,
+        %(lossy_decode)s)
+ON CONFLICT (project_id, file_path) DO UPDATE
+   SET content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, size_bytes = EXCLUDED.size_bytes,
+       language = EXCLUDED.language, mtime_ns = EXCLUDED.mtime_ns, lossy_decode = EXCLUDED.lossy_decode,
+       updated_at = now()
+RETURNING {_FILE_COLS}
+"""
+GET_FILE = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s AND file_path = %s"
+GET_FILE_CONTENT = "SELECT content FROM project_files WHERE id = %s"
+LIST_FILES = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s ORDER BY file_path"
+DELETE_FILE = "DELETE FROM project_files WHERE project_id = %s AND file_path = %s"
+MARK_CHUNKED = "UPDATE project_files SET chunked_hash = %s WHERE id = %s"
+INSERT_CHUNK = """
+INSERT INTO file_chunks (file_id, project_id, chunk_index, start_line, end_line, kind, symbol, content,
+                         content_hash, token_count, embedding, embedding_model_id, tsv)
+VALUES (%(file_id)s, %(project_id)s, %(chunk_index)s, %(start_line)s, %(end_line)s, %(kind)s, %(symbol)s,
+        %(content)s, %(content_hash)s, %(token_count)s, %(embedding)s, %(embedding_model_id)s,
+        to_tsvector('simple', %(search_text)s))
+"""
+LIST_CHUNKS = f"SELECT {_CHUNK_COLS} FROM file_chunks WHERE file_id = %s ORDER BY chunk_index"
+GET_CHUNK = f"SELECT {_CHUNK_COLS} FROM file_chunks WHERE id = %s"
+DELETE_CHUNKS = "DELETE FROM file_chunks WHERE file_id = %s"
+
+
+def upsert_file(conn: psycopg.Connection, new: NewFile) -> ProjectFile:
+    """Record a file (insert, or replace the stored version of the same path)."""
+    row = fetch_one(conn, ProjectFile, UPSERT_FILE, new.__dict__)
+    assert row is not None
+    return row
+
+
+def get_file(conn: psycopg.Connection, project_id: int, file_path: str) -> ProjectFile:
+    return fetch_required(conn, ProjectFile, GET_FILE, (project_id, file_path), f"file {file_path!r}")
+
+
+def find_file(conn: psycopg.Connection, project_id: int, file_path: str) -> ProjectFile | None:
+    return fetch_one(conn, ProjectFile, GET_FILE, (project_id, file_path))
+
+
+def file_content(conn: psycopg.Connection, file_id: int) -> str:
+    row = conn.execute(GET_FILE_CONTENT, (file_id,)).fetchone()
+    return row[0] if row else ""
+
+
+def list_files(conn: psycopg.Connection, project_id: int) -> list[ProjectFile]:
+    return fetch_all(conn, ProjectFile, LIST_FILES, (project_id,))
+
+
+def delete_file(conn: psycopg.Connection, project_id: int, file_path: str) -> bool:
+    """Delete a file and (by cascade) its chunks."""
+    return conn.execute(DELETE_FILE, (project_id, file_path)).rowcount > 0
+
+
+def mark_chunked(conn: psycopg.Connection, file_id: int, content_hash: str) -> None:
+    """Record that the chunks of ``file_id`` are complete for ``content_hash``."""
+    conn.execute(MARK_CHUNKED, (content_hash, file_id))
+
+
+def insert_chunks(conn: psycopg.Connection, chunks: Sequence[NewChunk]) -> None:
+    """Insert chunks in one batched round trip; their tsvector is built from ``search_text``."""
+    if not chunks:
+        return
+    params = [{**chunk.__dict__, "search_text": search_text(chunk.content)} for chunk in chunks]
+    with conn.cursor() as cur:
+        cur.executemany(INSERT_CHUNK, params)
+
+
+def list_chunks(conn: psycopg.Connection, file_id: int) -> list[StoredChunk]:
+    return fetch_all(conn, StoredChunk, LIST_CHUNKS, (file_id,))
+
+
+def get_chunk(conn: psycopg.Connection, chunk_id: int) -> StoredChunk:
+    return fetch_required(conn, StoredChunk, GET_CHUNK, (chunk_id,), f"chunk #{chunk_id}")
+
+
+def delete_chunks(conn: psycopg.Connection, file_id: int) -> int:
+    return conn.execute(DELETE_CHUNKS, (file_id,)).rowcount

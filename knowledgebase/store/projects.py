@@ -1,0 +1,73 @@
+"""Projects: the scope shared by every task and agent working on the same repository."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from knowledgebase.errors import InputError
+from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    name: str
+    root_path: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_COLS = columns(Project)
+ENSURE_PROJECT = f"""
+INSERT INTO projects (name, root_path) VALUES (%(name)s, %(root_path)s)
+ON CONFLICT (name) DO UPDATE
+   SET root_path = COALESCE(EXCLUDED.root_path, projects.root_path),
+       updated_at = CASE WHEN EXCLUDED.root_path IS DISTINCT FROM projects.root_path
+                              AND EXCLUDED.root_path IS NOT NULL
+                         THEN now() ELSE projects.updated_at END
+RETURNING {_COLS}
+"""
+GET_PROJECT = f"SELECT {_COLS} FROM projects WHERE name = %s"
+GET_PROJECT_BY_ID = f"SELECT {_COLS} FROM projects WHERE id = %s"
+LIST_PROJECTS = f"SELECT {_COLS} FROM projects ORDER BY name"
+DELETE_PROJECT = "DELETE FROM projects WHERE name = %s"
+
+
+def ensure_project(conn: psycopg.Connection, name: str, root_path: str | None = None) -> Project:
+    """The project called ``name``, created if new; a given ``root_path`` is recorded."""
+    if not name or not name.strip():
+        raise InputError("a project name must not be empty")
+    row = fetch_one(conn, Project, ENSURE_PROJECT, {"name": name.strip(), "root_path": root_path})
+    assert row is not None
+    return row
+
+
+def get_project(conn: psycopg.Connection, name: str) -> Project:
+    """The project called ``name``; NotFound lists how to create it."""
+    return fetch_required(
+        conn,
+        Project,
+        GET_PROJECT,
+        (name,),
+        f"project {name!r} (index it first with `kb populate PATH --project {name}`)",
+    )
+
+
+def find_project(conn: psycopg.Connection, name: str) -> Project | None:
+    return fetch_one(conn, Project, GET_PROJECT, (name,))
+
+
+def get_project_by_id(conn: psycopg.Connection, project_id: int) -> Project:
+    return fetch_required(conn, Project, GET_PROJECT_BY_ID, (project_id,), f"project #{project_id}")
+
+
+def list_projects(conn: psycopg.Connection) -> list[Project]:
+    return fetch_all(conn, Project, LIST_PROJECTS)
+
+
+def delete_project(conn: psycopg.Connection, name: str) -> bool:
+    """Delete a project with its files, chunks and facts. Returns False if it did not exist."""
+    return conn.execute(DELETE_PROJECT, (name,)).rowcount > 0
