@@ -46,3 +46,41 @@ def query_terms(query: str) -> list[str]:
             if term not in terms:
                 terms.append(term)
     return terms
+
+
+# Words too common in prompts and docstrings to say anything about a match. The ``simple`` text
+# configuration keeps them (it must, for identifiers), so queries drop them instead.
+_STOP_WORDS_TEXT = """
+a about above after again all also am an and any are as at be because been before being below between both
+but by can could did do does doing down during each few for from further had has have having he her here hers
+him his how i if in into is it its itself just me more most my no nor not now of off on once only or other our
+out over own same she should so some such than that the their them then there these they this those through to
+too under until up very was we were what when where which while who whom why will with would you your
+"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+_CAMEL_INNER = re.compile(r"[a-z0-9][A-Z]")
+
+
+def tsquery_text(query: str) -> str | None:
+    """A ``to_tsquery('simple', ...)`` expression matching any meaningful term of ``query``.
+
+    Terms are ORed: natural-language questions rarely share all their words with the code that
+    answers them. Stop words go; a compound identifier stays whole (PostgreSQL reads it as a phrase)
+    besides its parts. Only ``[a-z0-9_]`` reach the expression, so it is always valid. None when
+    nothing is left to search for.
+    """
+    terms = [t for t in query_terms(query) if t not in STOP_WORDS and t.strip("_")]
+    return " | ".join(terms) if terms else None
+
+
+def code_identifiers(query: str) -> list[str]:
+    """The identifiers in ``query`` that are written as code (``snake_case``, ``CamelCase``, ``a.b``)."""
+    found: list[str] = []
+    for match in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", query):
+        ident = match.group(0)
+        inner = ident.strip("_")
+        dotted = "." in ident and all(len(part) > 1 for part in ident.split("."))
+        looks_like_code = "_" in inner or dotted or bool(_CAMEL_INNER.search(ident))
+        if looks_like_code and ident not in found:
+            found.append(ident)
+    return found

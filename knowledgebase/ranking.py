@@ -1,0 +1,223 @@
+"""How a hit is scored: the weights, and the arithmetic that turns signals into one number.
+
+Pure functions, no I/O, so every formula is tested with controlled inputs. All weights live in one
+frozen ``RankingWeights``; ``DEFAULT_WEIGHTS`` holds the defaults chosen from
+``scripts/eval_retrieval.py`` (numbers in the README), and any call can pass its own.
+
+The score of a hit::
+
+    relevance = vector * similarity + text * text_score + identifier * identifier_match
+    score     = relevance * confidence_factor * recency_factor
+
+- ``similarity`` is the cosine similarity of the query and the item's embedding (-1..1).
+- ``text_score`` is PostgreSQL's cover-density rank of the full-text match squashed into 0..1
+  (``rank / (rank + text_saturation)``). ``ts_rank`` knows nothing of term rarity, so it is a weak
+  signal: fused by reciprocal rank it drags a good vector ranking down. It is therefore a small
+  additive bonus that reorders hits of similar meaning, never a list of equal standing.
+- ``identifier_match`` is 1 when a code identifier written in the query (``populate_project``,
+  ``ContextPack``) occurs verbatim in the item: the case where exact text beats meaning.
+- ``confidence_factor`` (facts only) is ``1 - fact_confidence + fact_confidence * effective``, where the
+  effective confidence decays with time since the fact was last confirmed and drops for stale facts.
+- ``recency_factor`` (facts and commands) is ``1 - recency + recency * 0.5 ** (age / half-life)``.
+  Code chunks get no recency factor: the index holds the current version of every file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class RankingWeights:
+    """Every knob of ranking, with defaults chosen by ``scripts/eval_retrieval.py``.
+
+    Override some for one call with ``DEFAULT_WEIGHTS.with_(text=0.0)``.
+    """
+
+    # weight of the cosine similarity between query and item embeddings
+    vector: float = 1.0
+    # weight of the squashed full-text rank (0 turns full text into a candidate source only)
+    text: float = 0.1
+    # ts_rank_cd value that scores 0.5 after squashing: rank / (rank + text_saturation)
+    text_saturation: float = 0.1
+    # bonus when a code identifier from the query appears verbatim in the item
+    identifier: float = 0.1
+    # how much a fact's effective confidence scales its score (0 ignores confidence, 1 multiplies by it)
+    fact_confidence: float = 0.5
+    # a fact's confidence halves for every this many days without confirmation
+    confidence_half_life_days: float = 90.0
+    # factor applied to the confidence of a fact whose source chunk has changed since
+    stale_factor: float = 0.4
+    # how much recency scales facts and commands (0 ignores age)
+    recency: float = 0.2
+    # an item's recency halves every this many days
+    recency_half_life_days: float = 30.0
+    # maximal marginal relevance: penalty per unit of cosine similarity to an already chosen hit
+    diversity: float = 0.0
+    # candidates fetched per source (vector and full text, per kind) before scoring
+    candidates: int = 50
+    # context blocks leave out hits scoring below this (search returns them all)
+    min_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "vector",
+            "text",
+            "identifier",
+            "fact_confidence",
+            "recency",
+            "stale_factor",
+            "diversity",
+            "min_score",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ranking weight {name} must not be negative")
+        for name in ("fact_confidence", "recency", "stale_factor"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"ranking weight {name} must be at most 1")
+        for name in ("text_saturation", "confidence_half_life_days", "recency_half_life_days"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ranking weight {name} must be positive")
+        if self.candidates < 1:
+            raise ValueError("ranking weight candidates must be at least 1")
+
+    def with_(self, **changes: float | int) -> RankingWeights:
+        """A copy with some weights replaced."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+DEFAULT_WEIGHTS = RankingWeights()
+
+
+@dataclass(frozen=True)
+class ScoreParts:
+    """The parts of one hit's score, and the final value, so any ranking can be explained."""
+
+    similarity: float
+    text_rank: float
+    text_score: float
+    identifier_match: bool
+    relevance: float
+    confidence: float | None
+    confidence_factor: float
+    recency: float | None
+    recency_factor: float
+    score: float
+
+    def explain(self) -> str:
+        """One line: every part and how they combine."""
+        parts = [
+            f"similarity {self.similarity:.3f}",
+            f"text {self.text_score:.3f} (ts_rank_cd {self.text_rank:.3f})",
+        ]
+        if self.identifier_match:
+            parts.append("identifier match")
+        parts.append(f"relevance {self.relevance:.3f}")
+        if self.confidence is not None:
+            parts.append(f"confidence {self.confidence:.3f} (x{self.confidence_factor:.3f})")
+        if self.recency is not None:
+            parts.append(f"recency {self.recency:.3f} (x{self.recency_factor:.3f})")
+        return ", ".join(parts) + f" -> score {self.score:.4f}"
+
+
+def half_life_decay(age_seconds: float, half_life_days: float) -> float:
+    """``0.5 ** (age / half_life)``: 1 for something new, 0.5 after one half-life; never above 1."""
+    age_days = max(0.0, age_seconds) / SECONDS_PER_DAY
+    return float(0.5 ** (age_days / half_life_days))
+
+
+def age_seconds(since: datetime, now: datetime) -> float:
+    """Seconds from ``since`` to ``now`` (0 for a time in the future)."""
+    return max(0.0, (now - since).total_seconds())
+
+
+def effective_confidence(
+    confidence: float,
+    *,
+    last_confirmed_at: datetime,
+    now: datetime,
+    is_stale: bool = False,
+    pinned: bool = False,
+    weights: RankingWeights = DEFAULT_WEIGHTS,
+) -> float:
+    """How far to trust a fact now: its confidence, halved per half-life since its last confirmation
+    (pinned facts do not decay), times ``stale_factor`` when its source chunk has changed."""
+    value = float(confidence)
+    if not pinned:
+        value *= half_life_decay(age_seconds(last_confirmed_at, now), weights.confidence_half_life_days)
+    if is_stale:
+        value *= weights.stale_factor
+    return min(1.0, max(0.0, value))
+
+
+def reinforced_confidence(current: float, stated: float, step: float = 0.25, ceiling: float = 0.99) -> float:
+    """Confidence after a fact is stated again: the higher of the two, moved ``step`` of the way to 1."""
+    base = max(float(current), float(stated))
+    return round(min(ceiling, base + (1.0 - base) * step), 3)
+
+
+def text_score(text_rank: float, weights: RankingWeights = DEFAULT_WEIGHTS) -> float:
+    """A full-text rank squashed into 0..1 (0 for no match)."""
+    rank = max(0.0, float(text_rank))
+    return rank / (rank + weights.text_saturation)
+
+
+def score(
+    *,
+    similarity: float,
+    text_rank: float = 0.0,
+    identifier_match: bool = False,
+    confidence: float | None = None,
+    age_seconds: float | None = None,
+    weights: RankingWeights = DEFAULT_WEIGHTS,
+) -> ScoreParts:
+    """Combine the signals of one item (``confidence`` already effective; ``age_seconds`` None for
+    items without recency) into its score and the parts that explain it."""
+    squashed = text_score(text_rank, weights)
+    relevance = (
+        weights.vector * float(similarity) + weights.text * squashed + (weights.identifier if identifier_match else 0.0)
+    )
+    confidence_factor = 1.0
+    if confidence is not None:
+        confidence_factor = 1.0 - weights.fact_confidence + weights.fact_confidence * confidence
+    recency: float | None = None
+    recency_factor = 1.0
+    if age_seconds is not None:
+        recency = half_life_decay(age_seconds, weights.recency_half_life_days)
+        recency_factor = 1.0 - weights.recency + weights.recency * recency
+    return ScoreParts(
+        similarity=float(similarity),
+        text_rank=float(text_rank),
+        text_score=squashed,
+        identifier_match=identifier_match,
+        relevance=relevance,
+        confidence=confidence,
+        confidence_factor=confidence_factor,
+        recency=recency,
+        recency_factor=recency_factor,
+        score=relevance * confidence_factor * recency_factor,
+    )
+
+
+def mmr_order(scores: list[float], similarity: list[list[float]], diversity: float, limit: int) -> list[int]:
+    """Indices of up to ``limit`` items in maximal-marginal-relevance order.
+
+    Each step takes the item whose score minus ``diversity`` times its highest similarity to an item
+    already taken is largest; ``diversity`` 0 keeps plain score order.
+    """
+    remaining = list(range(len(scores)))
+    chosen: list[int] = []
+    while remaining and len(chosen) < limit:
+
+        def marginal(i: int) -> float:
+            if not chosen or diversity == 0:
+                return scores[i]
+            return scores[i] - diversity * max(similarity[i][j] for j in chosen)
+
+        best = max(remaining, key=lambda i: (marginal(i), -i))
+        chosen.append(best)
+        remaining.remove(best)
+    return chosen
