@@ -13,7 +13,8 @@ Adapters (CLI, hooks, MCP) turn these into one clean line; any other exception i
     │   ├── ModelMismatch        configured model differs from the one that made the stored vectors
     │   └── BackendUnavailable   a faster embedding backend cannot run here (callers fall back to torch)
     ├── InputError               bad input from a user or caller (empty query, bad path, bad glob...)
-    │   └── ProjectPathError     a path to scan that does not exist or is not a directory
+    │   ├── ProjectPathError     a path to scan that does not exist or is not a directory
+    │   └── GeminiSettingsError  a Gemini CLI settings.json that cannot be merged into (nothing changed)
     ├── NotFound                 a task, fact, key or project that does not exist
     ├── LeaseError               a task lease that is not (or no longer) held by the caller
     └── CapacityExhausted        no API key has headroom; says when capacity returns
@@ -69,6 +70,10 @@ class ProjectPathError(InputError):
 
 
 class NotFound(KnowledgebaseError):
+class GeminiSettingsError(InputError):
+    """A Gemini CLI ``settings.json`` that install/uninstall refuses to change (it is left as it was)."""
+
+
     """A requested row does not exist."""
 
 

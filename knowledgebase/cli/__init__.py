@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "init": "knowledgebase.cli.store_cmds:init",
     "status": "knowledgebase.cli.store_cmds:status",
     "db": "knowledgebase.cli.store_cmds:db",
+    "gemini": "knowledgebase.cli.gemini_cmds:gemini",
+    "hook": "knowledgebase.cli.gemini_cmds:hook",
+    "serve": "knowledgebase.cli.gemini_cmds:serve",
+    "mcp": "knowledgebase.cli.gemini_cmds:mcp",
 }
 
 

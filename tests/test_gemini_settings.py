@@ -1,0 +1,175 @@
+"""`kb gemini install|uninstall`: merging into settings.json, backups, exact removal, refusing bad files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from knowledgebase.cli import cli
+from knowledgebase.config import Settings
+from knowledgebase.errors import GeminiSettingsError
+from knowledgebase.gemini_settings import (
+    HOOK_NAME_PREFIX,
+    MCP_SERVER_NAME,
+    Wiring,
+    install_gemini,
+    settings_path,
+    uninstall_gemini,
+    wiring_for,
+)
+from knowledgebase.hook_client import HOOK_EVENTS
+
+USER_SETTINGS = {
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+    "general": {"vimMode": True},
+    "hooks": {
+        "BeforeAgent": [{"matcher": "", "hooks": [{"type": "command", "command": "echo mine", "name": "mine"}]}],
+        "BeforeTool": [{"matcher": "write_file", "hooks": [{"type": "command", "command": "lint"}]}],
+    },
+    "mcpServers": {"github": {"command": "gh-mcp", "args": []}},
+}
+
+
+@pytest.fixture
+def wiring(tmp_path: Path) -> Wiring:
+    settings = Settings(home=tmp_path / "kbhome", database_url="postgresql://kb:s3cret@db.internal:5432/kb")
+    return wiring_for(settings)
+
+
+def _write(path: Path, document: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def test_install_merges_hooks_and_mcp_server_keeping_everything_else(tmp_path: Path, wiring: Wiring) -> None:
+    path = _write(tmp_path / ".gemini" / "settings.json", USER_SETTINGS)
+    change = install_gemini(path, wiring)
+    assert change.changed and change.backup is not None
+    assert json.loads(change.backup.read_text()) == USER_SETTINGS
+    doc = json.loads(path.read_text())
+    assert doc["general"] == {"vimMode": True} and doc["security"] == USER_SETTINGS["security"]
+    assert doc["mcpServers"]["github"] == USER_SETTINGS["mcpServers"]["github"]
+    assert doc["hooks"]["BeforeTool"] == USER_SETTINGS["hooks"]["BeforeTool"]
+    # the user's own BeforeAgent hook stays first; ours is added after it
+    assert doc["hooks"]["BeforeAgent"][0] == USER_SETTINGS["hooks"]["BeforeAgent"][0]
+    for event in HOOK_EVENTS:
+        ours = [h for g in doc["hooks"][event] for h in g["hooks"] if h.get("name", "").startswith(HOOK_NAME_PREFIX)]
+        assert len(ours) == 1
+        hook = ours[0]
+        executable, arg = hook["command"].rsplit(" ", 1)
+        assert arg == event
+        assert Path(executable).is_absolute() and Path(executable).name == "kb-hook"
+        assert Path(executable).parent == Path(sys.executable).parent
+        assert hook["env"]["KB_DATABASE_URL"] == "postgresql://kb:s3cret@db.internal:5432/kb"
+        assert hook["env"]["KB_HOME"] == str(tmp_path / "kbhome")
+        assert hook["timeout"] >= 10_000
+    server = doc["mcpServers"][MCP_SERVER_NAME]
+    assert Path(server["command"]).is_absolute() and server["args"] == ["mcp"]
+    assert server["env"]["KB_DATABASE_URL"].startswith("postgresql://kb:")
+    assert "_" not in MCP_SERVER_NAME  # Gemini CLI names tools mcp_<server>_<tool>
+
+
+def test_install_twice_is_idempotent_and_uninstall_restores_the_original(tmp_path: Path, wiring: Wiring) -> None:
+    path = _write(tmp_path / ".gemini" / "settings.json", USER_SETTINGS)
+    install_gemini(path, wiring)
+    once = json.loads(path.read_text())
+    second = install_gemini(path, wiring)
+    assert not second.changed and second.backup is None
+    assert json.loads(path.read_text()) == once
+    removed = uninstall_gemini(path)
+    assert removed.changed and set(removed.hooks) == set(HOOK_EVENTS) and removed.mcp_server == MCP_SERVER_NAME
+    assert json.loads(path.read_text()) == USER_SETTINGS
+
+
+def test_uninstall_of_a_fresh_install_leaves_an_empty_document(tmp_path: Path, wiring: Wiring) -> None:
+    path = tmp_path / "home" / ".gemini" / "settings.json"
+    change = install_gemini(path, wiring)
+    assert change.changed and change.backup is None
+    assert path.stat().st_mode & 0o077 == 0  # it holds the database URL: owner only
+    uninstall_gemini(path)
+    assert json.loads(path.read_text()) == {}
+
+
+def test_uninstall_keeps_other_hooks_in_a_group_we_share(tmp_path: Path, wiring: Wiring) -> None:
+    path = tmp_path / "settings.json"
+    install_gemini(path, wiring)
+    doc = json.loads(path.read_text())
+    doc["hooks"]["AfterTool"][0]["hooks"].append({"type": "command", "command": "audit-more", "name": "theirs"})
+    path.write_text(json.dumps(doc))
+    uninstall_gemini(path)
+    after = json.loads(path.read_text())
+    assert after["hooks"] == {
+        "AfterTool": [{"matcher": ".*", "hooks": [{"type": "command", "command": "audit-more", "name": "theirs"}]}]
+    }
+    assert "mcpServers" not in after
+
+
+@pytest.mark.parametrize("content", ['{"general": {"vimMode": true},', "// comment\n{}", "[1, 2]", "\x00\x01"])
+def test_install_refuses_a_file_that_is_not_a_json_object(tmp_path: Path, wiring: Wiring, content: str) -> None:
+    path = tmp_path / ".gemini" / "settings.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(GeminiSettingsError, match="nothing was changed"):
+        install_gemini(path, wiring)
+    with pytest.raises(GeminiSettingsError, match="nothing was changed"):
+        uninstall_gemini(path)
+    assert path.read_text() == content
+    assert sorted(p.name for p in path.parent.iterdir()) == ["settings.json"]  # no backup, no temp file
+
+
+def test_install_refuses_a_foreign_mcp_server_of_the_same_name(tmp_path: Path, wiring: Wiring) -> None:
+    original = {"mcpServers": {MCP_SERVER_NAME: {"command": "/opt/other/server", "args": []}}}
+    path = _write(tmp_path / "settings.json", original)
+    with pytest.raises(GeminiSettingsError, match="did not add"):
+        install_gemini(path, wiring)
+    assert json.loads(path.read_text()) == original
+    uninstall_gemini(path)
+    assert json.loads(path.read_text()) == original
+
+
+def test_dry_run_writes_nothing(tmp_path: Path, wiring: Wiring) -> None:
+    path = _write(tmp_path / "settings.json", USER_SETTINGS)
+    change = install_gemini(path, wiring, dry_run=True)
+    assert change.changed and change.dry_run and change.backup is None
+    assert MCP_SERVER_NAME in change.document["mcpServers"]
+    assert json.loads(path.read_text()) == USER_SETTINGS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.json"]
+
+
+def test_settings_path_scopes(tmp_path: Path) -> None:
+    expected = tmp_path.resolve() / ".gemini" / "settings.json"
+    assert settings_path("user", env={"GEMINI_CLI_HOME": str(tmp_path)}) == expected
+    assert settings_path("project", project_dir=tmp_path) == expected
+    with pytest.raises(GeminiSettingsError, match="unknown scope"):
+        settings_path("global")
+
+
+def test_cli_install_uninstall_and_bad_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMINI_CLI_HOME", str(tmp_path / "gh"))
+    monkeypatch.setenv("KB_HOME", str(tmp_path / "kb"))
+    monkeypatch.setenv("KB_DATABASE_URL", "postgresql://kb:pw123456@localhost/kb")
+    runner = CliRunner()
+    dry = runner.invoke(cli, ["gemini", "install", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "pw123456" not in dry.output and "kb-hook" in dry.output
+    assert not (tmp_path / "gh" / ".gemini" / "settings.json").exists()
+    result = runner.invoke(cli, ["gemini", "install", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["changed"] and set(report["hooks"]) == set(HOOK_EVENTS)
+    assert runner.invoke(cli, ["gemini", "uninstall"]).exit_code == 0
+    assert json.loads((tmp_path / "gh" / ".gemini" / "settings.json").read_text()) == {}
+
+    project = tmp_path / "proj"
+    bad = project / ".gemini" / "settings.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{ not json")
+    refused = runner.invoke(cli, ["gemini", "install", "--scope", "project", "--project-dir", str(project)])
+    assert refused.exit_code != 0 and isinstance(refused.exception, GeminiSettingsError)
+    assert "not valid JSON" in str(refused.exception)
+    assert bad.read_text() == "{ not json"
