@@ -17,6 +17,8 @@ from pathlib import Path
 from knowledgebase.errors import ConfigError
 
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
+# tokens of context handed to an agent per prompt, counted in the embedding model's tokenizer
+DEFAULT_CONTEXT_BUDGET = 1500
 EMBED_BACKENDS = ("torch", "onnx", "openvino")
 
 
@@ -53,7 +55,7 @@ class Settings:
     embed_backend: str = "torch"
     embed_batch_size: int = 32
     max_file_bytes: int = 1_000_000
-    context_budget: int = 1500
+    context_budget: int = DEFAULT_CONTEXT_BUDGET
     agent_id: str = ""
     pool_size: int = 4
 
@@ -72,7 +74,7 @@ class Settings:
             embed_backend=backend,
             embed_batch_size=_int(env, "KB_EMBED_BATCH_SIZE", 32, minimum=1),
             max_file_bytes=_int(env, "KB_MAX_FILE_BYTES", 1_000_000, minimum=1),
-            context_budget=_int(env, "KB_CONTEXT_BUDGET", 1500, minimum=1),
+            context_budget=_int(env, "KB_CONTEXT_BUDGET", DEFAULT_CONTEXT_BUDGET, minimum=1),
             agent_id=env.get("KB_AGENT_ID") or f"{socket.gethostname()}:{os.getpid()}",
             pool_size=_int(env, "KB_POOL_SIZE", 4, minimum=1),
         )

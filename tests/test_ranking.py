@@ -35,7 +35,9 @@ def test_confidence_decays_since_last_confirmation() -> None:
     assert fresh == pytest.approx(0.8)
     old = effective_confidence(0.8, last_confirmed_at=NOW - timedelta(days=10), now=NOW, weights=weights)
     assert old == pytest.approx(0.4)
-    pinned = effective_confidence(0.8, last_confirmed_at=NOW - timedelta(days=10), now=NOW, pinned=True, weights=weights)
+    pinned = effective_confidence(
+        0.8, last_confirmed_at=NOW - timedelta(days=10), now=NOW, pinned=True, weights=weights
+    )
     assert pinned == pytest.approx(0.8)
 
 

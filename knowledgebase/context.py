@@ -1,0 +1,260 @@
+"""Context assembly: the few things an agent most needs for a prompt, as Markdown within a token budget.
+
+``build_context`` searches the project's chunks and facts (``knowledgebase.retrieval``), keeps hits in
+score order while they fit, and renders them as a Markdown block (no HTML or XML tags) in which every
+item cites its source: ``path:start-end`` for code, ``fact #id, confidence c`` for facts. A chunk that
+does not fit whole may be cut at a line boundary when enough budget is left; its citation then gives
+the lines actually shown.
+
+The budget is counted in the embedding model's tokenizer (``embedder.count_tokens``), over the whole
+block including headings. That is a proxy for the agent model's tokenizer, not an exact count; for
+code and English it is conservative for Gemini-class tokenizers, whose vocabularies are larger than
+MiniLM's WordPiece and spend fewer tokens on the same text.
+
+Each assembled block is recorded in ``context_log`` (prompt, items with their score parts, text), so
+"why did the agent see this?" has an answer later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from knowledgebase import store
+from knowledgebase.config import DEFAULT_CONTEXT_BUDGET
+from knowledgebase.db import Database
+from knowledgebase.embedding import Embedder
+from knowledgebase.errors import InputError
+from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
+from knowledgebase.redact import redact
+from knowledgebase.retrieval import Hit, search
+
+DEFAULT_BUDGET = DEFAULT_CONTEXT_BUDGET
+# hits considered for one block; more than fit in any usual budget
+CANDIDATE_HITS = 24
+# a chunk is cut to fit only if at least this many tokens of budget remain for it
+MIN_PARTIAL_TOKENS = 64
+HEADER = "# Context from the knowledgebase"
+INTRO = "Ranked for this prompt from {scope}; each item cites its source."
+FACTS_HEADING = "## Known facts"
+CODE_HEADING = "## Code"
+
+
+@dataclass(frozen=True)
+class ContextItem:
+    """One item of a context block: what it is, where it comes from, and why it was chosen."""
+
+    kind: str
+    id: int
+    citation: str
+    score: float
+    parts: ScoreParts
+    tokens: int
+    path: str | None = None
+    start_line: int | None = None
+    end_line: int | None = None
+    truncated: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """The JSON recorded in ``context_log``."""
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "citation": self.citation,
+            "score": round(self.score, 6),
+            "tokens": self.tokens,
+            "truncated": self.truncated,
+            "parts": {
+                k: (round(v, 6) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self.parts).items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ContextPack:
+    """An assembled context block. ``token_count`` <= ``budget``, in the embedding model's tokens."""
+
+    prompt: str
+    text: str
+    items: tuple[ContextItem, ...]
+    token_count: int
+    budget: int
+    project: str | None
+    task_id: str | None
+    record_id: int | None
+
+
+@dataclass(frozen=True)
+class _Block:
+    hit: Hit
+    text: str
+    item: ContextItem
+
+
+def build_context(
+    db: Database,
+    embedder: Embedder,
+    prompt: str,
+    *,
+    project: str | None = None,
+    task_id: str | None = None,
+    budget: int | None = None,
+    weights: RankingWeights | None = None,
+    record: bool = True,
+) -> ContextPack:
+    """The context block for ``prompt`` within ``budget`` tokens (default ``KB_CONTEXT_BUDGET``'s default,
+    1500; adapters pass ``settings.context_budget``), recorded in ``context_log`` unless ``record`` is False.
+
+    An empty block (``text == ""``) means nothing relevant fitted or the store holds nothing yet.
+    """
+    budget = DEFAULT_BUDGET if budget is None else budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise InputError(f"the context budget must be a positive number of tokens, not {budget!r}")
+    weights = weights or DEFAULT_WEIGHTS
+    hits = search(db, embedder, prompt, project=project, limit=CANDIDATE_HITS, weights=weights)
+    hits = [h for h in hits if h.score >= weights.min_score]
+    blocks = _pack(hits, embedder, budget, project)
+    text = _render(blocks, project)
+    token_count = embedder.count_tokens(text) if text else 0
+    items = tuple(b.item for b in blocks)
+    record_id = None
+    if record:
+        with db.connection() as conn:
+            project_id = store.get_project(conn, project).id if project is not None else None
+            if task_id is not None:
+                store.ensure_task(conn, task_id, project_id=project_id)
+            record_id = store.insert_context_record(
+                conn,
+                prompt=redact(prompt) or "",
+                budget=budget,
+                token_count=token_count,
+                items=[item.record() for item in items],
+                text=text,
+                project_id=project_id,
+                task_id=task_id,
+            ).id
+    return ContextPack(
+        prompt=prompt,
+        text=text,
+        items=items,
+        token_count=token_count,
+        budget=budget,
+        project=project,
+        task_id=task_id,
+        record_id=record_id,
+    )
+
+
+def _pack(hits: list[Hit], embedder: Embedder, budget: int, project: str | None) -> list[_Block]:
+    """Choose blocks greedily by score while the whole rendered text stays within ``budget``."""
+    chosen: list[_Block] = []
+    used = embedder.count_tokens(_render([], project, force_header=True))
+    for hit in hits:
+        remaining = budget - used
+        if remaining <= 0:
+            break
+        block = _block(hit, embedder)
+        # a section heading costs a few tokens the first time a kind appears
+        heading = 0 if any(b.hit.kind == hit.kind for b in chosen) else embedder.count_tokens(_heading(hit.kind))
+        if block.item.tokens + heading > remaining and hit.kind == "chunk":
+            cut = _cut_chunk(hit, embedder, remaining - heading)
+            if cut is None:
+                continue
+            block = cut
+        if block.item.tokens + heading > remaining:
+            continue
+        chosen.append(block)
+        used += block.item.tokens + heading
+    # token counts of parts need not add up exactly to the count of the joined text: check the whole
+    while chosen and embedder.count_tokens(_render(chosen, project)) > budget:
+        chosen.remove(min(chosen, key=lambda b: b.item.score))
+    return chosen
+
+
+def _heading(kind: str) -> str:
+    return FACTS_HEADING if kind == "fact" else CODE_HEADING
+
+
+def _render(blocks: list[_Block], project: str | None, *, force_header: bool = False) -> str:
+    if not blocks and not force_header:
+        return ""
+    scope = f"project {project}" if project else "all projects"
+    lines = [HEADER, "", INTRO.format(scope=scope)]
+    facts = [b for b in blocks if b.hit.kind == "fact"]
+    code = [b for b in blocks if b.hit.kind != "fact"]
+    if facts:
+        lines += ["", FACTS_HEADING, ""]
+        lines += [b.text for b in facts]
+    if code:
+        lines += ["", CODE_HEADING]
+        for b in code:
+            lines += ["", b.text]
+    return "\n".join(lines) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Text safe on one Markdown line: whitespace collapsed; anything tag-like kept inside a code span."""
+    flat = " ".join(text.split())
+    if "<" in flat or ">" in flat:
+        fence = "`" * (max((len(m) for m in re.findall(r"`+", flat)), default=0) + 1)
+        return f"{fence} {flat} {fence}"
+    return flat
+
+
+def _fence(content: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`{3,}", content)), default=2)
+    return "`" * (longest + 1)
+
+
+def _chunk_text(hit: Hit, content: str, end_line: int) -> str:
+    symbol = f" `{hit.symbol}`" if hit.symbol else ""
+    fence = _fence(content)
+    return f"### {hit.path}:{hit.start_line}-{end_line}{symbol}\n\n{fence}{hit.language or ''}\n{content}\n{fence}"
+
+
+def _block(hit: Hit, embedder: Embedder) -> _Block:
+    if hit.kind == "fact":
+        text = f"- **{_inline(hit.label or '')}**: {_inline(hit.value or '')} ({hit.citation()})"
+    elif hit.kind == "chunk":
+        text = _chunk_text(hit, hit.text.rstrip("\n"), hit.end_line or 0)
+    else:
+        text = f"### {hit.citation()}\n\n{_fence(hit.text)}\n{hit.text}\n{_fence(hit.text)}"
+    return _Block(hit, text, _item(hit, embedder.count_tokens(text), hit.citation(), hit.end_line))
+
+
+def _item(hit: Hit, tokens: int, citation: str, end_line: int | None, truncated: bool = False) -> ContextItem:
+    return ContextItem(
+        kind=hit.kind,
+        id=hit.id,
+        citation=citation,
+        score=hit.score,
+        parts=hit.parts,
+        tokens=tokens,
+        path=hit.path,
+        start_line=hit.start_line,
+        end_line=end_line,
+        truncated=truncated,
+    )
+
+
+def _cut_chunk(hit: Hit, embedder: Embedder, room: int) -> _Block | None:
+    """The longest leading part of a chunk (whole lines) whose block fits in ``room`` tokens."""
+    if room < MIN_PARTIAL_TOKENS or hit.start_line is None:
+        return None
+    lines = hit.text.rstrip("\n").split("\n")
+    best: _Block | None = None
+    low, high = 1, len(lines) - 1
+    while low <= high:
+        middle = (low + high) // 2
+        end_line = hit.start_line + middle - 1
+        text = _chunk_text(hit, "\n".join(lines[:middle]), end_line)
+        tokens = embedder.count_tokens(text)
+        if tokens <= room:
+            citation = f"{hit.path}:{hit.start_line}-{end_line}"
+            best = _Block(hit, text, _item(hit, tokens, citation, end_line, truncated=True))
+            low = middle + 1
+        else:
+            high = middle - 1
+    return best

@@ -1,0 +1,442 @@
+"""Facts: what agents have learned, with a source, a confidence that decays, and a history.
+
+A fact is a (label, value) pair in a project, embedded as ``"label: value"`` so retrieval finds it.
+The label names the slot ("test command", "db port"); within a project at most one fact per label
+is active:
+
+- stating a near-identical value again **reinforces** the active fact (confidence up, one more
+  confirmation, last-confirmed time now, stale flag cleared) instead of adding a duplicate;
+- stating a different value **supersedes** it: the old fact is kept for history with status
+  ``superseded`` and ``superseded_by`` pointing at the new one, and is no longer returned by default.
+
+"Near-identical" means the same words once case, punctuation and quoting are ignored, or a paraphrase
+(embedding similarity >= ``RESTATEMENT_SIMILARITY``) that keeps every literal (numbers, paths,
+identifiers) the same: "port 5432" and "port 5433" are different facts however similar they read.
+
+How far to trust a fact is its *effective* confidence (``knowledgebase.ranking.effective_confidence``):
+the stored confidence halved per half-life since the last confirmation, and lowered while the fact is
+stale (its source chunk changed on a later populate). Label, value, source text are redacted before
+they are stored or embedded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import psycopg
+
+from knowledgebase import store
+from knowledgebase.db import Database
+from knowledgebase.embedding import Embedder, bind_model
+from knowledgebase.errors import InputError, NotFound
+from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, effective_confidence, reinforced_confidence
+from knowledgebase.redact import redact
+
+# Cosine similarity of two "label: value" embeddings above which a restatement with the same literals
+# counts as the same fact (MiniLM: "tests run with make test" vs "the tests are run using make test" 0.95).
+RESTATEMENT_SIMILARITY = 0.95
+MAX_VALUE_CHARS = 8000
+MAX_LABEL_CHARS = 200
+SOURCE_KINDS = ("manual", "command", "chunk", "prompt", "agent")
+
+
+@dataclass(frozen=True)
+class FactSource:
+    """Where a fact came from: a command_log row, a chunk of a file (by path and content hash, or by a
+    line inside it), a prompt, an agent's own conclusion, or a person (``manual``)."""
+
+    kind: str = "manual"
+    command_id: int | None = None
+    file_path: str | None = None
+    chunk_hash: str | None = None
+    line: int | None = None
+    prompt: str | None = None
+
+    @classmethod
+    def from_command(cls, command_id: int) -> FactSource:
+        return cls(kind="command", command_id=command_id)
+
+    @classmethod
+    def from_chunk(cls, file_path: str, chunk_hash: str | None = None, *, line: int | None = None) -> FactSource:
+        """A chunk of ``file_path`` (relative to the project root), named by content hash or by a line in it."""
+        return cls(kind="chunk", file_path=file_path, chunk_hash=chunk_hash, line=line)
+
+    @classmethod
+    def from_prompt(cls, prompt: str) -> FactSource:
+        return cls(kind="prompt", prompt=prompt)
+
+
+MANUAL = FactSource()
+AGENT = FactSource(kind="agent")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A stored fact with its provenance, history links and current effective confidence."""
+
+    id: int
+    project_id: int | None
+    project: str | None
+    task_id: str | None
+    label: str
+    value: str
+    extracted_from: str | None
+    confidence: float
+    # computed when read (decays with time), so not part of equality
+    effective_confidence: float = field(compare=False)
+    status: str
+    superseded_by: int | None
+    supersedes: tuple[int, ...]
+    is_stale: bool
+    stale_since: datetime | None
+    pinned: bool
+    confirmations: int
+    source_kind: str
+    source_command_id: int | None
+    source_file_path: str | None
+    source_chunk_hash: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_confirmed_at: datetime
+
+    def citation(self) -> str:
+        """How context blocks cite this fact."""
+        return f"fact #{self.id}, confidence {self.effective_confidence:.2f}" + (", stale" if self.is_stale else "")
+
+
+_FACT_SELECT = """
+SELECT k.id, k.project_id, p.name AS project, k.task_id, k.label, k.value, k.extracted_from,
+       k.confidence_score, k.status, k.superseded_by,
+       ARRAY(SELECT s.id FROM knowledge s WHERE s.superseded_by = k.id ORDER BY s.id) AS supersedes,
+       k.is_stale, k.stale_since, k.pinned, k.confirmations, k.source_kind, k.source_command_id,
+       f.file_path AS source_file_path, k.source_chunk_hash, k.created_at, k.updated_at, k.last_confirmed_at
+  FROM knowledge k
+  LEFT JOIN projects p ON p.id = k.project_id
+  LEFT JOIN project_files f ON f.id = k.source_file_id
+"""
+GET_FACT = _FACT_SELECT + " WHERE k.id = %s"
+LIST_FACTS = (
+    _FACT_SELECT
+    + """
+ WHERE (%(project_id)s::bigint IS NULL OR k.project_id = %(project_id)s)
+   AND (%(label)s::text IS NULL OR lower(k.label) = lower(%(label)s))
+   AND (%(task_id)s::text IS NULL OR k.task_id = %(task_id)s)
+   AND (%(include_inactive)s OR k.status = 'active')
+   AND (NOT %(stale_only)s OR k.is_stale)
+ ORDER BY k.id DESC
+ LIMIT %(limit)s
+"""
+)
+# one writer per (project, label) at a time, so two agents stating the same fact do not both insert it
+LOCK_LABEL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 4))"
+ACTIVE_WITH_LABEL = """
+SELECT id, value, embedding FROM knowledge
+ WHERE project_id IS NOT DISTINCT FROM %(project_id)s AND status = 'active' AND lower(label) = lower(%(label)s)
+ ORDER BY id DESC
+"""
+REINFORCE = """
+UPDATE knowledge
+   SET confidence_score = %(confidence)s, confirmations = confirmations + 1, last_confirmed_at = now(),
+       updated_at = now(), is_stale = false, stale_since = NULL,
+       source_kind = COALESCE(%(source_kind)s, source_kind),
+       source_command_id = CASE WHEN %(source_kind)s IS NULL THEN source_command_id ELSE %(source_command_id)s END,
+       source_file_id = CASE WHEN %(source_kind)s IS NULL THEN source_file_id ELSE %(source_file_id)s END,
+       source_chunk_hash = CASE WHEN %(source_kind)s IS NULL THEN source_chunk_hash ELSE %(source_chunk_hash)s END,
+       task_id = COALESCE(%(task_id)s, task_id)
+ WHERE id = %(id)s
+"""
+SUPERSEDE = """
+UPDATE knowledge SET status = 'superseded', superseded_by = %(new_id)s, updated_at = now()
+ WHERE id = ANY(%(old_ids)s)
+"""
+FORGET = "UPDATE knowledge SET status = 'forgotten', updated_at = now() WHERE id = %s"
+CHUNK_BY_HASH = "SELECT content_hash FROM file_chunks WHERE file_id = %s AND content_hash = %s LIMIT 1"
+CHUNK_AT_LINE = """
+SELECT content_hash FROM file_chunks
+ WHERE file_id = %s AND start_line <= %s AND end_line >= %s
+ ORDER BY end_line - start_line, chunk_index LIMIT 1
+"""
+CONFIDENCE_OF = "SELECT confidence_score, status, superseded_by FROM knowledge WHERE id = %s FOR UPDATE"
+
+
+@dataclass(frozen=True)
+class _ResolvedSource:
+    kind: str
+    command_id: int | None = None
+    file_id: int | None = None
+    chunk_hash: str | None = None
+    prompt: str | None = None
+
+
+def add_fact(
+    db: Database,
+    embedder: Embedder,
+    *,
+    label: str,
+    value: str,
+    project: str | None = None,
+    task_id: str | None = None,
+    extracted_from: str | None = None,
+    confidence: float = 0.5,
+    source: FactSource = MANUAL,
+    pinned: bool = False,
+    weights: RankingWeights = DEFAULT_WEIGHTS,
+) -> Fact:
+    """Record a fact in ``project`` (created if new; None for a fact that belongs to no project).
+
+    Returns the fact as stored: a new one, the reinforced existing one (``confirmations`` > 1), or a
+    new one that supersedes the old value (``supersedes`` lists it). A prompt source with no
+    ``extracted_from`` records the prompt as what the fact was extracted from.
+    """
+    label, value = _clean_label(label), _clean_value(value)
+    if not 0.0 <= confidence <= 1.0:
+        raise InputError(f"confidence {confidence} must be between 0 and 1")
+    if source.kind not in SOURCE_KINDS:
+        raise InputError(f"unknown fact source {source.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
+    extracted = redact(extracted_from if extracted_from is not None else source.prompt)
+    vector = embedder.embed_documents([f"{label}: {value}"])[0]
+    with db.connection() as conn:
+        model_id = bind_model(conn, embedder)
+        project_id = store.ensure_project(conn, project).id if project is not None else None
+        if task_id is not None:
+            store.ensure_task(conn, task_id, project_id=project_id)
+        resolved = _resolve_source(conn, source, project_id)
+        conn.execute(LOCK_LABEL, (f"{project_id}:{label.lower()}",))
+        existing = conn.execute(ACTIVE_WITH_LABEL, {"project_id": project_id, "label": label}).fetchall()
+        for fact_id, old_value, old_vector in existing:
+            if _same_statement(old_value, value, old_vector, vector):
+                _reinforce(conn, fact_id, confidence, resolved, task_id)
+                return _get(conn, fact_id, weights)
+        new = store.insert_knowledge(
+            conn,
+            store.NewKnowledge(
+                label=label,
+                value=value,
+                project_id=project_id,
+                task_id=task_id,
+                extracted_from=extracted,
+                confidence_score=round(confidence, 3),
+                source_kind=resolved.kind,
+                source_command_id=resolved.command_id,
+                source_file_id=resolved.file_id,
+                source_chunk_hash=resolved.chunk_hash,
+                pinned=pinned,
+                embedding=vector,
+                embedding_model_id=model_id,
+            ),
+        )
+        if existing:
+            conn.execute(SUPERSEDE, {"new_id": new.id, "old_ids": [row[0] for row in existing]})
+        return _get(conn, new.id, weights)
+
+
+def confirm_fact(
+    db: Database, fact_id: int, *, confidence: float | None = None, weights: RankingWeights = DEFAULT_WEIGHTS
+) -> Fact:
+    """Someone checked the fact and it still holds: reinforce it and clear its stale flag."""
+    if confidence is not None and not 0.0 <= confidence <= 1.0:
+        raise InputError(f"confidence {confidence} must be between 0 and 1")
+    with db.connection() as conn:
+        row = conn.execute(CONFIDENCE_OF, (fact_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"fact #{fact_id} does not exist (list facts with `kb fact list`)")
+        current, status, superseded_by = row
+        if status == "superseded":
+            raise InputError(f"fact #{fact_id} was superseded by fact #{superseded_by}; confirm that one instead")
+        if status == "forgotten":
+            raise InputError(f"fact #{fact_id} was forgotten; add it again with `kb fact add` if it holds")
+        stated = float(current) if confidence is None else confidence
+        _reinforce(conn, fact_id, stated, None, None)
+        return _get(conn, fact_id, weights)
+
+
+def forget_fact(db: Database, fact_id: int, *, weights: RankingWeights = DEFAULT_WEIGHTS) -> Fact:
+    """Stop returning a fact (it stays on record with status ``forgotten``)."""
+    with db.connection() as conn:
+        if conn.execute(FORGET, (fact_id,)).rowcount == 0:
+            raise NotFound(f"fact #{fact_id} does not exist (list facts with `kb fact list`)")
+        return _get(conn, fact_id, weights)
+
+
+def get_fact(db: Database, fact_id: int, *, weights: RankingWeights = DEFAULT_WEIGHTS) -> Fact:
+    """One fact by id, whatever its status."""
+    with db.connection() as conn:
+        return _get(conn, fact_id, weights)
+
+
+def list_facts(
+    db: Database,
+    *,
+    project: str | None = None,
+    label: str | None = None,
+    task_id: str | None = None,
+    include_inactive: bool = False,
+    stale_only: bool = False,
+    limit: int = 50,
+    weights: RankingWeights = DEFAULT_WEIGHTS,
+) -> list[Fact]:
+    """Facts, newest first: active ones, or all with ``include_inactive``; of one project if given."""
+    if limit < 1:
+        raise InputError(f"limit {limit} must be at least 1")
+    with db.connection() as conn:
+        project_id = store.get_project(conn, project).id if project is not None else None
+        params = {
+            "project_id": project_id,
+            "label": label.strip() if label else None,
+            "task_id": task_id,
+            "include_inactive": include_inactive,
+            "stale_only": stale_only,
+            "limit": limit,
+        }
+        rows = conn.execute(LIST_FACTS, params).fetchall()
+    now = datetime.now(UTC)
+    return [_fact_from_row(row, now, weights) for row in rows]
+
+
+def _get(conn: psycopg.Connection, fact_id: int, weights: RankingWeights) -> Fact:
+    row = conn.execute(GET_FACT, (fact_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"fact #{fact_id} does not exist (list facts with `kb fact list`)")
+    return _fact_from_row(row, datetime.now(UTC), weights)
+
+
+def _fact_from_row(row: tuple, now: datetime, weights: RankingWeights) -> Fact:
+    (fid, project_id, project, task_id, label, value, extracted_from, confidence, status, superseded_by,
+     supersedes, is_stale, stale_since, pinned, confirmations, source_kind, source_command_id,
+     source_file_path, source_chunk_hash, created_at, updated_at, last_confirmed_at) = row  # fmt: skip
+    effective = effective_confidence(
+        float(confidence),
+        last_confirmed_at=last_confirmed_at,
+        now=now,
+        is_stale=is_stale,
+        pinned=pinned,
+        weights=weights,
+    )
+    return Fact(
+        id=fid,
+        project_id=project_id,
+        project=project,
+        task_id=task_id,
+        label=label,
+        value=value,
+        extracted_from=extracted_from,
+        confidence=float(confidence),
+        effective_confidence=effective,
+        status=status,
+        superseded_by=superseded_by,
+        supersedes=tuple(supersedes or ()),
+        is_stale=is_stale,
+        stale_since=stale_since,
+        pinned=pinned,
+        confirmations=confirmations,
+        source_kind=source_kind,
+        source_command_id=source_command_id,
+        source_file_path=source_file_path,
+        source_chunk_hash=source_chunk_hash,
+        created_at=created_at,
+        updated_at=updated_at,
+        last_confirmed_at=last_confirmed_at,
+    )
+
+
+def _reinforce(
+    conn: psycopg.Connection, fact_id: int, stated: float, source: _ResolvedSource | None, task_id: str | None
+) -> None:
+    """One more confirmation; a new command, chunk or prompt source replaces the recorded one."""
+    row = conn.execute(CONFIDENCE_OF, (fact_id,)).fetchone()
+    assert row is not None
+    new_source = source if source is not None and source.kind in ("command", "chunk", "prompt") else None
+    conn.execute(
+        REINFORCE,
+        {
+            "id": fact_id,
+            "confidence": reinforced_confidence(float(row[0]), stated),
+            "source_kind": new_source.kind if new_source else None,
+            "source_command_id": new_source.command_id if new_source else None,
+            "source_file_id": new_source.file_id if new_source else None,
+            "source_chunk_hash": new_source.chunk_hash if new_source else None,
+            "task_id": task_id,
+        },
+    )
+
+
+def _resolve_source(conn: psycopg.Connection, source: FactSource, project_id: int | None) -> _ResolvedSource:
+    """Check that the source exists and turn a file path (and line) into ids and a chunk hash."""
+    if source.kind == "command":
+        if source.command_id is None:
+            raise InputError("a command source needs the command_log id")
+        store.get_command_log(conn, source.command_id)
+        return _ResolvedSource(kind="command", command_id=source.command_id)
+    if source.kind == "chunk":
+        if project_id is None:
+            raise InputError("a fact read from a file needs the project the file belongs to")
+        if not source.file_path:
+            raise InputError("a chunk source needs the file path (relative to the project root)")
+        file = store.find_file(conn, project_id, source.file_path)
+        if file is None:
+            raise NotFound(f"file {source.file_path!r} is not indexed in this project (run `kb populate` first)")
+        if source.chunk_hash is not None:
+            row = conn.execute(CHUNK_BY_HASH, (file.id, source.chunk_hash)).fetchone()
+            what = f"no chunk of {source.file_path} has content hash {source.chunk_hash!r}"
+        elif source.line is not None:
+            row = conn.execute(CHUNK_AT_LINE, (file.id, source.line, source.line)).fetchone()
+            what = f"no chunk of {source.file_path} covers line {source.line}"
+        else:
+            raise InputError("a chunk source needs the chunk's content hash or a line inside it")
+        if row is None:
+            raise NotFound(what + " (the file may have changed: run `kb populate` and look again)")
+        return _ResolvedSource(kind="chunk", file_id=file.id, chunk_hash=row[0])
+    if source.kind == "prompt":
+        return _ResolvedSource(kind="prompt", prompt=redact(source.prompt))
+    return _ResolvedSource(kind=source.kind)
+
+
+def _clean_label(label: str) -> str:
+    cleaned = " ".join((redact(label) or "").split())
+    if not cleaned:
+        raise InputError("a fact needs a label (what it is about, e.g. 'test command')")
+    if len(cleaned) > MAX_LABEL_CHARS:
+        raise InputError(f"a fact label is at most {MAX_LABEL_CHARS} characters; put the detail in the value")
+    return cleaned
+
+
+def _clean_value(value: str) -> str:
+    cleaned = (redact(value) or "").strip()
+    if not cleaned:
+        raise InputError("a fact needs a value (what is known, e.g. 'make test')")
+    if len(cleaned) > MAX_VALUE_CHARS:
+        raise InputError(
+            f"a fact value is at most {MAX_VALUE_CHARS} characters ({len(cleaned)} given); "
+            "state the fact briefly and cite the file it comes from"
+        )
+    return cleaned
+
+
+_WORD = re.compile(r"[^\W_]+(?:[_./:-][^\W_]+)*|_+[^\W_]+\w*")
+
+
+def _words(text: str) -> list[str]:
+    """The words of a statement, ignoring case, punctuation, quotes and backticks."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def _literals(text: str) -> set[str]:
+    """Tokens whose exact spelling matters: numbers, paths, dotted names, identifiers, CamelCase."""
+    found = set()
+    for token in _WORD.findall(text):
+        if any(c.isdigit() for c in token) or any(c in token for c in "_./:-") or re.search(r"[a-z][A-Z]", token):
+            found.add(token.lower())
+    return found
+
+
+def _same_statement(old_value: str, new_value: str, old_vector: object, new_vector: np.ndarray) -> bool:
+    """Whether ``new_value`` restates ``old_value`` (see the module docstring)."""
+    if _words(old_value) == _words(new_value):
+        return True
+    if old_vector is None or _literals(old_value) != _literals(new_value):
+        return False
+    old = np.asarray(old_vector.to_numpy() if hasattr(old_vector, "to_numpy") else old_vector, dtype=np.float32)
+    return float(old @ new_vector) >= RESTATEMENT_SIMILARITY
