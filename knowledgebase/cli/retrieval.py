@@ -1,0 +1,230 @@
+"""``kb search`` and ``kb context``: ranked hits, and the context block an agent would get for a prompt."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+
+if TYPE_CHECKING:
+    from knowledgebase.config import Settings
+    from knowledgebase.context import ContextPack
+    from knowledgebase.db import Database
+    from knowledgebase.embedding import Embedder
+    from knowledgebase.retrieval import Hit
+
+KIND_CHOICES = ("chunk", "fact", "command", "all")
+_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+project_option = click.option(
+    "--project",
+    metavar="NAME",
+    help="Project to search (default: the indexed project containing the current directory, else all projects).",
+)
+
+
+@contextmanager
+def open_store(database_url: str | None) -> Iterator[tuple[Settings, Database, Embedder]]:
+    """Settings, an open database and the configured embedder, for one command."""
+    from knowledgebase.db import open_database
+    from knowledgebase.embedding import embedder_from_settings
+
+    settings = settings_from(database_url)
+    with open_database(settings) as db:
+        yield settings, db, embedder_from_settings(settings)
+
+
+def default_project(db: Database, explicit: str | None) -> str | None:
+    """``explicit``, else the indexed project whose root contains the current directory, else None."""
+    import os
+
+    from knowledgebase import store
+
+    if explicit is not None:
+        return explicit
+    with db.connection() as conn:
+        project = store.project_for_path(conn, os.path.realpath(os.getcwd()))
+    return project.name if project is not None else None
+
+
+def read_text_argument(text: str) -> str:
+    """The argument, or standard input when it is ``-``."""
+    return sys.stdin.read() if text == "-" else text
+
+
+def parse_age(value: str | None) -> timedelta | None:
+    """``30m``, ``12h``, ``7d``, ``2w`` as a timedelta."""
+    from knowledgebase.errors import InputError
+
+    if value is None:
+        return None
+    match = _AGE.match(value)
+    if not match:
+        raise InputError(f"--since {value!r} is not an age like 30m, 12h, 7d or 2w")
+    return timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def hit_json(hit: Hit, *, explain: bool) -> dict[str, Any]:
+    """A hit as the JSON documented for ``kb search --json``."""
+    from knowledgebase.cli._output import to_jsonable
+
+    common: dict[str, Any] = {"kind": hit.kind, "id": hit.id, "project": hit.project, "score": round(hit.score, 6)}
+    if hit.kind == "chunk":
+        data = common | {
+            "path": hit.path,
+            "start_line": hit.start_line,
+            "end_line": hit.end_line,
+            "symbol": hit.symbol,
+            "language": hit.language,
+            "text": hit.text,
+        }
+    elif hit.kind == "fact":
+        data = common | {
+            "label": hit.label,
+            "value": hit.value,
+            "confidence_score": hit.confidence_score,
+            "effective_confidence": round(hit.effective_confidence or 0.0, 6),
+            "is_stale": hit.is_stale,
+            "source_path": hit.source_path,
+            "text": hit.text,
+        }
+    else:
+        data = common | {
+            "command": hit.command,
+            "success": hit.success,
+            "return_code": hit.return_code,
+            "task_id": hit.task_id,
+            "created_at": to_jsonable(hit.created_at),
+            "text": hit.text,
+        }
+    if explain:
+        data["parts"] = to_jsonable(hit.parts)
+        data["explain"] = hit.parts.explain()
+    return data
+
+
+@click.command()
+@click.argument("query")
+@project_option
+@click.option(
+    "--kind",
+    "kinds",
+    type=click.Choice(KIND_CHOICES),
+    multiple=True,
+    help="What to search: chunk, fact, command or all (repeatable; default: chunk and fact).",
+)
+@click.option("--limit", default=10, show_default=True, type=int, help="Number of hits.")
+@click.option("--glob", "path_glob", metavar="GLOB", help="Only files matching this path glob (e.g. 'src/**/*.py').")
+@click.option("--task", "task_id", metavar="ID", help="Only facts and commands of this task.")
+@click.option("--since", metavar="AGE", help="Only what was indexed, confirmed or run within this age (7d, 12h).")
+@click.option("--explain", is_flag=True, help="Show the parts of every score.")
+@json_option
+@database_url_option
+def search(
+    query: str,
+    project: str | None,
+    kinds: tuple[str, ...],
+    limit: int,
+    path_glob: str | None,
+    task_id: str | None,
+    since: str | None,
+    explain: bool,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin)."""
+    from knowledgebase.retrieval import DEFAULT_KINDS, KINDS
+    from knowledgebase.retrieval import search as run_search
+
+    query = read_text_argument(query)
+    age = parse_age(since)
+    chosen = KINDS if "all" in kinds else (kinds or DEFAULT_KINDS)
+    with open_store(database_url) as (_, db, embedder):
+        hits = run_search(
+            db,
+            embedder,
+            query,
+            project=default_project(db, project),
+            task_id=task_id,
+            kinds=chosen,
+            path_glob=path_glob,
+            since=age,
+            limit=limit,
+        )
+    if as_json:
+        print_json([hit_json(hit, explain=explain) for hit in hits])
+        return
+    if not hits:
+        click.echo("No hits.", err=True)
+        return
+    for rank, hit in enumerate(hits, start=1):
+        title = hit.citation() + (f"  {hit.symbol}" if hit.symbol else "")
+        click.echo(click.style(f"{rank:>2}. {hit.score:.3f}  {title}", bold=True))
+        if explain:
+            click.echo(f"    {hit.parts.explain()}")
+        lines = hit.text.splitlines() or [""]
+        for line in lines[:4]:
+            click.echo(f"    {line[:160]}")
+        if len(lines) > 4:
+            click.echo(f"    ... ({len(lines) - 4} more lines)")
+
+
+def pack_json(pack: ContextPack) -> dict[str, Any]:
+    from knowledgebase.cli._output import to_jsonable
+
+    return {
+        "text": pack.text,
+        "token_count": pack.token_count,
+        "budget": pack.budget,
+        "project": pack.project,
+        "task_id": pack.task_id,
+        "record_id": pack.record_id,
+        "items": [to_jsonable(item) for item in pack.items],
+    }
+
+
+@click.command()
+@click.argument("prompt")
+@project_option
+@click.option("--task", "task_id", metavar="ID", help="Record the block under this task.")
+@click.option("--budget", type=int, metavar="TOKENS", help="Token budget (default: KB_CONTEXT_BUDGET, 1500).")
+@click.option("--no-record", is_flag=True, help="Do not record the block in context_log.")
+@json_option
+@database_url_option
+def context(
+    prompt: str,
+    project: str | None,
+    task_id: str | None,
+    budget: int | None,
+    no_record: bool,
+    as_json: bool,
+    database_url: str | None,
+) -> None:
+    """Print the ranked context block for PROMPT, as Markdown within the token budget ('-' reads stdin)."""
+    from knowledgebase.context import build_context
+
+    prompt = read_text_argument(prompt)
+    with open_store(database_url) as (settings, db, embedder):
+        pack = build_context(
+            db,
+            embedder,
+            prompt,
+            project=default_project(db, project),
+            task_id=task_id,
+            budget=settings.context_budget if budget is None else budget,
+            record=not no_record,
+        )
+    if as_json:
+        print_json(pack_json(pack))
+    elif pack.text:
+        click.echo(pack.text, nl=False)
+    else:
+        click.echo("No context: nothing relevant is indexed yet (run `kb populate PATH`).", err=True)
