@@ -55,6 +55,8 @@ class Settings:
     embed_backend: str = "torch"
     embed_batch_size: int = 32
     max_file_bytes: int = 1_000_000
+    chunk_tokens: int = 256
+    ingest_batch_chunks: int = 256
     context_budget: int = DEFAULT_CONTEXT_BUDGET
     agent_id: str = ""
     pool_size: int = 4
@@ -74,6 +76,8 @@ class Settings:
             embed_backend=backend,
             embed_batch_size=_int(env, "KB_EMBED_BATCH_SIZE", 32, minimum=1),
             max_file_bytes=_int(env, "KB_MAX_FILE_BYTES", 1_000_000, minimum=1),
+            chunk_tokens=_int(env, "KB_CHUNK_TOKENS", 256, minimum=64),
+            ingest_batch_chunks=_int(env, "KB_INGEST_BATCH_CHUNKS", 256, minimum=1),
             context_budget=_int(env, "KB_CONTEXT_BUDGET", DEFAULT_CONTEXT_BUDGET, minimum=1),
             agent_id=env.get("KB_AGENT_ID") or f"{socket.gethostname()}:{os.getpid()}",
             pool_size=_int(env, "KB_POOL_SIZE", 4, minimum=1),

@@ -160,3 +160,80 @@ def get_chunk(conn: psycopg.Connection, chunk_id: int) -> StoredChunk:
 
 def delete_chunks(conn: psycopg.Connection, file_id: int) -> int:
     return conn.execute(DELETE_CHUNKS, (file_id,)).rowcount
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What a re-scan compares with the disk (no content)."""
+
+    id: int
+    file_path: str
+    content_hash: str
+    size_bytes: int
+    mtime_ns: int | None
+    chunked_hash: str | None
+
+
+@dataclass(frozen=True)
+class ChunkMatch:
+    """A chunk found by vector similarity, with its file path."""
+
+    chunk_id: int
+    file_path: str
+    start_line: int
+    end_line: int
+    kind: str
+    symbol: str | None
+    content: str
+    similarity: float
+
+
+_STATE_COLS = columns(FileState)
+LIST_FILE_STATES = f"SELECT {_STATE_COLS} FROM project_files WHERE project_id = %s"
+UPDATE_FILE_STAT = "UPDATE project_files SET size_bytes = %s, mtime_ns = %s WHERE id = %s"
+DELETE_FILES_BY_ID = "DELETE FROM project_files WHERE id = ANY(%s::bigint[])"
+CHUNK_VECTORS_BY_HASH = """
+SELECT DISTINCT ON (content_hash) content_hash, embedding FROM file_chunks
+ WHERE content_hash = ANY(%s::text[]) AND embedding_model_id = %s AND embedding IS NOT NULL
+"""
+# strict_order keeps the cosine order exact while the project filter makes HNSW scan further
+NEAREST_CHUNKS = """
+SELECT c.id AS chunk_id, f.file_path, c.start_line, c.end_line, c.kind, c.symbol, c.content,
+       1 - (c.embedding <=> %(vector)s::vector) AS similarity
+  FROM file_chunks c JOIN project_files f ON f.id = c.file_id
+ WHERE c.project_id = %(project_id)s AND c.embedding IS NOT NULL
+ ORDER BY c.embedding <=> %(vector)s::vector
+ LIMIT %(limit)s
+"""
+ITERATIVE_SCAN = "SET LOCAL hnsw.iterative_scan = strict_order"
+
+
+def list_file_states(conn: psycopg.Connection, project_id: int) -> list[FileState]:
+    """Path, hashes and stat of every stored file of a project."""
+    return fetch_all(conn, FileState, LIST_FILE_STATES, (project_id,))
+
+
+def update_file_stats(conn: psycopg.Connection, stats: Sequence[tuple[int, int, int]]) -> None:
+    """Record new ``(file_id, size_bytes, mtime_ns)`` for files whose content did not change."""
+    if stats:
+        with conn.cursor() as cur:
+            cur.executemany(UPDATE_FILE_STAT, [(size, mtime, file_id) for file_id, size, mtime in stats])
+
+
+def delete_files_by_id(conn: psycopg.Connection, file_ids: Sequence[int]) -> int:
+    """Delete files (and by cascade their chunks) by id."""
+    return conn.execute(DELETE_FILES_BY_ID, (list(file_ids),)).rowcount if file_ids else 0
+
+
+def chunk_vectors_by_hash(conn: psycopg.Connection, hashes: Sequence[str], model_id: int) -> dict[str, np.ndarray]:
+    """Stored vectors of ``model_id`` for any chunk (of any project) with one of these content hashes."""
+    if not hashes:
+        return {}
+    rows = conn.execute(CHUNK_VECTORS_BY_HASH, (list(hashes), model_id)).fetchall()
+    return {content_hash: vector.to_numpy() for content_hash, vector in rows}
+
+
+def nearest_chunks(conn: psycopg.Connection, project_id: int, vector: np.ndarray, limit: int) -> list[ChunkMatch]:
+    """The ``limit`` chunks of a project most similar to ``vector`` (cosine, through the HNSW index)."""
+    conn.execute(ITERATIVE_SCAN)
+    return fetch_all(conn, ChunkMatch, NEAREST_CHUNKS, {"vector": vector, "project_id": project_id, "limit": limit})

@@ -1,0 +1,491 @@
+"""Populating a project's memory: scan, read, redact, chunk, embed and store its files, incrementally.
+
+``populate_project(db, embedder, root, settings=...)`` brings ``project_files`` and ``file_chunks``
+in line with the directory:
+
+- An unchanged file costs one ``lstat``: its size and mtime (ns) match the stored row, and the row's
+  ``chunked_hash`` equals its ``content_hash`` (its chunks are complete). A file whose stat changed is
+  read and hashed (SHA-256 of the bytes on disk); if the hash is the stored one, only the stat is
+  updated.
+- A new or changed file is redacted (``knowledgebase.redact``; the stored content and everything
+  embedded are redacted), chunked, and only chunks whose content hash has no stored vector of the
+  active model (in any project) are embedded; the others reuse the stored vector.
+- Files that disappeared, or are now skipped (ignored, binary, too large...), leave the index with
+  their chunks. A file that kept changing while being read keeps its previous version until the next run.
+- Facts read from a chunk that changed or disappeared are marked stale (``MARK_CHANGED_FILE_FACTS_STALE``,
+  ``MARK_DELETED_FILES_FACTS_STALE``), in the same transaction as the chunk change.
+
+Work is committed in batches of about ``settings.ingest_batch_chunks`` chunks: one transaction writes
+the batch's file rows, replaces their chunks (batched ``executemany``) and sets ``chunked_hash`` last,
+so a run killed half-way keeps every finished batch and the next run redoes only the rest (a row
+whose ``chunked_hash`` differs from its ``content_hash`` is always redone). Embedding happens before
+the transaction opens, so no transaction is held while the model runs. The HNSW index is never
+dropped: it is updated row by row and stays usable while rows stream in.
+
+Concurrency: populating one project is serialised by a session advisory lock on
+``(POPULATE_LOCK, project_id)`` held for the whole run on a dedicated connection. A second agent
+populating the same project waits (progress phase ``waiting``), then finds everything unchanged, so
+no work is duplicated and no row conflicts; different projects populate in parallel. Every populate
+also holds ``(REEMBED_LOCK, 0)`` shared, which ``kb reembed`` takes exclusively. Locks are always
+taken in that order, so they cannot deadlock; a killed process releases them with its connection.
+
+The embedding model is checked cheaply up front (by name, without loading it) and fully with
+``bind_model`` before the first write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from knowledgebase.chunking import Chunk, TokenCounter, chunk_text, token_counter
+from knowledgebase.config import Settings
+from knowledgebase.embedding import Embedder, bind_model
+from knowledgebase.errors import InputError
+from knowledgebase.redact import redact_text
+from knowledgebase.scanning import (
+    FileText,
+    ScannedFile,
+    SkippedFile,
+    SkipReason,
+    read_scanned,
+    resolve_root,
+    scan_project,
+)
+from knowledgebase.store import (
+    FileState,
+    NewChunk,
+    NewFile,
+    active_model,
+    chunk_vectors_by_hash,
+    delete_files_by_id,
+    ensure_project,
+    insert_chunks,
+    list_file_states,
+    update_file_stats,
+    upsert_file,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from knowledgebase.db import Database
+
+# pg_advisory_lock(class, id) keys: "kp" + project id, "kr" + 0 ("kb" bigint keys are used by migrations)
+POPULATE_LOCK = 0x6B70
+REEMBED_LOCK = 0x6B72
+MAX_FILES_PER_BATCH = 500
+DELETE_BATCH = 1000
+
+# The contract with facts (knowledgebase.facts): a fact read from a chunk goes stale once no chunk of
+# its file has that content hash any more, or its file leaves the index.
+MARK_CHANGED_FILE_FACTS_STALE = """
+UPDATE knowledge SET is_stale = true, stale_since = now()
+ WHERE source_file_id = %(file_id)s AND source_chunk_hash IS NOT NULL
+   AND NOT (source_chunk_hash = ANY(%(chunk_hashes)s::text[])) AND NOT is_stale
+"""
+MARK_DELETED_FILES_FACTS_STALE = """
+UPDATE knowledge SET is_stale = true, stale_since = now()
+ WHERE source_file_id = ANY(%(file_ids)s::bigint[]) AND NOT is_stale
+"""
+MARK_CHUNKED = "UPDATE project_files SET chunked_hash = content_hash WHERE id = %s"
+DELETE_FILE_CHUNKS = "DELETE FROM file_chunks WHERE file_id = ANY(%s::bigint[])"
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
+LOCK = "SELECT pg_advisory_lock(%s, %s)"
+UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
+LOCK_SHARED = "SELECT pg_advisory_lock_shared(%s, %s)"
+UNLOCK_SHARED = "SELECT pg_advisory_unlock_shared(%s, %s)"
+
+
+@dataclass(frozen=True)
+class PopulateProgress:
+    """Where a populate run is; ``phase`` is waiting, scanning, indexing, deleting or done."""
+
+    phase: str
+    files_total: int = 0
+    files_done: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    embed_seconds: float = 0.0
+    path: str | None = None
+
+    @property
+    def chunks_per_second(self) -> float:
+        """Embedding rate so far (chunks the model embedded per second of embedding)."""
+        return self.chunks_embedded / self.embed_seconds if self.embed_seconds else 0.0
+
+
+ProgressCallback = Callable[[PopulateProgress], None]
+
+
+@dataclass(frozen=True)
+class PopulateTimings:
+    """Seconds spent per stage (``read`` includes decoding, redaction and chunking)."""
+
+    lock_wait: float
+    scan: float
+    read: float
+    embed: float
+    write: float
+    total: float
+
+
+@dataclass(frozen=True)
+class PopulateReport:
+    """What a populate run did."""
+
+    project: str
+    project_id: int
+    root: str
+    files_indexed: int
+    added: int
+    changed: int
+    unchanged: int
+    deleted: int
+    skipped: tuple[SkippedFile, ...]
+    skipped_by_reason: dict[str, int]
+    lossy_files: tuple[str, ...]
+    chunks_written: int
+    chunks_embedded: int
+    chunks_reused: int
+    secrets_redacted: int
+    timings: PopulateTimings
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A new or changed file, read, redacted and chunked, waiting for its batch."""
+
+    text: FileText
+    content: str
+    chunks: list[Chunk]
+    previous: FileState | None
+
+
+def populate_project(
+    db: Database,
+    embedder: Embedder,
+    root: Path | str,
+    *,
+    project: str | None = None,
+    settings: Settings,
+    progress: ProgressCallback | None = None,
+) -> PopulateReport:
+    """Index the directory ``root`` as project ``project`` (default: the directory's name).
+
+    Raises ProjectPathError for a path that is not a directory, ModelMismatch when ``embedder`` is not
+    the store's model; an error half-way keeps every batch committed before it.
+    """
+    started = time.perf_counter()
+    root_path = resolve_root(root)
+    name = root_path.name if project is None else project.strip()
+    if not name:
+        raise InputError("the project name must not be empty: pass --project NAME")
+    with db.connection() as conn:
+        record = ensure_project(conn, name, str(root_path))
+        _check_model_name(conn, embedder)
+    run = _Run(db, embedder, settings, record.id, progress or (lambda _: None))
+    with _populate_lock(db, record.id, run.notify) as lock_wait:
+        run.execute(root_path)
+    return run.report(name, root_path, lock_wait, time.perf_counter() - started)
+
+
+def _check_model_name(conn: psycopg.Connection, embedder: Embedder) -> None:
+    """Refuse a model with another name before scanning (``bind_model`` words the error)."""
+    active = active_model(conn)
+    if active is not None and active.name != embedder.name:
+        bind_model(conn, embedder)
+
+
+@contextmanager
+def _populate_lock(db: Database, project_id: int, notify: ProgressCallback) -> Iterator[float]:
+    """Hold the project's populate lock (and the shared reembed lock); yields the seconds waited."""
+    key = (POPULATE_LOCK, project_id % 2**31)
+    with db.connection() as conn:
+        started = time.perf_counter()
+        conn.execute(LOCK_SHARED, (REEMBED_LOCK, 0))
+        row = conn.execute(TRY_LOCK, key).fetchone()
+        if not (row and row[0]):
+            notify(PopulateProgress("waiting"))
+            conn.execute(LOCK, key)
+        conn.commit()  # session locks outlive the transaction; do not sit idle in one
+        waited = time.perf_counter() - started
+        try:
+            yield waited
+        finally:
+            _release(conn, [(UNLOCK, key), (UNLOCK_SHARED, (REEMBED_LOCK, 0))])
+
+
+def _release(conn: psycopg.Connection, unlocks: list[tuple[str, tuple[int, int]]]) -> None:
+    """Release session locks; a connection that cannot is closed (the server then drops its locks)."""
+    import psycopg
+
+    try:
+        conn.rollback()
+        for statement, key in unlocks:
+            conn.execute(statement, key)
+        conn.commit()
+    except psycopg.Error:
+        conn.close()
+
+
+@dataclass
+class _Run:
+    """The state of one populate run (counters, pending batch, lazily bound model)."""
+
+    db: Database
+    embedder: Embedder
+    settings: Settings
+    project_id: int
+    notify: ProgressCallback
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    files_indexed: int = 0
+    chunks_written: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    secrets_redacted: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    lossy: list[str] = field(default_factory=list)
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    model_id: int | None = None
+    _count_tokens: TokenCounter | None = None
+
+    def execute(self, root: Path) -> None:
+        self.notify(PopulateProgress("scanning"))
+        clock = time.perf_counter()
+        entries = list(scan_project(root, self.settings))
+        with self.db.connection() as conn:
+            stored = {state.file_path: state for state in list_file_states(conn, self.project_id)}
+        self.seconds["scan"] += time.perf_counter() - clock
+        files = [entry for entry in entries if isinstance(entry, ScannedFile)]
+        self.skipped.extend(entry for entry in entries if isinstance(entry, SkippedFile))
+        self.files_total = len(files)
+        kept: set[str] = set()
+        touched: list[tuple[int, int, int]] = []
+        batch: list[_Prepared] = []
+        for file in files:
+            state = stored.get(file.rel_path)
+            outcome = self._examine(file, state)
+            if isinstance(outcome, _Prepared):
+                batch.append(outcome)
+                kept.add(file.rel_path)
+                if sum(len(p.chunks) for p in batch) >= self.settings.ingest_batch_chunks or len(batch) >= (
+                    MAX_FILES_PER_BATCH
+                ):
+                    self._write_batch(batch)
+                    batch = []
+            elif isinstance(outcome, tuple):
+                touched.append(outcome)
+                kept.add(file.rel_path)
+            elif outcome:
+                kept.add(file.rel_path)
+            self.files_done += 1
+            self._tick(file.rel_path)
+        self._write_batch(batch)
+        clock = time.perf_counter()
+        with self.db.connection() as conn:
+            update_file_stats(conn, touched)
+        self.seconds["write"] += time.perf_counter() - clock
+        self._delete([state.id for path, state in stored.items() if path not in kept])
+        self.files_indexed = len(kept)
+        self.notify(self._progress("done"))
+
+    def _examine(self, file: ScannedFile, state: FileState | None) -> _Prepared | tuple[int, int, int] | bool:
+        """The work ``file`` needs: a prepared file, a stat update, True (keep as is) or False (drop)."""
+        complete = state is not None and state.chunked_hash == state.content_hash
+        if state is not None and complete and (state.size_bytes, state.mtime_ns) == (file.size, file.mtime_ns):
+            self.unchanged += 1
+            return True
+        clock = time.perf_counter()
+        try:
+            result = read_scanned(file, max_bytes=self.settings.max_file_bytes)
+            if isinstance(result, SkippedFile):
+                self.skipped.append(result)
+                return result.reason is SkipReason.CHANGING and state is not None
+            if result.lossy_decode:
+                self.lossy.append(file.rel_path)
+            if state is not None and complete and result.content_hash == state.content_hash:
+                self.unchanged += 1
+                return (state.id, result.file.size, result.file.mtime_ns)
+            return self._prepare(result, state)
+        finally:
+            self.seconds["read"] += time.perf_counter() - clock
+
+    def _prepare(self, text: FileText, state: FileState | None) -> _Prepared:
+        redaction = redact_text(text.text)
+        self.secrets_redacted += redaction.count
+        if self._count_tokens is None:
+            self._count_tokens = token_counter(self.embedder)
+        chunks = chunk_text(
+            redaction.text,
+            text.file.rel_path,
+            text.file.language,
+            count_tokens=self._count_tokens,
+            max_tokens=self.settings.chunk_tokens,
+        )
+        return _Prepared(text=text, content=redaction.text, chunks=chunks, previous=state)
+
+    def _write_batch(self, batch: list[_Prepared]) -> None:
+        """Embed what is new in ``batch`` (no transaction open), then write it in one transaction."""
+        if not batch:
+            return
+        model_id = self._bind_model()
+        texts = {chunk.content_hash: chunk.embedding_text for prepared in batch for chunk in prepared.chunks}
+        clock = time.perf_counter()
+        with self.db.connection() as conn:
+            vectors = chunk_vectors_by_hash(conn, list(texts), model_id)
+        self.seconds["write"] += time.perf_counter() - clock
+        missing = {content_hash: text for content_hash, text in texts.items() if content_hash not in vectors}
+        vectors.update(self._embed(missing))
+        clock = time.perf_counter()
+        with self.db.connection() as conn:
+            rows: list[NewChunk] = []
+            written: list[int] = []
+            for prepared in batch:
+                file_id = self._write_file(conn, prepared)
+                written.append(file_id)
+                rows.extend(_chunk_rows(prepared.chunks, file_id, self.project_id, vectors, model_id))
+            replaced = [file_id for file_id, p in zip(written, batch, strict=True) if p.previous is not None]
+            if replaced:
+                conn.execute(DELETE_FILE_CHUNKS, (replaced,))
+            insert_chunks(conn, rows)
+            with conn.cursor() as cur:  # last: the files' chunks are complete
+                cur.executemany(MARK_CHUNKED, [(file_id,) for file_id in written])
+        self.seconds["write"] += time.perf_counter() - clock
+        total = sum(len(p.chunks) for p in batch)
+        self.chunks_written += total
+        self.chunks_reused += total - len(missing)
+
+    def _write_file(self, conn: psycopg.Connection, prepared: _Prepared) -> int:
+        file = prepared.text.file
+        row = upsert_file(
+            conn,
+            NewFile(
+                project_id=self.project_id,
+                file_path=file.rel_path,
+                content=prepared.content,
+                content_hash=prepared.text.content_hash,
+                size_bytes=file.size,
+                language=file.language,
+                mtime_ns=file.mtime_ns,
+                lossy_decode=prepared.text.lossy_decode,
+            ),
+        )
+        if prepared.previous is None:
+            self.added += 1
+        else:
+            self.changed += 1
+            hashes = [chunk.content_hash for chunk in prepared.chunks]
+            conn.execute(MARK_CHANGED_FILE_FACTS_STALE, {"file_id": row.id, "chunk_hashes": hashes})
+        return row.id
+
+    def _embed(self, texts: dict[str, str]) -> dict[str, np.ndarray]:
+        """Vectors for ``texts`` (hash -> text), in model batches of similar length, reporting progress."""
+        if not texts:
+            return {}
+        items = sorted(texts.items(), key=lambda item: len(item[1]), reverse=True)
+        step = max(1, self.settings.embed_batch_size)
+        vectors: dict[str, np.ndarray] = {}
+        for offset in range(0, len(items), step):
+            part = items[offset : offset + step]
+            clock = time.perf_counter()
+            embedded = self.embedder.embed_documents([text for _, text in part])
+            self.seconds["embed"] += time.perf_counter() - clock
+            vectors.update(zip((content_hash for content_hash, _ in part), embedded, strict=True))
+            self.chunks_embedded += len(part)
+            self._tick(None)
+        return vectors
+
+    def _bind_model(self) -> int:
+        if self.model_id is None:
+            with self.db.connection() as conn:
+                self.model_id = bind_model(conn, self.embedder)
+        return self.model_id
+
+    def _delete(self, file_ids: list[int]) -> None:
+        """Remove files that left the project, marking the facts read from them stale first."""
+        if not file_ids:
+            return
+        self.notify(self._progress("deleting"))
+        clock = time.perf_counter()
+        for offset in range(0, len(file_ids), DELETE_BATCH):
+            part = file_ids[offset : offset + DELETE_BATCH]
+            with self.db.connection() as conn:
+                conn.execute(MARK_DELETED_FILES_FACTS_STALE, {"file_ids": part})
+                self.deleted += delete_files_by_id(conn, part)
+        self.seconds["write"] += time.perf_counter() - clock
+
+    def _progress(self, phase: str, path: str | None = None) -> PopulateProgress:
+        return PopulateProgress(
+            phase=phase,
+            files_total=self.files_total,
+            files_done=self.files_done,
+            chunks_embedded=self.chunks_embedded,
+            chunks_reused=self.chunks_reused,
+            embed_seconds=self.seconds["embed"],
+            path=path,
+        )
+
+    def _tick(self, path: str | None) -> None:
+        self.notify(self._progress("indexing", path))
+
+    def report(self, name: str, root: Path, lock_wait: float, total: float) -> PopulateReport:
+        return PopulateReport(
+            project=name,
+            project_id=self.project_id,
+            root=str(root),
+            files_indexed=self.files_indexed,
+            added=self.added,
+            changed=self.changed,
+            unchanged=self.unchanged,
+            deleted=self.deleted,
+            skipped=tuple(self.skipped),
+            skipped_by_reason=dict(Counter(str(s.reason) for s in self.skipped).most_common()),
+            lossy_files=tuple(self.lossy),
+            chunks_written=self.chunks_written,
+            chunks_embedded=self.chunks_embedded,
+            chunks_reused=self.chunks_reused,
+            secrets_redacted=self.secrets_redacted,
+            timings=PopulateTimings(
+                lock_wait=lock_wait,
+                scan=self.seconds["scan"],
+                read=self.seconds["read"],
+                embed=self.seconds["embed"],
+                write=self.seconds["write"],
+                total=total,
+            ),
+        )
+
+
+def _chunk_rows(
+    chunks: list[Chunk], file_id: int, project_id: int, vectors: dict[str, np.ndarray], model_id: int
+) -> list[NewChunk]:
+    return [
+        NewChunk(
+            file_id=file_id,
+            project_id=project_id,
+            chunk_index=chunk.index,
+            start_line=chunk.start_line,
+            end_line=chunk.end_line,
+            kind=chunk.kind,
+            symbol=chunk.symbol,
+            content=chunk.content,
+            content_hash=chunk.content_hash,
+            token_count=chunk.token_count,
+            embedding=vectors[chunk.content_hash],
+            embedding_model_id=model_id,
+        )
+        for chunk in chunks
+    ]
