@@ -25,6 +25,7 @@ TABLES = (
     "projects",
     "embedding_models",
     "api_keys",
+    "api_key_grants",
     "tasks",
     "command_log",
     "command_output",

@@ -77,7 +77,7 @@ def test_knowledge(conn: psycopg.Connection) -> None:
 
 def test_tasks(conn: psycopg.Connection) -> None:
     t = store.insert_task(conn, "T-1", title="fix bug", context={"goal": "green CI"})
-    assert t.status == "pending" and t.context == {"goal": "green CI"} and t.history == []
+    assert t.status == "pending" and t.context == {"goal": "green CI"}
     assert store.ensure_task(conn, "T-1").created_at == t.created_at
     assert store.ensure_task(conn, "T-2").status == "pending"
     assert {x.id for x in store.list_tasks(conn, status="pending")} == {"T-1", "T-2"}

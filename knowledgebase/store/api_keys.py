@@ -23,12 +23,6 @@ class ApiKey:
     rpm_limit: int | None
     tpm_limit: int | None
     rpd_limit: int | None
-    minute_window_start: datetime | None
-    minute_requests: int
-    minute_tokens: int
-    day_window_start: datetime | None
-    day_requests: int
-    day_tokens: int
     cooldown_until: datetime | None
     disabled: bool
     disabled_reason: str | None

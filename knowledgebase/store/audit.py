@@ -47,6 +47,7 @@ class NewCommandLog:
     permissions: str | None = None
     user_confirmation: bool | None = None
     agent_mode: str | None = None
+    created_at: datetime | None = None  # None: now (set when replaying an entry spooled during an outage)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class NewCommandOutput:
     stderr_bytes: int | None = None
     truncated: bool = False
     error: str | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class NewUsage:
     latency_ms: int | None = None
     success: bool = True
     error: str | None = None
+    created_at: datetime | None = None
 
 
 _LOG_COLS = columns(CommandLogEntry)
@@ -119,10 +122,10 @@ _USAGE_COLS = columns(UsageEntry)
 
 INSERT_COMMAND_LOG = f"""
 INSERT INTO command_log (kind, task_id, project_id, session_id, agent_id, prompt, response, proposed_command,
-                         tool_name, tool_input, permissions, user_confirmation, agent_mode)
+                         tool_name, tool_input, permissions, user_confirmation, agent_mode, created_at)
 VALUES (%(kind)s, %(task_id)s, %(project_id)s, %(session_id)s, %(agent_id)s, %(prompt)s, %(response)s,
         %(proposed_command)s, %(tool_name)s, %(tool_input)s, %(permissions)s, %(user_confirmation)s,
-        %(agent_mode)s)
+        %(agent_mode)s, COALESCE(%(created_at)s, now()))
 RETURNING {_LOG_COLS}
 """
 GET_COMMAND_LOG = f"SELECT {_LOG_COLS} FROM command_log WHERE id = %s"
@@ -135,17 +138,18 @@ SELECT {_LOG_COLS} FROM command_log
 """
 INSERT_COMMAND_OUTPUT = f"""
 INSERT INTO command_output (command_log_id, stdout, stderr, return_code, file_written, success, duration_ms,
-                            stdout_bytes, stderr_bytes, truncated, error)
+                            stdout_bytes, stderr_bytes, truncated, error, created_at)
 VALUES (%(command_log_id)s, %(stdout)s, %(stderr)s, %(return_code)s, %(file_written)s, %(success)s,
-        %(duration_ms)s, %(stdout_bytes)s, %(stderr_bytes)s, %(truncated)s, %(error)s)
+        %(duration_ms)s, %(stdout_bytes)s, %(stderr_bytes)s, %(truncated)s, %(error)s,
+        COALESCE(%(created_at)s, now()))
 RETURNING {_OUT_COLS}
 """
 LIST_COMMAND_OUTPUT = f"SELECT {_OUT_COLS} FROM command_output WHERE command_log_id = %s ORDER BY id"
 INSERT_USAGE = f"""
 INSERT INTO usage_log (request_type, model, prompt_tokens, response_tokens, total_tokens, api_key_id, task_id,
-                       command_log_id, latency_ms, success, error)
+                       command_log_id, latency_ms, success, error, created_at)
 VALUES (%(request_type)s, %(model)s, %(prompt_tokens)s, %(response_tokens)s, %(total_tokens)s, %(api_key_id)s,
-        %(task_id)s, %(command_log_id)s, %(latency_ms)s, %(success)s, %(error)s)
+        %(task_id)s, %(command_log_id)s, %(latency_ms)s, %(success)s, %(error)s, COALESCE(%(created_at)s, now()))
 RETURNING {_USAGE_COLS}
 """
 LIST_USAGE = f"""

@@ -21,7 +21,6 @@ class Task:
     project_id: int | None
     title: str
     context: dict[str, Any]
-    history: list[Any]
     status: str
     priority: int
     owner: str | None

@@ -47,12 +47,6 @@ CREATE TABLE api_keys (
     rpm_limit           INTEGER CHECK (rpm_limit > 0),
     tpm_limit           INTEGER CHECK (tpm_limit > 0),
     rpd_limit           INTEGER CHECK (rpd_limit > 0),
-    minute_window_start TIMESTAMPTZ,
-    minute_requests     INTEGER NOT NULL DEFAULT 0,
-    minute_tokens       INTEGER NOT NULL DEFAULT 0,
-    day_window_start    TIMESTAMPTZ,
-    day_requests        INTEGER NOT NULL DEFAULT 0,
-    day_tokens          BIGINT NOT NULL DEFAULT 0,
     cooldown_until      TIMESTAMPTZ,
     disabled            BOOLEAN NOT NULL DEFAULT false,
     disabled_reason     TEXT,
@@ -60,12 +54,22 @@ CREATE TABLE api_keys (
     created_at          TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- one row per request granted on a key: the sliding minute and day windows are counted from here
+-- (under the key's row lock), so no 60-second or 24-hour window ever holds more than the limits
+CREATE TABLE api_key_grants (
+    id            BIGSERIAL PRIMARY KEY,
+    api_key_id    BIGINT NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,
+    granted_at    TIMESTAMPTZ NOT NULL,
+    tokens        INTEGER NOT NULL DEFAULT 0 CHECK (tokens >= 0),
+    released_at   TIMESTAMPTZ
+);
+CREATE INDEX api_key_grants_window_idx ON api_key_grants (api_key_id, granted_at);
+
 CREATE TABLE tasks (
     id               TEXT PRIMARY KEY,
     project_id       BIGINT REFERENCES projects(id) ON DELETE SET NULL,
     title            TEXT NOT NULL DEFAULT '',
     context          JSONB NOT NULL DEFAULT '{}'::jsonb,
-    history          JSONB NOT NULL DEFAULT '[]'::jsonb,
     status           TEXT NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled')),
     priority         INTEGER NOT NULL DEFAULT 0,
@@ -141,6 +145,44 @@ CREATE INDEX usage_log_api_key_id_idx ON usage_log (api_key_id);
 CREATE INDEX usage_log_task_id_idx ON usage_log (task_id);
 CREATE INDEX usage_log_command_log_id_idx ON usage_log (command_log_id);
 CREATE INDEX usage_log_created_at_idx ON usage_log (created_at);
+
+-- The audit tables are append-only: rows cannot be changed or deleted, except that deleting a task,
+-- project, key or log entry may clear a reference to it (ON DELETE SET NULL). The owner of the
+-- tables (or a superuser) may do retention work after `SET kb.audit_maintenance = 'on'`.
+CREATE FUNCTION kb_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    refs     text[] := TG_ARGV;
+    old_row  jsonb := to_jsonb(OLD);
+    new_row  jsonb;
+    col      text;
+BEGIN
+    IF current_setting('kb.audit_maintenance', true) = 'on'
+       AND pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = TG_RELID), 'MEMBER') THEN
+        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        new_row := to_jsonb(NEW);
+        IF (old_row - refs) = (new_row - refs) THEN
+            FOREACH col IN ARRAY refs LOOP
+                IF new_row -> col IS DISTINCT FROM old_row -> col AND new_row -> col <> 'null'::jsonb THEN
+                    RAISE EXCEPTION '% is append-only: % cannot be changed', TG_TABLE_NAME, col
+                        USING ERRCODE = 'insufficient_privilege';
+                END IF;
+            END LOOP;
+            RETURN NEW;
+        END IF;
+    END IF;
+    RAISE EXCEPTION '% is append-only: rows cannot be changed or deleted', TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'log a new entry instead; retention jobs run as the table owner after SET kb.audit_maintenance = on';
+END
+$$;
+CREATE TRIGGER command_log_append_only BEFORE UPDATE OR DELETE ON command_log
+    FOR EACH ROW EXECUTE FUNCTION kb_audit_append_only('task_id', 'project_id');
+CREATE TRIGGER command_output_append_only BEFORE UPDATE OR DELETE ON command_output
+    FOR EACH ROW EXECUTE FUNCTION kb_audit_append_only();
+CREATE TRIGGER usage_log_append_only BEFORE UPDATE OR DELETE ON usage_log
+    FOR EACH ROW EXECUTE FUNCTION kb_audit_append_only('api_key_id', 'task_id', 'command_log_id');
 
 CREATE TABLE project_files (
     id            BIGSERIAL PRIMARY KEY,
@@ -246,9 +288,11 @@ DROP TABLE IF EXISTS usage_log;
 DROP TABLE IF EXISTS command_output;
 DROP TABLE IF EXISTS command_log;
 DROP TABLE IF EXISTS tasks;
+DROP TABLE IF EXISTS api_key_grants;
 DROP TABLE IF EXISTS api_keys;
 DROP TABLE IF EXISTS embedding_models;
 DROP TABLE IF EXISTS projects;
+DROP FUNCTION IF EXISTS kb_audit_append_only();
 """
 
 
