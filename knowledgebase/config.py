@@ -60,6 +60,12 @@ class Settings:
     context_budget: int = DEFAULT_CONTEXT_BUDGET
     agent_id: str = ""
     pool_size: int = 4
+    exec_capture_bytes: int = 65536
+    task_lease_seconds: int = 600
+    key_wait_seconds: int = 60
+    key_cooldown_seconds: int = 60
+    gemini_bin: str = "gemini"
+    gemini_model: str = "gemini-2.5-flash"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +87,12 @@ class Settings:
             context_budget=_int(env, "KB_CONTEXT_BUDGET", DEFAULT_CONTEXT_BUDGET, minimum=1),
             agent_id=env.get("KB_AGENT_ID") or f"{socket.gethostname()}:{os.getpid()}",
             pool_size=_int(env, "KB_POOL_SIZE", 4, minimum=1),
+            exec_capture_bytes=_int(env, "KB_EXEC_CAPTURE_BYTES", 65536, minimum=1024),
+            task_lease_seconds=_int(env, "KB_TASK_LEASE_SECONDS", 600, minimum=1),
+            key_wait_seconds=_int(env, "KB_KEY_WAIT_SECONDS", 60, minimum=0),
+            key_cooldown_seconds=_int(env, "KB_KEY_COOLDOWN_SECONDS", 60, minimum=1),
+            gemini_bin=env.get("KB_GEMINI_BIN") or "gemini",
+            gemini_model=env.get("KB_GEMINI_MODEL") or "gemini-2.5-flash",
         )
 
     @property
@@ -91,6 +103,11 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Audit entries written while the database was unreachable, replayed by `kb audit flush`."""
+        return self.home / "spool"
 
     @property
     def uses_embedded_db(self) -> bool:

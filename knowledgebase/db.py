@@ -102,6 +102,17 @@ class Database:
         self.close()
 
 
+@contextmanager
+def transaction(target: psycopg.Connection | Database) -> Iterator[psycopg.Connection]:
+    """A connection to work on: the caller's own (inside its transaction), or a pooled one that
+    commits at the end. Lets library functions take either a connection or a Database."""
+    if isinstance(target, Database):
+        with target.connection() as conn:
+            yield conn
+    else:
+        yield target
+
+
 def _configure_connection(conn: psycopg.Connection) -> None:
     register_vector_types(conn)
     conn.commit()
@@ -134,4 +145,5 @@ __all__ = [
     "database_url",
     "open_database",
     "redact_url",
+    "transaction",
 ]

@@ -17,7 +17,8 @@ Adapters (CLI, hooks, MCP) turn these into one clean line; any other exception i
     │   └── GeminiSettingsError  a Gemini CLI settings.json that cannot be merged into (nothing changed)
     ├── NotFound                 a task, fact, key or project that does not exist
     ├── LeaseError               a task lease that is not (or no longer) held by the caller
-    └── CapacityExhausted        no API key has headroom; says when capacity returns
+    ├── CapacityExhausted        no API key has headroom; says when capacity returns
+    └── ModelCallError           a Gemini request (CLI or API) failed for a reason other than a rate limit
 """
 
 from __future__ import annotations
@@ -69,11 +70,11 @@ class ProjectPathError(InputError):
     """A project path that does not exist or is not a directory."""
 
 
-class NotFound(KnowledgebaseError):
 class GeminiSettingsError(InputError):
     """A Gemini CLI ``settings.json`` that install/uninstall refuses to change (it is left as it was)."""
 
 
+class NotFound(KnowledgebaseError):
     """A requested row does not exist."""
 
 
@@ -87,3 +88,7 @@ class CapacityExhausted(KnowledgebaseError):
     def __init__(self, message: str, retry_at: datetime | None = None) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+
+
+class ModelCallError(KnowledgebaseError):
+    """A Gemini request failed (bad key, bad request, CLI crash...); the message carries the cause."""
