@@ -1,0 +1,446 @@
+"""The audit trail: what agents were asked, answered, proposed and ran, what came out, and what it cost.
+
+Writers (every value is redacted with ``knowledgebase.redact`` and NUL-free before it is stored):
+
+- ``log_exchange``        a prompt/response exchange, a proposed command or a tool call (``command_log``)
+- ``log_command_output``  the outcome of a logged command (``command_output``): stdout and stderr clipped
+                          to a size cap (head and tail kept, truncation recorded), return code, files written
+- ``log_command``         both at once, in one transaction (what ``kb exec`` and the shell hooks record)
+- ``log_usage``           token usage of a model request (``usage_log``)
+
+Reader: ``task_history(db, task_id)`` returns the task's log in order as plain JSON-able dicts, the
+shape of an agent's ``context['history']`` (see ``HistoryItem``), so a new agent can resume a task.
+
+Append-only: there is no update or delete API, and a trigger on ``command_log``, ``command_output``
+and ``usage_log`` refuses UPDATE and DELETE for everyone (only clearing a reference to a deleted task,
+project, key or entry is let through). The tables' owner may prune after
+``SET kb.audit_maintenance = 'on'``. Logging under a task id that does not exist yet opens that task
+as running outside the queue (no lease, so no worker claims it): a log row is never refused for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypedDict
+
+import psycopg
+from psycopg.rows import dict_row
+
+from knowledgebase.db import Database, transaction
+from knowledgebase.errors import InputError, NotFound
+from knowledgebase.redact import redact, redact_value
+from knowledgebase.store.audit import (
+    CommandLogEntry,
+    CommandOutput,
+    NewCommandLog,
+    NewCommandOutput,
+    NewUsage,
+    UsageEntry,
+    insert_command_log,
+    insert_command_output,
+    insert_usage,
+)
+from knowledgebase.taskqueue import open_task_if_missing
+
+ConnOrDb = psycopg.Connection | Database
+
+LOG_KINDS = ("prompt", "shell", "tool", "note")
+# Caps on what one row stores. Outputs keep their head and tail; prompts and responses are rarely
+# this long, but a hook must not be able to push megabytes into every row.
+MAX_OUTPUT_CHARS = 65_536
+MAX_TEXT_CHARS = 262_144
+
+
+# --------------------------------------------------------------------------------------------------
+# Cleaning: redaction, NUL bytes, size caps
+# --------------------------------------------------------------------------------------------------
+
+
+def omission_marker(count: int, unit: str) -> str:
+    """The line put between the kept head and tail of clipped text."""
+    return f"\n[... {count} {unit} omitted ...]\n"
+
+
+def clip_text(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` cut to about ``limit`` characters keeping its head and tail, and whether it was cut."""
+    if len(text) <= limit:
+        return text, False
+    head = limit // 2
+    tail = limit - head
+    return text[:head] + omission_marker(len(text) - head - tail, "characters") + text[-tail:], True
+
+
+def _storable(text: str | None, limit: int = MAX_TEXT_CHARS) -> str | None:
+    """Redacted, clipped and without NUL characters (PostgreSQL text cannot hold them)."""
+    if text is None:
+        return None
+    clipped, _ = clip_text(text, limit)
+    return (redact(clipped) or "").replace("\x00", "\ufffd")
+
+
+def _storable_json(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", "\ufffd"): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_json(v) for v in value]
+    return redact_value(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------------
+
+
+def prepare_exchange(
+    *,
+    task_id: str | None,
+    prompt: str | None,
+    response: str | None = None,
+    proposed_command: str | None = None,
+    permissions: str | None = None,
+    user_confirmation: bool | None = None,
+    agent_mode: str | None = None,
+    session_id: str | None = None,
+    project_id: int | None = None,
+    kind: str = "prompt",
+    tool_name: str | None = None,
+    tool_input: Any = None,
+    agent_id: str | None = None,
+) -> NewCommandLog:
+    """A ``command_log`` row ready to insert: checked, redacted, clipped."""
+    if kind not in LOG_KINDS:
+        raise InputError(f"unknown log kind {kind!r}; use one of {', '.join(LOG_KINDS)}")
+    if task_id is not None and not task_id.strip():
+        raise InputError("a task id must not be empty (leave it out to log without a task)")
+    return NewCommandLog(
+        kind=kind,
+        task_id=task_id,
+        project_id=project_id,
+        session_id=session_id,
+        agent_id=agent_id,
+        prompt=_storable(prompt),
+        response=_storable(response),
+        proposed_command=_storable(proposed_command),
+        tool_name=tool_name,
+        tool_input=_storable_json(tool_input),
+        permissions=_storable(permissions),
+        user_confirmation=user_confirmation,
+        agent_mode=agent_mode,
+    )
+
+
+def _insert_exchange(conn: psycopg.Connection, new: NewCommandLog) -> CommandLogEntry:
+    if new.task_id is not None:
+        open_task_if_missing(conn, new.task_id, project_id=new.project_id, owner=new.agent_id)
+    return insert_command_log(conn, new)
+
+
+def log_exchange(
+    conn_or_db: ConnOrDb,
+    *,
+    task_id: str | None,
+    prompt: str | None,
+    response: str | None = None,
+    proposed_command: str | None = None,
+    permissions: str | None = None,
+    user_confirmation: bool | None = None,
+    agent_mode: str | None = None,
+    session_id: str | None = None,
+    project_id: int | None = None,
+    kind: str = "prompt",
+    tool_name: str | None = None,
+    tool_input: Any = None,
+    agent_id: str | None = None,
+) -> CommandLogEntry:
+    """Record one exchange (prompt and response, a proposed command, a tool call) in ``command_log``.
+
+    ``kind`` is ``prompt``, ``shell``, ``tool`` or ``note``. Every text and every string inside
+    ``tool_input`` is redacted before it is stored.
+    """
+    new = prepare_exchange(
+        task_id=task_id,
+        prompt=prompt,
+        response=response,
+        proposed_command=proposed_command,
+        permissions=permissions,
+        user_confirmation=user_confirmation,
+        agent_mode=agent_mode,
+        session_id=session_id,
+        project_id=project_id,
+        kind=kind,
+        tool_name=tool_name,
+        tool_input=tool_input,
+        agent_id=agent_id,
+    )
+    with transaction(conn_or_db) as conn:
+        return _insert_exchange(conn, new)
+
+
+def prepare_output(
+    *,
+    stdout: str | None = None,
+    stderr: str | None = None,
+    return_code: int | None = None,
+    files_written: Sequence[str] = (),
+    success: bool | None = None,
+    duration_ms: int | None = None,
+    stdout_bytes: int | None = None,
+    stderr_bytes: int | None = None,
+    truncated: bool = False,
+    error: str | None = None,
+    max_chars: int = MAX_OUTPUT_CHARS,
+) -> NewCommandOutput:
+    """A ``command_output`` row ready to insert (``command_log_id`` is filled in when it is stored).
+
+    ``success`` defaults to ``return_code == 0`` with no ``error``. Byte counts default to the
+    length of the text as given, before clipping.
+    """
+    clipped: list[str | None] = []
+    for text in (stdout, stderr):
+        if text is None:
+            clipped.append(None)
+            continue
+        short, cut = clip_text(text, max_chars)
+        truncated = truncated or cut
+        clipped.append(_storable(short, max_chars + 100))
+    return NewCommandOutput(
+        command_log_id=0,
+        success=success if success is not None else (return_code == 0 and error is None),
+        stdout=clipped[0],
+        stderr=clipped[1],
+        return_code=return_code,
+        file_written=[_storable(p) or "" for p in files_written],
+        duration_ms=duration_ms,
+        stdout_bytes=stdout_bytes if stdout_bytes is not None else _byte_length(stdout),
+        stderr_bytes=stderr_bytes if stderr_bytes is not None else _byte_length(stderr),
+        truncated=truncated,
+        error=_storable(error),
+    )
+
+
+def _byte_length(text: str | None) -> int | None:
+    return None if text is None else len(text.encode("utf-8", "surrogatepass"))
+
+
+def log_command_output(conn_or_db: ConnOrDb, command_log_id: int, **outcome: Any) -> CommandOutput:
+    """Record the outcome of the logged command ``command_log_id``; keyword arguments as ``prepare_output``."""
+    new = replace(prepare_output(**outcome), command_log_id=command_log_id)
+    with transaction(conn_or_db) as conn:
+        return insert_command_output(conn, new)
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """A command and its outcome, redacted and clipped: stored by ``store_command``, or spooled."""
+
+    exchange: NewCommandLog
+    outcome: NewCommandOutput
+
+
+def store_command(conn_or_db: ConnOrDb, record: CommandRecord) -> tuple[CommandLogEntry, CommandOutput]:
+    """Insert a prepared command and its outcome in one transaction."""
+    with transaction(conn_or_db) as conn:
+        entry = _insert_exchange(conn, record.exchange)
+        output = insert_command_output(conn, replace(record.outcome, command_log_id=entry.id))
+    return entry, output
+
+
+def log_command(
+    conn_or_db: ConnOrDb,
+    *,
+    command: str,
+    task_id: str | None = None,
+    kind: str = "shell",
+    session_id: str | None = None,
+    project_id: int | None = None,
+    agent_id: str | None = None,
+    agent_mode: str | None = None,
+    permissions: str | None = None,
+    user_confirmation: bool | None = None,
+    tool_name: str | None = None,
+    tool_input: Any = None,
+    **outcome: Any,
+) -> tuple[CommandLogEntry, CommandOutput]:
+    """Record a command that ran and its outcome (keyword arguments of ``prepare_output``) at once."""
+    exchange = prepare_exchange(
+        task_id=task_id,
+        prompt=None,
+        proposed_command=command,
+        kind=kind,
+        session_id=session_id,
+        project_id=project_id,
+        agent_id=agent_id,
+        agent_mode=agent_mode,
+        permissions=permissions,
+        user_confirmation=user_confirmation,
+        tool_name=tool_name,
+        tool_input=tool_input,
+    )
+    return store_command(conn_or_db, CommandRecord(exchange, prepare_output(**outcome)))
+
+
+def log_usage(
+    conn_or_db: ConnOrDb,
+    *,
+    request_type: str,
+    model: str | None = None,
+    prompt_tokens: int = 0,
+    response_tokens: int = 0,
+    total_tokens: int | None = None,
+    api_key_id: int | None = None,
+    task_id: str | None = None,
+    command_log_id: int | None = None,
+    latency_ms: int | None = None,
+    success: bool = True,
+    error: str | None = None,
+) -> UsageEntry:
+    """Record the token usage of one model request (``total_tokens`` defaults to prompt + response)."""
+    if prompt_tokens < 0 or response_tokens < 0 or (total_tokens is not None and total_tokens < 0):
+        raise InputError("token counts cannot be negative")
+    new = NewUsage(
+        request_type=request_type,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        response_tokens=response_tokens,
+        total_tokens=prompt_tokens + response_tokens if total_tokens is None else total_tokens,
+        api_key_id=api_key_id,
+        task_id=task_id,
+        command_log_id=command_log_id,
+        latency_ms=latency_ms,
+        success=success,
+        error=_storable(error),
+    )
+    with transaction(conn_or_db) as conn:
+        if task_id is not None:
+            open_task_if_missing(conn, task_id)
+        return insert_usage(conn, new)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reader: a task's history
+# --------------------------------------------------------------------------------------------------
+
+
+class OutputItem(TypedDict):
+    stdout: str | None
+    stderr: str | None
+    return_code: int | None
+    success: bool
+    files_written: list[str]
+    duration_ms: int | None
+    truncated: bool
+    error: str | None
+
+
+class UsageItem(TypedDict):
+    prompt_tokens: int
+    response_tokens: int
+    total_tokens: int
+    models: list[str]
+
+
+class HistoryItem(TypedDict):
+    """One entry of ``context['history']``: JSON-able, oldest first.
+
+    ``kind`` is prompt | shell | tool | note. A prompt has ``prompt`` and ``response``; a shell
+    command has ``proposed_command`` and, once it ran, ``output``; a tool call has ``tool_name`` and
+    ``tool_input``. ``output`` and ``usage`` are None when nothing was recorded for the entry.
+    """
+
+    id: int
+    at: str  # ISO 8601 with time zone
+    kind: str
+    session_id: str | None
+    agent_id: str | None
+    agent_mode: str | None
+    prompt: str | None
+    response: str | None
+    proposed_command: str | None
+    permissions: str | None
+    user_confirmation: bool | None
+    tool_name: str | None
+    tool_input: Any
+    output: OutputItem | None
+    usage: UsageItem | None
+
+
+TASK_HISTORY = """
+SELECT l.id, l.created_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.prompt, l.response,
+       l.proposed_command, l.permissions, l.user_confirmation, l.tool_name, l.tool_input,
+       o.id AS output_id, o.stdout, o.stderr, o.return_code, o.success, o.file_written, o.duration_ms,
+       o.truncated, o.error,
+       u.requests, u.prompt_tokens, u.response_tokens, u.total_tokens, u.models
+  FROM command_log l
+  LEFT JOIN LATERAL (
+        SELECT * FROM command_output WHERE command_log_id = l.id ORDER BY id DESC LIMIT 1
+  ) o ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
+               sum(response_tokens)::bigint AS response_tokens, sum(total_tokens)::bigint AS total_tokens,
+               array_remove(array_agg(DISTINCT model), NULL) AS models
+          FROM usage_log WHERE command_log_id = l.id
+  ) u ON true
+ WHERE l.task_id = %(task_id)s
+ ORDER BY l.created_at DESC, l.id DESC
+ LIMIT %(limit)s
+"""
+TASK_EXISTS = "SELECT 1 FROM tasks WHERE id = %s"
+
+
+def task_history(conn_or_db: ConnOrDb, task_id: str, *, limit: int | None = None) -> list[HistoryItem]:
+    """The task's log, oldest first (the last ``limit`` entries if given), for ``context['history']``.
+
+    Raises NotFound when the task neither exists nor has log entries.
+    """
+    if limit is not None and limit < 1:
+        raise InputError("--limit must be at least 1")
+    with transaction(conn_or_db) as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(TASK_HISTORY, {"task_id": task_id, "limit": limit}).fetchall()
+        if not rows and cur.execute(TASK_EXISTS, (task_id,)).fetchone() is None:
+            raise NotFound(f"task {task_id!r} does not exist (see `kb tasks list`)")
+    return [_history_item(row) for row in reversed(rows)]
+
+
+def _history_item(row: dict[str, Any]) -> HistoryItem:
+    output: OutputItem | None = None
+    if row["output_id"] is not None:
+        output = OutputItem(
+            stdout=row["stdout"],
+            stderr=row["stderr"],
+            return_code=row["return_code"],
+            success=row["success"],
+            files_written=list(row["file_written"] or []),
+            duration_ms=row["duration_ms"],
+            truncated=row["truncated"],
+            error=row["error"],
+        )
+    usage: UsageItem | None = None
+    if row["requests"]:
+        usage = UsageItem(
+            prompt_tokens=int(row["prompt_tokens"]),
+            response_tokens=int(row["response_tokens"]),
+            total_tokens=int(row["total_tokens"]),
+            models=list(row["models"] or []),
+        )
+    return HistoryItem(
+        id=row["id"],
+        at=row["created_at"].isoformat(),
+        kind=row["kind"],
+        session_id=row["session_id"],
+        agent_id=row["agent_id"],
+        agent_mode=row["agent_mode"],
+        prompt=row["prompt"],
+        response=row["response"],
+        proposed_command=row["proposed_command"],
+        permissions=row["permissions"],
+        user_confirmation=row["user_confirmation"],
+        tool_name=row["tool_name"],
+        tool_input=row["tool_input"],
+        output=output,
+        usage=usage,
+    )

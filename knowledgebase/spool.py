@@ -1,0 +1,161 @@
+"""Audit entries kept on local disk while the database is unreachable, and written to it later.
+
+``kb exec`` runs the command and exits with its code even when the database is down, and does not
+drop the log entry: the entry (already redacted, with the time it happened) is written as one JSON
+file under ``KB_HOME/spool/`` and a warning on stderr says so. ``kb audit flush``, and every later
+``kb exec`` that reaches the database, writes the spooled entries in the order they happened and
+removes the files. Delivery is at least once: a crash between the commit and the removal of a file
+replays that entry. Concurrent flushers do not double-write: each claims a file by renaming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from knowledgebase.audit import CommandRecord, store_command
+from knowledgebase.db import Database
+from knowledgebase.errors import DatabaseError
+from knowledgebase.store.audit import NewCommandLog, NewCommandOutput
+
+SPOOL_VERSION = 1
+_CLAIMED = ".flushing."
+
+
+@dataclass(frozen=True)
+class FlushReport:
+    """What ``flush_spool`` did: entries written, files set aside (``*.bad``), entries still waiting."""
+
+    flushed: int
+    rejected: int
+    remaining: int
+    error: str | None = None  # why flushing stopped early (the database went away again)
+
+
+def _jsonable(entry: Any) -> dict[str, Any]:
+    data = asdict(entry)
+    if isinstance(data.get("created_at"), datetime):
+        data["created_at"] = data["created_at"].isoformat()
+    return data
+
+
+def _timestamped(data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("created_at"):
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+    return data
+
+
+def spool_command(spool_dir: Path, record: CommandRecord) -> Path:
+    """Write ``record`` to the spool (atomically, private to the user); returns the file."""
+    now = datetime.now(UTC)
+    exchange = replace(record.exchange, created_at=record.exchange.created_at or now)
+    outcome = replace(record.outcome, created_at=record.outcome.created_at or now)
+    payload = {
+        "version": SPOOL_VERSION,
+        "type": "command",
+        "exchange": _jsonable(exchange),
+        "outcome": _jsonable(outcome),
+    }
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+    tmp = spool_dir / f".{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, ensure_ascii=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    final = spool_dir / name
+    os.replace(tmp, final)
+    return final
+
+
+def load_spooled(path: Path) -> CommandRecord:
+    """The record in a spool file (ValueError if the file is not one)."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(payload, dict) or payload.get("version") != SPOOL_VERSION or payload.get("type") != "command":
+        raise ValueError(f"{path.name} is not a spooled command (version {SPOOL_VERSION})")
+    try:
+        exchange = NewCommandLog(**_timestamped(payload["exchange"]))
+        outcome = NewCommandOutput(**_timestamped(payload["outcome"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path.name} is incomplete: {exc}") from None
+    return CommandRecord(exchange, outcome)
+
+
+def pending_files(spool_dir: Path) -> list[Path]:
+    """Spooled entries waiting to be written, oldest first."""
+    if not spool_dir.is_dir():
+        return []
+    return sorted(p for p in spool_dir.glob("*.json") if p.is_file())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reclaim_abandoned(spool_dir: Path) -> None:
+    """Put back files claimed by a flusher that died before it finished."""
+    for path in spool_dir.glob(f"*.json{_CLAIMED}*"):
+        original, _, pid = path.name.rpartition(_CLAIMED)
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, spool_dir / original)
+
+
+def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> FlushReport:
+    """Write every spooled entry to the database, oldest first, and remove its file.
+
+    Stops when the database cannot be reached (the entries stay spooled). A file that cannot be read,
+    or that the database refuses, is renamed to ``*.bad`` and counted, never deleted.
+    """
+    if not spool_dir.is_dir():
+        return FlushReport(0, 0, 0)
+    _reclaim_abandoned(spool_dir)
+    flushed = rejected = 0
+    error: str | None = None
+    for path in pending_files(spool_dir):
+        claimed = path.with_name(f"{path.name}{_CLAIMED}{os.getpid()}")
+        try:
+            os.replace(path, claimed)
+        except FileNotFoundError:
+            continue  # another flusher took it
+        try:
+            record = load_spooled(claimed)
+        except (OSError, ValueError) as exc:
+            os.replace(claimed, path.with_name(path.name + ".bad"))
+            rejected += 1
+            error = f"{path.name}: {exc}"
+            continue
+        try:
+            store_command(conn_or_db, record)
+        except (DatabaseError, psycopg.OperationalError) as exc:
+            os.replace(claimed, path)
+            error = _first_line(exc)
+            break
+        except psycopg.Error as exc:  # refused for good (e.g. a project deleted since): keep it aside
+            os.replace(claimed, path.with_name(path.name + ".bad"))
+            rejected += 1
+            error = f"{path.name}: {_first_line(exc)}"
+            continue
+        claimed.unlink()
+        flushed += 1
+    return FlushReport(flushed, rejected, len(pending_files(spool_dir)), error)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
