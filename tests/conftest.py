@@ -23,6 +23,7 @@ from psycopg import sql
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.schema import TABLES, upgrade
+from tests.gemini_harness import fake_gemini_server, gemini_cli, gemini_home  # noqa: F401  (shared fixtures)
 from tests.support import HashingEmbedder
 
 TEST_DB = "kb_test"

@@ -1,0 +1,143 @@
+"""The task queue in one process: lifecycle, ownership, leases, atomic context updates, bad input."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from knowledgebase import store, taskqueue
+from knowledgebase.db import Database
+from knowledgebase.errors import InputError, LeaseError, NotFound
+
+
+def _expire_lease(db: Database, task_id: str) -> None:
+    with db.connection() as conn:
+        conn.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = %s", (task_id,))
+
+
+def test_claims_go_by_priority_then_age_and_each_task_once(db: Database) -> None:
+    taskqueue.create_task(db, "old-low", title="a")
+    taskqueue.create_task(db, "urgent", priority=5)
+    taskqueue.create_task(db, "new-low")
+    claimed = [taskqueue.claim_next_task(db, owner=f"w{i}", lease_seconds=60) for i in range(4)]
+    assert [t.id if t else None for t in claimed] == ["urgent", "old-low", "new-low", None]
+    first = claimed[0]
+    assert first is not None and first.status == "running" and first.owner == "w0" and first.attempts == 1
+    assert first.lease_expires_at is not None and first.started_at is not None
+
+
+def test_generated_ids_and_duplicates(db: Database) -> None:
+    task = taskqueue.create_task(db, title="generated", context={"goal": "x"})
+    assert task.id.startswith("task-") and task.status == "pending" and task.context == {"goal": "x"}
+    with pytest.raises(InputError, match="exists already"):
+        taskqueue.create_task(db, task.id, title="overwritten?")
+    assert taskqueue.get_task(db, task.id).title == "generated"
+
+
+def test_the_owner_heartbeats_and_completes_with_its_context_in_one_update(db: Database) -> None:
+    taskqueue.create_task(db, "T-1", context={"goal": "green CI", "step": 1})
+    task = taskqueue.claim_next_task(db, owner="alice", lease_seconds=30)
+    assert task is not None and task.lease_expires_at is not None
+    renewed = taskqueue.heartbeat(db, "T-1", owner="alice", lease_seconds=600)
+    assert renewed.lease_expires_at is not None and renewed.lease_expires_at > task.lease_expires_at
+    with pytest.raises(LeaseError, match="held by 'alice'"):
+        taskqueue.heartbeat(db, "T-1", owner="bob", lease_seconds=600)
+    with pytest.raises(LeaseError, match="held by 'alice'"):
+        taskqueue.complete_task(db, "T-1", owner="bob", result="stolen")
+    updated = taskqueue.update_context(db, "T-1", {"step": 2, "notes": ["a"]}, owner="alice")
+    assert updated.context == {"goal": "green CI", "step": 2, "notes": ["a"]}
+    done = taskqueue.complete_task(db, "T-1", owner="alice", result="merged", context={"step": 3})
+    assert done.status == "done" and done.result == "merged" and done.lease_expires_at is None
+    assert done.context == {"goal": "green CI", "step": 3, "notes": ["a"]} and done.finished_at is not None
+    with pytest.raises(LeaseError, match="done already"):
+        taskqueue.complete_task(db, "T-1", owner="alice")
+    with pytest.raises(LeaseError, match="done already"):
+        taskqueue.release_task(db, "T-1", owner=None)
+
+
+def test_release_and_requeue_make_a_task_claimable_again(db: Database) -> None:
+    taskqueue.create_task(db, "T-1")
+    taskqueue.claim_next_task(db, owner="a", lease_seconds=600)
+    released = taskqueue.release_task(db, "T-1", owner="a")
+    assert released.status == "pending" and released.owner is None and released.lease_expires_at is None
+    again = taskqueue.claim_next_task(db, owner="b", lease_seconds=600)
+    assert again is not None and again.owner == "b" and again.attempts == 2
+    requeued = taskqueue.fail_task(db, "T-1", owner="b", reason="flaky network", requeue=True)
+    assert requeued.status == "pending" and requeued.result == "flaky network"
+    taskqueue.claim_next_task(db, owner="c", lease_seconds=600)
+    failed = taskqueue.fail_task(db, "T-1", owner="c", reason="cannot reproduce")
+    assert failed.status == "failed" and failed.finished_at is not None
+    assert taskqueue.claim_next_task(db, owner="d", lease_seconds=600) is None
+    taskqueue.create_task(db, "T-2")
+    with pytest.raises(LeaseError, match="pending"):
+        taskqueue.complete_task(db, "T-2", owner="d")
+
+
+def test_an_expired_lease_lets_another_agent_take_the_task(db: Database) -> None:
+    taskqueue.create_task(db, "T-1")
+    taskqueue.claim_next_task(db, owner="crashed", lease_seconds=600)
+    assert taskqueue.claim_next_task(db, owner="other", lease_seconds=600) is None  # the lease holds
+    _expire_lease(db, "T-1")
+    taken = taskqueue.claim_next_task(db, owner="other", lease_seconds=600)
+    assert taken is not None and taken.id == "T-1" and taken.owner == "other" and taken.attempts == 2
+    with pytest.raises(LeaseError, match="held by 'other'"):
+        taskqueue.complete_task(db, "T-1", owner="crashed", result="late")
+    assert taskqueue.get_task(db, "T-1").result is None
+
+
+def test_an_expired_but_unclaimed_lease_is_still_its_owners(db: Database) -> None:
+    taskqueue.create_task(db, "T-1")
+    taskqueue.claim_next_task(db, owner="slow", lease_seconds=600)
+    _expire_lease(db, "T-1")
+    assert taskqueue.heartbeat(db, "T-1", owner="slow", lease_seconds=600).owner == "slow"
+
+
+def test_an_operator_may_finish_any_task(db: Database) -> None:
+    taskqueue.create_task(db, "T-1")
+    taskqueue.claim_next_task(db, owner="agent", lease_seconds=600)
+    done = taskqueue.complete_task(db, "T-1", owner=None, result="closed by hand")
+    assert done.status == "done" and done.owner == "agent"
+
+
+def test_claims_can_be_limited_to_a_project(db: Database) -> None:
+    with db.connection() as conn:
+        alpha = store.ensure_project(conn, "alpha").id
+        beta = store.ensure_project(conn, "beta").id
+    taskqueue.create_task(db, "A-1", project_id=alpha)
+    taskqueue.create_task(db, "B-1", project_id=beta, priority=9)
+    task = taskqueue.claim_next_task(db, owner="w", lease_seconds=60, project_id=alpha)
+    assert task is not None and task.id == "A-1"
+
+
+def test_open_task_is_outside_the_queue_and_resumable(db: Database) -> None:
+    opened = taskqueue.open_task(db, "session-1", owner="gemini:s1", title="chat")
+    assert opened.status == "running" and opened.lease_expires_at is None
+    assert taskqueue.claim_next_task(db, owner="worker", lease_seconds=60) is None
+    assert taskqueue.open_task(db, "session-1", owner="gemini:s1").created_at == opened.created_at
+    taskqueue.complete_task(db, "session-1", owner="gemini:s1")
+    resumed = taskqueue.open_task(db, "session-1", owner="gemini:s1")
+    assert resumed.status == "running" and resumed.finished_at is None
+    taskqueue.create_task(db, "Q-1")
+    taskqueue.claim_next_task(db, owner="worker", lease_seconds=600)
+    with pytest.raises(LeaseError, match="held by 'worker'"):
+        taskqueue.open_task(db, "Q-1", owner="someone-else")
+
+
+def test_bad_input_is_refused_and_nothing_changes(db: Database, conn: psycopg.Connection) -> None:
+    with pytest.raises(InputError, match="must not be empty"):
+        taskqueue.create_task(db, "  ")
+    with pytest.raises(InputError, match="JSON object"):
+        taskqueue.create_task(db, "T-1", context=["not", "an", "object"])  # type: ignore[arg-type]
+    taskqueue.create_task(db, "T-1", context={"a": 1})
+    with pytest.raises(InputError, match="more than 0 seconds"):
+        taskqueue.claim_next_task(db, owner="w", lease_seconds=0)
+    with pytest.raises(InputError, match="owner"):
+        taskqueue.claim_next_task(db, owner="", lease_seconds=10)
+    with pytest.raises(NotFound, match="kb tasks list"):
+        taskqueue.complete_task(db, "missing", owner=None)
+    with pytest.raises(NotFound):
+        taskqueue.get_task(db, "missing")
+    task = taskqueue.get_task(db, "T-1")
+    assert task.status == "pending" and task.attempts == 0 and task.context == {"a": 1}
+    row = conn.execute("SELECT count(*) FROM tasks").fetchone()
+    assert row is not None and row[0] == 1
