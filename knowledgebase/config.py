@@ -19,7 +19,7 @@ from knowledgebase.errors import ConfigError
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 # tokens of context handed to an agent per prompt, counted in the embedding model's tokenizer
 DEFAULT_CONTEXT_BUDGET = 1500
-EMBED_BACKENDS = ("torch", "onnx", "openvino")
+EMBED_BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16")
 
 
 def _default_home() -> Path:

@@ -1,6 +1,6 @@
 """Faster CPU embedders: the same model exported once to ONNX, run by ONNX Runtime or OpenVINO.
 
-``KB_EMBED_BACKEND=onnx`` or ``=openvino`` selects them (see ``embedder_from_settings`` in
+``KB_EMBED_BACKEND=onnx``, ``openvino`` or ``openvino-bf16`` selects them (see ``embedder_from_settings`` in
 ``knowledgebase.embedding``). The first use exports the sentence-transformers model (transformer, pooling
 and normalisation, so any pooling the model configures is inside the graph) with torch into a cache under
 ``KB_HOME/models/<model>-<hash>/``; later uses, in any process, load the cached file and never import torch.
@@ -10,8 +10,10 @@ model's ``max_seq_length`` and batched by length, as sentence-transformers does.
 Faithfulness is the rule: the store keys its model check on name and dimension only, so these embedders
 report the torch model's ``name`` and must produce the same vectors as torch fp32 up to float rounding
 (top-10 neighbour overlap >= 0.95, retrieval MRR@10 within 0.01; ``scripts/bench_embedding.py`` measures
-it). That is why OpenVINO is forced to f32 (it would otherwise pick bf16 on CPUs that have it) and why no
-int8 variant is offered. When a backend cannot run (its package is missing, the export fails, the CPU
+it). ``onnx`` and ``openvino`` run in f32, faithful by construction for any model (OpenVINO is told so: left
+to itself it picks bf16 on CPUs that have it). ``openvino-bf16`` is that bf16 choice, measured faithful for
+the default model, and runs in f32 on CPUs without bf16. int8 quantisation is not offered: it moved about a
+fifth of the top-10 neighbours. When a backend cannot run (its package is missing, the export fails, the CPU
 plugin refuses the model), the embedder logs a warning and falls back to torch: same name, same vectors.
 """
 
@@ -129,8 +131,7 @@ def _export(name: str, target: Path) -> None:
         import torch
     except ImportError as exc:
         raise BackendUnavailable(
-            f"exporting the model to ONNX needs torch, onnx and onnxscript ({exc}): "
-            "pip install 'knowledgebase[onnx]'"
+            f"exporting the model to ONNX needs torch, onnx and onnxscript ({exc}): pip install 'knowledgebase[onnx]'"
         ) from exc
 
     st_model = SentenceTransformerEmbedder(name)._load()
@@ -215,7 +216,8 @@ def ensure_export(name: str, cache_root: Path) -> ExportedModel:
     return exported
 
 
-def _load_tokenizer(exported: ExportedModel) -> Tokenizer:
+def load_export_tokenizer(exported: ExportedModel) -> Tokenizer:
+    """The tokenizer saved with ``exported``, truncating to its max_seq_length, not padding."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(exported.tokenizer_path))
@@ -224,8 +226,16 @@ def _load_tokenizer(exported: ExportedModel) -> Tokenizer:
     return tokenizer
 
 
-def onnxruntime_session(exported: ExportedModel) -> RunBatch:
-    """Run ``exported`` with ONNX Runtime on the CPU."""
+@dataclass(frozen=True)
+class Session:
+    """A loaded backend: ``run`` embeds one batch; ``description`` says what runs it ("openvino bf16")."""
+
+    run: RunBatch
+    description: str
+
+
+def onnxruntime_session(exported: ExportedModel) -> Session:
+    """Run ``exported`` with ONNX Runtime on the CPU (fp32)."""
     try:
         import onnxruntime
     except ImportError as exc:
@@ -242,27 +252,37 @@ def onnxruntime_session(exported: ExportedModel) -> RunBatch:
     def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(session.run(["sentence_embedding"], inputs)[0])
 
-    return run
+    return Session(run, "onnxruntime fp32")
 
 
-def openvino_session(exported: ExportedModel, precision: str = "f32") -> RunBatch:
-    """Run ``exported`` with OpenVINO on the CPU at inference ``precision`` (f32 keeps it faithful).
+def cpu_supports_bf16(core: Any) -> bool:
+    """Whether OpenVINO's CPU plugin has native bf16 here (avx512_bf16 or AMX)."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
-    OpenVINO's CPU plugin would pick bf16 by itself on CPUs that have bf16 instructions; ``precision``
-    ``"default"`` leaves that choice to it (only the benchmark uses it, to show what it costs).
+
+def openvino_session(exported: ExportedModel, precision: str = "f32") -> Session:
+    """Run ``exported`` with OpenVINO on the CPU at inference ``precision``, "f32" or "bf16".
+
+    Left to itself the CPU plugin picks bf16 wherever the CPU has it, so f32 is asked for explicitly.
+    "bf16" (faithful for the default model, as scripts/bench_embedding.py measures) runs in f32 on CPUs
+    without native bf16, with a warning, rather than emulating it slowly.
     """
+    if precision not in ("f32", "bf16"):
+        raise EmbeddingError(f"unknown OpenVINO precision {precision!r}: use f32 or bf16")
     try:
         import openvino
     except ImportError as exc:
         raise BackendUnavailable(f"openvino is not installed ({exc}): pip install 'knowledgebase[openvino]'") from exc
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-    if precision != "default":
-        config["INFERENCE_PRECISION_HINT"] = precision
     try:
         core = openvino.Core()
         if "CPU" not in core.available_devices:
             raise BackendUnavailable("OpenVINO finds no usable CPU device on this machine")
+        if precision == "bf16" and not cpu_supports_bf16(core):
+            log.warning("this CPU has no native bf16 instructions: OpenVINO runs the embedding model in f32")
+            precision = "f32"
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         compiled = core.compile_model(str(exported.onnx_path), "CPU", config)
+        actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     except BackendUnavailable:
         raise
     except Exception as exc:  # the CPU plugin raises RuntimeError when the CPU lacks what it needs
@@ -273,35 +293,62 @@ def openvino_session(exported: ExportedModel, precision: str = "f32") -> RunBatc
         # One infer request per call: a compiled model's shared request is not safe across threads.
         return np.asarray(compiled.create_infer_request().infer(inputs)[output])
 
-    return run
+    return Session(run, "openvino bf16" if "bf16" in actual or "bfloat16" in actual else "openvino f32")
+
+
+def embed_texts(
+    exported: ExportedModel, tokenizer: Tokenizer, run: RunBatch, texts: Sequence[str], batch_size: int = 32
+) -> np.ndarray:
+    """Unit vectors for ``texts``, shape (len(texts), dimension), from ``run`` over the exported model."""
+    vectors = np.zeros((len(texts), exported.dimension), dtype=np.float32)
+    if not texts:
+        return vectors
+    encodings = tokenizer.encode_batch(list(texts))
+    # Longest first, in batches of similar length, so little of each batch is padding.
+    order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        vectors[rows] = run(_model_inputs(exported, [encodings[i] for i in rows]))
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def _model_inputs(exported: ExportedModel, batch: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The model's int64 inputs for a batch of encodings, right-padded to the longest."""
+    width = max(len(e.ids) for e in batch)
+    ids = np.full((len(batch), width), exported.pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    types = np.zeros((len(batch), width), dtype=np.int64)
+    for row, encoding in enumerate(batch):
+        length = len(encoding.ids)
+        ids[row, :length] = encoding.ids
+        mask[row, :length] = 1
+        types[row, :length] = encoding.type_ids
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return {name: arrays[name] for name in exported.input_names}
+
+
+ONNX_BACKENDS = ("onnx", "openvino", "openvino-bf16")
 
 
 class OnnxEmbedder:
-    """A sentence-transformers model run from its ONNX export, by ONNX Runtime or OpenVINO.
+    """A sentence-transformers model run from its ONNX export: ``backend`` is one of ``ONNX_BACKENDS``.
 
-    Loaded on first use; if the backend cannot run here, it warns once and embeds with torch instead.
+    ``onnx`` is ONNX Runtime fp32, ``openvino`` OpenVINO f32, ``openvino-bf16`` OpenVINO in bf16 where the
+    CPU has it. Loaded on first use; if the backend cannot run here, it warns once and embeds with torch.
     """
 
     def __init__(
-        self,
-        name: str = DEFAULT_EMBED_MODEL,
-        *,
-        backend: str = "onnx",
-        cache_dir: Path,
-        batch_size: int = 32,
-        precision: str = "f32",
+        self, name: str = DEFAULT_EMBED_MODEL, *, backend: str = "onnx", cache_dir: Path, batch_size: int = 32
     ) -> None:
-        if backend not in ("onnx", "openvino"):
-            raise EmbeddingError(f"unknown ONNX backend {backend!r}: use onnx or openvino")
+        if backend not in ONNX_BACKENDS:
+            raise EmbeddingError(f"unknown ONNX backend {backend!r}: use one of {', '.join(ONNX_BACKENDS)}")
         self._name = name
         self.backend = backend
         self.cache_dir = cache_dir
         self.batch_size = batch_size
-        self.precision = precision
         self._lock = threading.Lock()
-        self._exported: ExportedModel | None = None
-        self._tokenizer: Tokenizer | None = None
-        self._run: RunBatch | None = None
+        self._loaded: tuple[ExportedModel, Tokenizer, Session] | None = None
         self.fallback: SentenceTransformerEmbedder | None = None
 
     @property
@@ -310,75 +357,50 @@ class OnnxEmbedder:
 
     @property
     def dimension(self) -> int:
-        if self._load():
-            assert self._exported is not None
-            return self._exported.dimension
-        assert self.fallback is not None
-        return self.fallback.dimension
+        loaded = self._load()
+        return loaded[0].dimension if loaded else self._torch().dimension
 
     @property
     def max_tokens(self) -> int:
         """The longest input the model reads; longer text is truncated."""
-        if self._load():
-            assert self._exported is not None
-            return self._exported.max_seq_length
-        assert self.fallback is not None
-        return self.fallback.max_tokens
+        loaded = self._load()
+        return loaded[0].max_seq_length if loaded else self._torch().max_tokens
 
-    def _load(self) -> bool:
-        """Load the backend; False when it is unavailable and ``self.fallback`` (torch) is used instead."""
+    @property
+    def runs_on(self) -> str:
+        """What embeds after loading: "onnxruntime fp32", "openvino f32", "openvino bf16" or "torch (fallback)"."""
+        loaded = self._load()
+        return loaded[2].description if loaded else "torch (fallback)"
+
+    def _torch(self) -> SentenceTransformerEmbedder:
+        assert self.fallback is not None
+        return self.fallback
+
+    def _load(self) -> tuple[ExportedModel, Tokenizer, Session] | None:
+        """The export, tokenizer and session; None when the backend is unavailable and torch is used."""
         with self._lock:
-            if self._run is not None:
-                return True
-            if self.fallback is not None:
-                return False
+            if self._loaded is not None or self.fallback is not None:
+                return self._loaded
             try:
                 exported = ensure_export(self._name, self.cache_dir)
                 if self.backend == "onnx":
-                    run = onnxruntime_session(exported)
+                    session = onnxruntime_session(exported)
                 else:
-                    run = openvino_session(exported, self.precision)
+                    session = openvino_session(exported, "bf16" if self.backend == "openvino-bf16" else "f32")
             except BackendUnavailable as exc:
                 log.warning("KB_EMBED_BACKEND=%s is unavailable, embedding with torch instead: %s", self.backend, exc)
                 log.debug("why the %s backend is unavailable", self.backend, exc_info=exc)
                 self.fallback = SentenceTransformerEmbedder(self._name, batch_size=self.batch_size)
-                return False
-            self._exported = exported
-            self._tokenizer = _load_tokenizer(exported)
-            self._run = run
-            return True
+                return None
+            self._loaded = (exported, load_export_tokenizer(exported), session)
+            return self._loaded
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
-        if not self._load():
-            assert self.fallback is not None
-            return self.fallback.embed_documents(texts)
-        assert self._exported is not None and self._tokenizer is not None and self._run is not None
-        vectors = np.zeros((len(texts), self._exported.dimension), dtype=np.float32)
-        if not texts:
-            return vectors
-        encodings = self._tokenizer.encode_batch(list(texts))
-        # Longest first, in batches of similar length, so little of each batch is padding.
-        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
-        for start in range(0, len(order), self.batch_size):
-            batch = [encodings[i] for i in order[start : start + self.batch_size]]
-            vectors[order[start : start + self.batch_size]] = self._run(self._feed(batch))
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
-
-    def _feed(self, batch: Sequence[Any]) -> dict[str, np.ndarray]:
-        """The model's int64 inputs for a batch of encodings, right-padded to the longest."""
-        assert self._exported is not None
-        width = max(len(e.ids) for e in batch)
-        ids = np.full((len(batch), width), self._exported.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        types = np.zeros((len(batch), width), dtype=np.int64)
-        for row, encoding in enumerate(batch):
-            length = len(encoding.ids)
-            ids[row, :length] = encoding.ids
-            mask[row, :length] = 1
-            types[row, :length] = encoding.type_ids
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return {name: arrays[name] for name in self._exported.input_names}
+        loaded = self._load()
+        if loaded is None:
+            return self._torch().embed_documents(texts)
+        exported, tokenizer, session = loaded
+        return embed_texts(exported, tokenizer, session.run, texts, self.batch_size)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed_documents([text])[0]

