@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -152,7 +152,8 @@ SELECT g.id, p.name, g.task_id, g.kind, g.command, g.created_at, o.success, o.re
 class Hit:
     """One search result: a chunk of a file, a fact, or a past command, with its score and its parts.
 
-    Lines are 1-based and inclusive; ``path`` is relative to the project root.
+    Lines are 1-based and inclusive; ``path`` is relative to the project root. ``created_at`` is when
+    the chunk was indexed, the fact last confirmed, or the command run.
     """
 
     kind: str
@@ -172,6 +173,7 @@ class Hit:
     confidence_score: float | None = None
     effective_confidence: float | None = None
     is_stale: bool | None = None
+    pinned: bool | None = None
     source_path: str | None = None
     task_id: str | None = None
     command: str | None = None
@@ -215,6 +217,38 @@ def search(
     ``chunk``, ``fact``, ``command``.
     """
     weights = weights or DEFAULT_WEIGHTS
+    hits = search_candidates(
+        db,
+        embedder,
+        query,
+        project=project,
+        task_id=task_id,
+        kinds=kinds,
+        path_glob=path_glob,
+        since=since,
+        limit=limit,
+        weights=weights,
+    )
+    return _select(hits, limit, weights)
+
+
+def search_candidates(
+    db: Database,
+    embedder: Embedder,
+    query: str,
+    *,
+    project: str | None = None,
+    task_id: str | None = None,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    path_glob: str | None = None,
+    since: datetime | timedelta | None = None,
+    limit: int = 10,
+    weights: RankingWeights | None = None,
+) -> list[Hit]:
+    """Every candidate ``search`` considers (``weights.candidates`` per source and kind, at least
+    ``limit``), scored but in no particular order and with overlapping spans kept; ``rerank`` orders
+    them. Arguments as for ``search``."""
+    weights = weights or DEFAULT_WEIGHTS
     plan = _plan(query, kinds, path_glob, since, limit, weights)
     qvec = embedder.embed_query(query.strip())
     with db.connection() as conn:
@@ -234,12 +268,49 @@ def search(
         }
         hits: list[Hit] = []
         if "chunk" in plan.kinds:
-            hits += _chunk_hits(conn, params, plan, weights)
+            hits += _chunk_hits(conn, params, plan)
         if "fact" in plan.kinds:
-            hits += _fact_hits(conn, params, plan, weights)
+            hits += _fact_hits(conn, params, plan)
         if "command" in plan.kinds:
-            hits += _command_hits(conn, params, plan, embedder, qvec, weights)
-    return _select(hits, limit, weights)
+            hits += _command_hits(conn, params, plan, embedder, qvec)
+    return [_scored(hit, weights, plan.now) for hit in hits]
+
+
+def rerank(
+    hits: Sequence[Hit], *, weights: RankingWeights | None = None, limit: int = 10, now: datetime | None = None
+) -> list[Hit]:
+    """Score ``hits`` again with other ``weights`` (their similarity, text rank and identifier match
+    are kept) and select as ``search`` does: best first, one per overlapping span, MMR if asked."""
+    weights = weights or DEFAULT_WEIGHTS
+    now = now or datetime.now(UTC)
+    return _select([_scored(hit, weights, now) for hit in hits], limit, weights)
+
+
+def _scored(hit: Hit, weights: RankingWeights, now: datetime) -> Hit:
+    """``hit`` with its score computed from its signals under ``weights``."""
+    confidence: float | None = None
+    age: float | None = None
+    if hit.kind == "fact" and hit.confidence_score is not None and hit.created_at is not None:
+        confidence = effective_confidence(
+            hit.confidence_score,
+            last_confirmed_at=hit.created_at,
+            now=now,
+            is_stale=bool(hit.is_stale),
+            pinned=bool(hit.pinned),
+            weights=weights,
+        )
+    if hit.kind in ("fact", "command") and hit.created_at is not None:
+        age = age_seconds(hit.created_at, now)
+    parts = score(
+        similarity=hit.parts.similarity,
+        text_rank=hit.parts.text_rank,
+        identifier_match=hit.parts.identifier_match,
+        confidence=confidence,
+        age_seconds=age,
+        weights=weights,
+    )
+    effective = confidence if confidence is not None else hit.effective_confidence
+    return replace(hit, score=parts.score, parts=parts, effective_confidence=effective)
 
 
 @dataclass(frozen=True)
@@ -297,16 +368,16 @@ def _vector(value: Any) -> np.ndarray | None:
     return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
 
 
-def _chunk_hits(conn: psycopg.Connection, params: dict[str, Any], plan: _Plan, weights: RankingWeights) -> list[Hit]:
+def _signals(similarity: float, text_rank: float, identifier_match: bool) -> ScoreParts:
+    """Parts holding only the raw signals of a candidate; ``_scored`` computes the rest."""
+    return score(similarity=float(similarity), text_rank=float(text_rank), identifier_match=identifier_match)
+
+
+def _chunk_hits(conn: psycopg.Connection, params: dict[str, Any], plan: _Plan) -> list[Hit]:
     hits = []
     for row in conn.execute(CHUNK_CANDIDATES, params).fetchall():
         (cid, project, path, language, start, end, symbol, content, chash, created, sim, trank, vec) = row
-        parts = score(
-            similarity=sim,
-            text_rank=trank,
-            identifier_match=_has_identifier(plan.identifiers, content),
-            weights=weights,
-        )
+        parts = _signals(sim, trank, _has_identifier(plan.identifiers, content))
         hits.append(
             Hit(
                 kind="chunk",
@@ -328,23 +399,13 @@ def _chunk_hits(conn: psycopg.Connection, params: dict[str, Any], plan: _Plan, w
     return hits
 
 
-def _fact_hits(conn: psycopg.Connection, params: dict[str, Any], plan: _Plan, weights: RankingWeights) -> list[Hit]:
+def _fact_hits(conn: psycopg.Connection, params: dict[str, Any], plan: _Plan) -> list[Hit]:
     hits = []
     for row in conn.execute(FACT_CANDIDATES, params).fetchall():
         (fid, project, label, value, confidence, stale, pinned, confirmed, task_id, source_path, sim, trank, vec) = row
         if plan.path_regex is not None and (source_path is None or not re.search(plan.path_regex, source_path)):
             continue
-        effective = effective_confidence(
-            float(confidence), last_confirmed_at=confirmed, now=plan.now, is_stale=stale, pinned=pinned, weights=weights
-        )
-        parts = score(
-            similarity=sim,
-            text_rank=trank,
-            identifier_match=_has_identifier(plan.identifiers, f"{label}\n{value}"),
-            confidence=effective,
-            age_seconds=age_seconds(confirmed, plan.now),
-            weights=weights,
-        )
+        parts = _signals(sim, trank, _has_identifier(plan.identifiers, f"{label}\n{value}"))
         hits.append(
             Hit(
                 kind="fact",
@@ -356,8 +417,8 @@ def _fact_hits(conn: psycopg.Connection, params: dict[str, Any], plan: _Plan, we
                 label=label,
                 value=value,
                 confidence_score=float(confidence),
-                effective_confidence=effective,
                 is_stale=stale,
+                pinned=pinned,
                 source_path=source_path,
                 task_id=task_id,
                 created_at=confirmed,
@@ -368,12 +429,7 @@ def _fact_hits(conn: psycopg.Connection, params: dict[str, Any], plan: _Plan, we
 
 
 def _command_hits(
-    conn: psycopg.Connection,
-    params: dict[str, Any],
-    plan: _Plan,
-    embedder: Embedder,
-    qvec: np.ndarray,
-    weights: RankingWeights,
+    conn: psycopg.Connection, params: dict[str, Any], plan: _Plan, embedder: Embedder, qvec: np.ndarray
 ) -> list[Hit]:
     rows = conn.execute(COMMAND_CANDIDATES, params).fetchall()
     rows = [row for row in rows if row[4].strip()]
@@ -383,13 +439,7 @@ def _command_hits(
     hits = []
     for row, vec in zip(rows, vectors, strict=True):
         lid, project, task_id, _kind, command, created, success, return_code, trank = row
-        parts = score(
-            similarity=float(vec @ qvec),
-            text_rank=trank,
-            identifier_match=_has_identifier(plan.identifiers, command),
-            age_seconds=age_seconds(created, plan.now),
-            weights=weights,
-        )
+        parts = _signals(float(vec @ qvec), trank, _has_identifier(plan.identifiers, command))
         outcome = "no outcome recorded" if success is None else f"exit code {return_code}"
         hits.append(
             Hit(

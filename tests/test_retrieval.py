@@ -16,7 +16,7 @@ from knowledgebase.facts import FactSource, add_fact
 from knowledgebase.lexical import code_identifiers, tsquery_text
 from knowledgebase.pathglob import glob_matches, glob_to_regex
 from knowledgebase.ranking import DEFAULT_WEIGHTS
-from knowledgebase.retrieval import search
+from knowledgebase.retrieval import rerank, search, search_candidates
 from tests.retrieval_support import SOURCES, index_files
 from tests.support import HashingEmbedder
 
@@ -161,6 +161,29 @@ def test_path_glob_kind_task_and_time_filters(db: Database, fake_embedder: Hashi
     assert [h.id for h in search(db, fake_embedder, "pool", task_id="T-9", kinds=("fact",))] == [task_fact.id]
     assert search(db, fake_embedder, "pool", project="alpha", since=datetime.now(UTC) + timedelta(hours=1)) == []
     assert search(db, fake_embedder, "pool", project="alpha", since=timedelta(hours=1))
+
+
+def test_rerank_reorders_candidates_as_search_would(db: Database, fake_embedder: HashingEmbedder) -> None:
+    with db.connection() as conn:
+        index_files(conn, fake_embedder, "alpha", SOURCES)
+    add_fact(db, fake_embedder, label="pool size", value="open_pool uses 4 connections", project="alpha")
+    query = "open_pool connections"
+    candidates = search_candidates(db, fake_embedder, query, project="alpha", limit=5)
+    assert len(candidates) >= 5
+    for weights in (
+        DEFAULT_WEIGHTS,
+        DEFAULT_WEIGHTS.with_(text=0.0, identifier=0.0),
+        DEFAULT_WEIGHTS.with_(vector=0.0),
+    ):
+        expected = search(db, fake_embedder, query, project="alpha", limit=5, weights=weights)
+        assert [(h.kind, h.id) for h in rerank(candidates, weights=weights, limit=5)] == [
+            (h.kind, h.id) for h in expected
+        ]
+    vector_only = rerank(candidates, weights=DEFAULT_WEIGHTS.with_(text=0.0, identifier=0.0), limit=5)
+    assert all(
+        h.score == pytest.approx(h.parts.similarity * h.parts.confidence_factor * h.parts.recency_factor)
+        for h in vector_only
+    )
 
 
 def test_overlapping_spans_of_one_file_are_collapsed(db: Database, fake_embedder: HashingEmbedder) -> None:
