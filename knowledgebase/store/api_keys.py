@@ -94,5 +94,9 @@ def list_api_keys(conn: psycopg.Connection) -> list[ApiKey]:
 
 def set_api_key_disabled(conn: psycopg.Connection, name: str, disabled: bool, reason: str | None = None) -> ApiKey:
     return fetch_required(
-        conn, ApiKey, SET_DISABLED, {"name": name, "disabled": disabled, "reason": reason}, f"API key {name!r}"
+        conn,
+        ApiKey,
+        SET_DISABLED,
+        {"name": name, "disabled": disabled, "reason": reason},
+        f"API key {name!r} (see `kb keys list`)",
     )
