@@ -23,11 +23,12 @@ the transaction opens, so no transaction is held while the model runs. The HNSW 
 dropped: it is updated row by row and stays usable while rows stream in.
 
 Concurrency: populating one project is serialised by a session advisory lock on
-``(POPULATE_LOCK, project_id)`` held for the whole run on a dedicated connection. A second agent
-populating the same project waits (progress phase ``waiting``), then finds everything unchanged, so
-no work is duplicated and no row conflicts; different projects populate in parallel. Every populate
-also holds ``(REEMBED_LOCK, 0)`` shared, which ``kb reembed`` takes exclusively. Locks are always
-taken in that order, so they cannot deadlock; a killed process releases them with its connection.
+``(POPULATE_LOCK, project_id)`` held for the whole run on a dedicated connection
+(``knowledgebase.locks``). A second agent populating the same project waits (progress phase
+``waiting``), then finds everything unchanged, so no work is duplicated and no row conflicts;
+different projects populate in parallel. Every populate also holds ``(REEMBED_LOCK, 0)`` shared,
+which ``kb reembed`` (``reembed_store``, re-exported here) takes exclusively. Locks are always taken
+in that order, so they cannot deadlock; a killed process releases them with its connection.
 
 The embedding model is checked cheaply up front (by name, without loading it) and fully with
 ``bind_model`` before the first write.
@@ -37,8 +38,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +49,9 @@ from knowledgebase.chunking import Chunk, TokenCounter, chunk_text, token_counte
 from knowledgebase.config import Settings
 from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.errors import InputError
+from knowledgebase.locks import POPULATE_LOCK, REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.redact import redact_text
+from knowledgebase.reembed import ReembedProgress, ReembedReport, reembed_store
 from knowledgebase.scanning import (
     FileText,
     ScannedFile,
@@ -78,9 +80,6 @@ if TYPE_CHECKING:
 
     from knowledgebase.db import Database
 
-# pg_advisory_lock(class, id) keys: "kp" + project id, "kr" + 0 ("kb" bigint keys are used by migrations)
-POPULATE_LOCK = 0x6B70
-REEMBED_LOCK = 0x6B72
 MAX_FILES_PER_BATCH = 500
 DELETE_BATCH = 1000
 
@@ -97,11 +96,6 @@ UPDATE knowledge SET is_stale = true, stale_since = now()
 """
 MARK_CHUNKED = "UPDATE project_files SET chunked_hash = content_hash WHERE id = %s"
 DELETE_FILE_CHUNKS = "DELETE FROM file_chunks WHERE file_id = ANY(%s::bigint[])"
-TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
-LOCK = "SELECT pg_advisory_lock(%s, %s)"
-UNLOCK = "SELECT pg_advisory_unlock(%s, %s)"
-LOCK_SHARED = "SELECT pg_advisory_lock_shared(%s, %s)"
-UNLOCK_SHARED = "SELECT pg_advisory_unlock_shared(%s, %s)"
 
 
 @dataclass(frozen=True)
@@ -192,7 +186,8 @@ def populate_project(
         record = ensure_project(conn, name, str(root_path))
         _check_model_name(conn, embedder)
     run = _Run(db, embedder, settings, record.id, progress or (lambda _: None))
-    with _populate_lock(db, record.id, run.notify) as lock_wait:
+    locks = [Lock(REEMBED_LOCK, 0, shared=True), Lock(POPULATE_LOCK, record.id)]
+    with hold_locks(db, locks, on_wait=lambda: run.notify(PopulateProgress("waiting"))) as lock_wait:
         run.execute(root_path)
     return run.report(name, root_path, lock_wait, time.perf_counter() - started)
 
@@ -202,38 +197,6 @@ def _check_model_name(conn: psycopg.Connection, embedder: Embedder) -> None:
     active = active_model(conn)
     if active is not None and active.name != embedder.name:
         bind_model(conn, embedder)
-
-
-@contextmanager
-def _populate_lock(db: Database, project_id: int, notify: ProgressCallback) -> Iterator[float]:
-    """Hold the project's populate lock (and the shared reembed lock); yields the seconds waited."""
-    key = (POPULATE_LOCK, project_id % 2**31)
-    with db.connection() as conn:
-        started = time.perf_counter()
-        conn.execute(LOCK_SHARED, (REEMBED_LOCK, 0))
-        row = conn.execute(TRY_LOCK, key).fetchone()
-        if not (row and row[0]):
-            notify(PopulateProgress("waiting"))
-            conn.execute(LOCK, key)
-        conn.commit()  # session locks outlive the transaction; do not sit idle in one
-        waited = time.perf_counter() - started
-        try:
-            yield waited
-        finally:
-            _release(conn, [(UNLOCK, key), (UNLOCK_SHARED, (REEMBED_LOCK, 0))])
-
-
-def _release(conn: psycopg.Connection, unlocks: list[tuple[str, tuple[int, int]]]) -> None:
-    """Release session locks; a connection that cannot is closed (the server then drops its locks)."""
-    import psycopg
-
-    try:
-        conn.rollback()
-        for statement, key in unlocks:
-            conn.execute(statement, key)
-        conn.commit()
-    except psycopg.Error:
-        conn.close()
 
 
 @dataclass
@@ -489,3 +452,17 @@ def _chunk_rows(
         )
         for chunk in chunks
     ]
+
+
+__all__ = [
+    "MARK_CHANGED_FILE_FACTS_STALE",
+    "MARK_DELETED_FILES_FACTS_STALE",
+    "PopulateProgress",
+    "PopulateReport",
+    "PopulateTimings",
+    "ProgressCallback",
+    "ReembedProgress",
+    "ReembedReport",
+    "populate_project",
+    "reembed_store",
+]

@@ -18,7 +18,8 @@ from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.errors import ModelMismatch, ProjectPathError
-from knowledgebase.ingest import POPULATE_LOCK, PopulateProgress, PopulateReport, populate_project
+from knowledgebase.ingest import PopulateProgress, PopulateReport, populate_project
+from knowledgebase.locks import POPULATE_LOCK
 from knowledgebase.scanning import SkipReason
 from tests.support import HashingEmbedder
 
@@ -531,3 +532,114 @@ def test_a_second_populate_of_the_same_project_waits_for_the_first(
         worker.join(timeout=60)
     assert results and results[0].added == 4
     assert results[0].timings.lock_wait > 0
+
+
+WORKER = """
+import pathlib, sys, time
+from knowledgebase.config import Settings
+from knowledgebase.db import Database
+from knowledgebase.ingest import populate_project
+from tests.support import HashingEmbedder
+
+class SlowEmbedder(HashingEmbedder):
+    def embed_documents(self, texts):
+        time.sleep(0.05)
+        return super().embed_documents(texts)
+
+url, root, ready, go = sys.argv[1:5]
+pathlib.Path(ready).touch()
+while not pathlib.Path(go).exists():
+    time.sleep(0.01)
+home = pathlib.Path(ready).parent / "home"
+settings = Settings(home=home, database_url=url, ingest_batch_chunks=4, embed_batch_size=2)
+embedder = SlowEmbedder()
+with Database(url) as db:
+    report = populate_project(db, embedder, root, settings=settings)
+print(report.added, report.unchanged, embedder.embedded)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_populating_one_project_make_no_duplicates(db: Database, db_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "shared"
+    for i in range(10):
+        (root / f"pkg{i % 2}").mkdir(parents=True, exist_ok=True)
+        (root / f"pkg{i % 2}" / f"mod{i}.py").write_text(function(f"first_{i}") + "\n\n" + function(f"second_{i}"))
+    go = tmp_path / "go"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, db_url, str(root), str(tmp_path / f"ready{n}"), str(go)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready{n}").exists() for n in range(2)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # both start populating at the same moment
+    outputs = [worker.communicate(timeout=120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    results = sorted(tuple(int(x) for x in out.split()) for out, _ in outputs)
+    assert results == [(0, 10, 0), (10, 0, 20)]  # one did the work, the other found it done
+    with db.connection() as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT file_path) FROM project_files").fetchone() == (10, 10)
+        assert conn.execute("SELECT count(*), count(DISTINCT (file_id, content_hash)) FROM file_chunks").fetchone() == (
+            20,
+            20,
+        )
+        assert_consistent(conn)
+
+
+def test_the_real_model_finds_the_function_a_question_is_about(
+    db: Database, real_embedder: object, settings: Settings, tmp_path: Path
+) -> None:
+    root = tmp_path / "service"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "notify.py").write_text(
+        textwrap.dedent(
+            '''\
+            import smtplib
+
+
+            def send_welcome_email(user):
+                """Send the welcome message to a newly registered user."""
+                with smtplib.SMTP("localhost") as smtp:
+                    smtp.sendmail("noreply@example.com", [user.email], "Welcome aboard!")
+
+
+            def resize_thumbnail(image, width):
+                """Scale an uploaded picture down to a thumbnail of the given width."""
+                ratio = width / image.width
+                return image.resize((width, int(image.height * ratio)))
+            '''
+        )
+    )
+    (root / "src" / "billing.py").write_text(
+        textwrap.dedent(
+            '''\
+            def compute_invoice_total(lines, tax_rate):
+                """Sum the invoice lines and add sales tax."""
+                subtotal = sum(line.price * line.quantity for line in lines)
+                return subtotal * (1 + tax_rate)
+            '''
+        )
+    )
+    report = populate(db, real_embedder, root, settings)
+    assert report.chunks_embedded >= 3
+    questions = {
+        "how do we email new users when they sign up?": "send_welcome_email",
+        "make a smaller version of a photo": "resize_thumbnail",
+        "add VAT to the amount a customer owes": "compute_invoice_total",
+    }
+    with db.connection() as conn:
+        project_id = store.get_project(conn, "service").id
+        for question, expected in questions.items():
+            matches = store.nearest_chunks(conn, project_id, real_embedder.embed_query(question), 3)  # type: ignore[attr-defined]
+            assert matches[0].symbol == expected, (question, [m.symbol for m in matches])
+            assert matches[0].similarity > matches[-1].similarity
