@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -282,6 +283,11 @@ def run_gemini_command(
         raise InputError(f"--via must be one of {', '.join(VIAS)}, not {via!r}")
     if max_attempts < 1:
         raise InputError("max_attempts must be at least 1")
+    if via == "cli" and shutil.which(settings.gemini_bin) is None:
+        raise ModelCallError(
+            f"the Gemini CLI {settings.gemini_bin!r} was not found: install it (npm install -g @google/gemini-cli) "
+            "or point KB_GEMINI_BIN at it, or use --via sdk"
+        )
     model = model or settings.gemini_model
     context = (
         prompt_context(db, settings, prompt, project=project, task_id=task_id, budget=context_budget, embedder=embedder)
