@@ -118,6 +118,7 @@ class SentenceTransformerEmbedder:
         """The loaded ``SentenceTransformer`` (also used to export it for the faster backends)."""
         if self._model is None:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar on stderr
             try:
                 from sentence_transformers import SentenceTransformer
 

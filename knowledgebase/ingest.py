@@ -48,7 +48,7 @@ import numpy as np
 from knowledgebase.chunking import Chunk, TokenCounter, chunk_text, token_counter
 from knowledgebase.config import Settings
 from knowledgebase.embedding import Embedder, bind_model
-from knowledgebase.errors import InputError
+from knowledgebase.errors import InputError, ModelMismatch
 from knowledgebase.locks import POPULATE_LOCK, REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.redact import redact_text
 from knowledgebase.reembed import ReembedProgress, ReembedReport, reembed_store
@@ -193,10 +193,14 @@ def populate_project(
 
 
 def _check_model_name(conn: psycopg.Connection, embedder: Embedder) -> None:
-    """Refuse a model with another name before scanning (``bind_model`` words the error)."""
+    """Refuse a model with another name before scanning, without loading it (``bind_model`` checks the rest)."""
     active = active_model(conn)
     if active is not None and active.name != embedder.name:
-        bind_model(conn, embedder)
+        raise ModelMismatch(
+            f"the store's vectors were made by {active.name} ({active.dimension} dimensions) but the "
+            f"configured model is {embedder.name}: run `kb reembed` to move the store to the new model, "
+            f"or set KB_EMBED_MODEL={active.name}"
+        )
 
 
 @dataclass
@@ -241,19 +245,17 @@ class _Run:
         for file in files:
             state = stored.get(file.rel_path)
             outcome = self._examine(file, state)
-            if isinstance(outcome, _Prepared):
-                batch.append(outcome)
+            if outcome is not False:
                 kept.add(file.rel_path)
-                if sum(len(p.chunks) for p in batch) >= self.settings.ingest_batch_chunks or len(batch) >= (
-                    MAX_FILES_PER_BATCH
-                ):
+            if isinstance(outcome, _Prepared):  # counted as done once its batch is written
+                batch.append(outcome)
+                pending = sum(len(prepared.chunks) for prepared in batch)
+                if pending >= self.settings.ingest_batch_chunks or len(batch) >= MAX_FILES_PER_BATCH:
                     self._write_batch(batch)
                     batch = []
-            elif isinstance(outcome, tuple):
+                continue
+            if isinstance(outcome, tuple):
                 touched.append(outcome)
-                kept.add(file.rel_path)
-            elif outcome:
-                kept.add(file.rel_path)
             self.files_done += 1
             self._tick(file.rel_path)
         self._write_batch(batch)
@@ -330,6 +332,8 @@ class _Run:
         total = sum(len(p.chunks) for p in batch)
         self.chunks_written += total
         self.chunks_reused += total - len(missing)
+        self.files_done += len(batch)
+        self._tick(batch[-1].text.file.rel_path)
 
     def _write_file(self, conn: psycopg.Connection, prepared: _Prepared) -> int:
         file = prepared.text.file

@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "init": "knowledgebase.cli.store_cmds:init",
     "status": "knowledgebase.cli.store_cmds:status",
     "db": "knowledgebase.cli.store_cmds:db",
+    "populate": "knowledgebase.cli.populate:populate",
+    "reembed": "knowledgebase.cli.populate:reembed",
     "search": "knowledgebase.cli.retrieval:search",
     "context": "knowledgebase.cli.retrieval:context",
     "fact": "knowledgebase.cli.facts:fact",

@@ -1,0 +1,154 @@
+"""``kb populate`` (index a project directory) and ``kb reembed`` (move the store to another model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import click
+
+from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from knowledgebase.ingest import PopulateProgress, PopulateReport, ReembedProgress, ReembedReport
+
+
+@click.command()
+@click.argument("path", default=".", required=False)
+@click.option("--project", metavar="NAME", help="Project name (default: the directory's name).")
+@database_url_option
+@json_option
+def populate(path: str, project: str | None, database_url: str | None, as_json: bool) -> None:
+    """Index PATH (default: here) for agents: scan, chunk and embed its files.
+
+    Honours .gitignore and .kbignore; skips binary, huge, vendored, lock and secret files; redacts
+    secrets. Re-runs only read changed files and only embed chunks whose content is new.
+    """
+    from knowledgebase.db import open_database
+    from knowledgebase.embedding import embedder_from_settings
+    from knowledgebase.ingest import populate_project
+    from knowledgebase.scanning import resolve_root
+
+    root = resolve_root(path)  # a bad path fails before any server is started
+    settings = settings_from(database_url)
+    embedder = embedder_from_settings(settings)
+    with open_database(settings) as db:
+        if as_json:
+            report = populate_project(db, embedder, root, project=project, settings=settings)
+        else:
+            with _progress_bar() as update:
+                report = populate_project(db, embedder, root, project=project, settings=settings, progress=update)
+    if as_json:
+        print_json(report)
+    else:
+        _print_summary(report)
+
+
+@click.command()
+@database_url_option
+@json_option
+def reembed(database_url: str | None, as_json: bool) -> None:
+    """Re-embed every chunk and fact with KB_EMBED_MODEL and make it the store's model.
+
+    When the new model's dimension differs, the vector columns are retyped and their HNSW indexes
+    rebuilt. Safe to interrupt: running it again finishes the job.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from knowledgebase.db import open_database
+    from knowledgebase.embedding import embedder_from_settings
+    from knowledgebase.ingest import reembed_store
+
+    settings = settings_from(database_url)
+    embedder = embedder_from_settings(settings)
+    with open_database(settings) as db:
+        if as_json:
+            report = reembed_store(db, embedder)
+        else:
+            console = Console(stderr=True)
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console) as bar:
+                task = bar.add_task(f"re-embedding with {embedder.name}", total=None)
+
+                def update(event: ReembedProgress) -> None:
+                    bar.update(task, completed=event.done, total=event.total or None, description=event.phase)
+
+                report = reembed_store(db, embedder, progress=update)
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(_reembed_line(report))
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Callable[[PopulateProgress], None]]:
+    """A rich progress bar on stderr (files, chunks embedded and reused, embedding rate) and its updater."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        TextColumn("{task.fields[chunks]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        tasks: list[TaskID] = []  # created on the first event, so an early error leaves no empty bar
+
+        def update(event: PopulateProgress) -> None:
+            chunks = f"chunks: {event.chunks_embedded} embedded, {event.chunks_reused} reused"
+            if event.chunks_embedded:
+                chunks += f" ({event.chunks_per_second:.1f}/s)"
+            if not tasks:
+                tasks.append(bar.add_task(event.phase, total=None, chunks=""))
+            total = event.files_total or None
+            bar.update(tasks[0], description=event.phase, completed=event.files_done, total=total, chunks=chunks)
+
+        yield update
+
+
+def _print_summary(report: PopulateReport) -> None:
+    """The summary table, on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report.project}  ({report.root})", show_header=False, title_justify="left")
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    for label, value in (
+        ("added", report.added),
+        ("changed", report.changed),
+        ("unchanged", report.unchanged),
+        ("deleted", report.deleted),
+        ("files indexed", report.files_indexed),
+        ("chunks written", report.chunks_written),
+        ("  embedded", report.chunks_embedded),
+        ("  reused (same content)", report.chunks_reused),
+        ("secrets redacted", report.secrets_redacted),
+    ):
+        table.add_row(label, str(value))
+    for reason, count in report.skipped_by_reason.items():
+        table.add_row(f"skipped: {reason}", str(count))
+    if report.lossy_files:
+        table.add_row("decoded with replacement characters", ", ".join(report.lossy_files[:5]))
+    timings = report.timings
+    rate = f" ({report.chunks_embedded / timings.embed:.1f} chunks/s)" if timings.embed else ""
+    table.add_row("time", f"{timings.total:.1f} s, embedding {timings.embed:.1f} s{rate}")
+    Console().print(table)
+
+
+def _reembed_line(report: ReembedReport) -> str:
+    previous = f"{report.previous_model} ({report.previous_dimension} dims)" if report.previous_model else "no model"
+    retyped = "; vector columns retyped and indexes rebuilt" if report.retyped else ""
+    return (
+        f"{previous} -> {report.model} ({report.dimension} dims): {report.chunks_embedded} chunks embedded, "
+        f"{report.chunks_reused} reused, {report.facts_embedded} facts embedded in {report.seconds:.1f} s{retyped}"
+    )
