@@ -13,6 +13,7 @@ unreachable the entry goes to the local spool (``knowledgebase.spool``) with a w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -404,20 +405,23 @@ def log_or_spool(
 
     own = db is None
     try:
-        if db is None:
-            from knowledgebase.db import open_database
+        try:
+            if db is None:
+                from knowledgebase.db import open_database
 
-            db = open_database(settings)
-        entry, _ = store_command(db, record)
-        flush_spool(db, settings.spool_dir)
-    except (DatabaseError, psycopg.OperationalError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        path = spool_command(settings.spool_dir, record)
-        warning = (
-            f"the command ran, but its log entry could not be written ({reason}); it was saved to {path} "
-            "and will be written by `kb audit flush` or the next `kb exec` that reaches the database"
-        )
-        return ExecutionRecord(result, None, path, warning)
+                db = open_database(settings)
+            entry, _ = store_command(db, record)
+        except (DatabaseError, psycopg.OperationalError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            path = spool_command(settings.spool_dir, record)
+            warning = (
+                f"the command ran, but its log entry could not be written ({reason}); it was saved to {path} "
+                "and will be written by `kb audit flush` or the next `kb exec` that reaches the database"
+            )
+            return ExecutionRecord(result, None, path, warning)
+        # entries spooled during an earlier outage; if the database went away again they wait for next time
+        with contextlib.suppress(DatabaseError, psycopg.OperationalError):
+            flush_spool(db, settings.spool_dir)
     finally:
         if own and db is not None:
             db.close()
