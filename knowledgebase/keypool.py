@@ -80,7 +80,7 @@ class KeyUsage:
 # ----- SQL ------------------------------------------------------------------------------------------
 
 CANDIDATE_KEYS = """
-SELECT k.id, k.name, k.env_var, k.fingerprint, k.cooldown_until
+SELECT k.id, k.name, k.env_var, k.fingerprint, k.cooldown_until, clock_timestamp() AS db_now
   FROM api_keys k
   LEFT JOIN LATERAL (
         SELECT count(*) AS recent FROM api_key_grants g
@@ -282,7 +282,6 @@ def _attempt(
         conn.commit()  # each key is tried in a transaction of its own
         with conn.cursor(row_factory=dict_row) as cur:
             candidates = cur.execute(CANDIDATE_KEYS, {"provider": provider, "exclude": list(exclude)}).fetchall()
-            db_now = cur.execute("SELECT clock_timestamp() AS now").fetchone()["now"]  # type: ignore[index]
         conn.commit()
         usable = []
         for key in candidates:
@@ -301,6 +300,7 @@ def _attempt(
                 + (" (all excluded)" if exclude else "")
                 + ": add one with `kb keys add NAME --env VAR` or `kb keys enable NAME`"
             )
+        db_now = usable[0][0]["db_now"]
         retry_times: list[datetime] = []
         locked: list[tuple[dict[str, Any], str]] = []
         # first pass: keys nobody else holds right now; second pass: wait for the ones that were held
