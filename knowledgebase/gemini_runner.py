@@ -29,13 +29,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowledgebase import keypool
 from knowledgebase.audit import log_exchange, log_usage
 from knowledgebase.config import Settings
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import CapacityExhausted, InputError, ModelCallError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from knowledgebase.embedding import Embedder
 
 VIAS = ("cli", "sdk")
 # the answer is not known in advance: reserve this many tokens for it when acquiring a key
@@ -230,7 +235,7 @@ def prompt_context(
     project: str | None,
     task_id: str | None,
     budget: int | None,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
 ) -> str | None:
     """The retrieval context for ``prompt`` (None when retrieval is not installed or found nothing)."""
     try:
@@ -263,7 +268,7 @@ def run_gemini_command(
     model: str | None = None,
     use_context: bool = True,
     context_budget: int | None = None,
-    embedder: Any = None,
+    embedder: Embedder | None = None,
     base_url: str | None = None,
     timeout: float = 300,
     max_attempts: int = 3,
@@ -360,7 +365,9 @@ def run_gemini_command(
     )
 
 
-def _log_failed_attempts(conn: Any, model: str, task_id: str | None, entry_id: int, failures: list[_Attempt]) -> None:
+def _log_failed_attempts(
+    conn: psycopg.Connection, model: str, task_id: str | None, entry_id: int, failures: list[_Attempt]
+) -> None:
     for failure in failures:
         log_usage(
             conn,
