@@ -235,3 +235,35 @@ def test_list_filters(db: Database, fake_embedder: HashingEmbedder, conn: psycop
     assert [f.id for f in list_facts(db, task_id="T-1")] == [a.id]
     assert len(list_facts(db)) == 3
     assert list_facts(db, stale_only=True) == []
+
+
+def test_populate_marks_facts_of_changed_code_stale_end_to_end(
+    db: Database,
+    fake_embedder: HashingEmbedder,
+    settings,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from knowledgebase.context import build_context
+    from knowledgebase.ingest import populate_project
+
+    root = tmp_path / "shop"
+    (root / "src").mkdir(parents=True)
+    for path, source in SOURCES.items():
+        (root / path).write_text(source)
+    populate_project(db, fake_embedder, root, project="shop", settings=settings)
+    about_pool = add_fact(
+        db, fake_embedder, label="pool size default", value="open_pool opens 4 connections unless told otherwise",
+        project="shop", source=FactSource.from_chunk("src/db.py", line=3), confidence=0.9,
+    )  # fmt: skip
+    about_slugs = add_fact(
+        db, fake_embedder, label="slug format", value="slugify joins lowercase words with dashes",
+        project="shop", source=FactSource.from_chunk("src/text.py", line=2), confidence=0.9,
+    )  # fmt: skip
+    (root / "src/db.py").write_text(SOURCES["src/db.py"].replace("size=4", "size=16"))
+    populate_project(db, fake_embedder, root, project="shop", settings=settings)
+    stale, fresh = get_fact(db, about_pool.id), get_fact(db, about_slugs.id)
+    assert stale.is_stale and not fresh.is_stale
+    assert stale.effective_confidence == pytest.approx(0.9 * DEFAULT_WEIGHTS.stale_factor, abs=1e-3)
+    assert fresh.effective_confidence == pytest.approx(0.9, abs=1e-3)
+    pack = build_context(db, fake_embedder, "pool size default connections", project="shop", record=False)
+    assert f"fact #{stale.id}, confidence {stale.effective_confidence:.2f}, stale" in pack.text
