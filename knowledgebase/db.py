@@ -72,7 +72,9 @@ def register_vector_types(conn: psycopg.Connection) -> None:
 class Database:
     """A connection pool over one database; every connection speaks ``vector``."""
 
-    def __init__(self, url: str, *, max_size: int = 4) -> None:
+    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 30, check: bool = False) -> None:
+        """``timeout``: seconds to wait for a free connection; ``check``: test each connection on checkout
+        (for long-lived processes that must notice a restarted server)."""
         from psycopg_pool import ConnectionPool
 
         self.url = url
@@ -82,7 +84,8 @@ class Database:
             max_size=max_size,
             configure=_configure_connection,
             kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
-            timeout=30,
+            timeout=timeout,
+            check=ConnectionPool.check_connection if check else None,
             open=True,
         )
 

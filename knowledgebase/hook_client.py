@@ -33,6 +33,8 @@ HOOK_TIMEOUTS_MS = {
 MARGIN_MS = 1_500  # answer this long before Gemini CLI's own timeout would kill us
 POLL_S = 0.02
 PROTOCOL = 1
+# knowledgebase.config.DEFAULT_EMBED_MODEL, repeated so this module imports only the standard library
+DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
@@ -54,7 +56,8 @@ def server_address(env: Mapping[str, str]) -> str:
     from knowledgebase import __version__
 
     home = home_dir(env)
-    key = "|".join((env.get("KB_DATABASE_URL") or "", env.get("KB_EMBED_MODEL") or "", __version__, str(PROTOCOL)))
+    model = env.get("KB_EMBED_MODEL") or DEFAULT_EMBED_MODEL
+    key = "|".join((env.get("KB_DATABASE_URL") or "", model, __version__, str(PROTOCOL)))
     name = f"serve-{zlib.crc32(key.encode()):08x}.sock"
     path = os.path.join(home, "run", name)
     if len(path.encode()) <= _MAX_SOCKET_PATH:
@@ -69,7 +72,11 @@ def log_path(env: Mapping[str, str]) -> str:
 
 
 class HookFailure(Exception):
-    """Why a hook answered ``{}`` (logged, never raised to Gemini CLI)."""
+    """Why a hook answered ``{}`` (logged, never raised to Gemini CLI); ``cold`` if it had to start the warm process."""
+
+    def __init__(self, message: str, *, cold: bool = False) -> None:
+        super().__init__(message)
+        self.cold = cold
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,12 +109,9 @@ def run_hook(event: str, raw: bytes, env: Mapping[str, str]) -> dict:
             "project": env.get("KB_PROJECT") or None,
             "project_dir": env.get("GEMINI_PROJECT_DIR") or None,
         }
-        address = server_address(env)
-        sock = _try_connect(address)
-        if sock is None:
-            state = "cold"
-            sock = _start_and_connect(address, env, deadline)
-        answer = _exchange(sock, header, raw, deadline)
+        sock, cold = connect_warm_process(env, deadline)
+        state = "cold" if cold else "warm"
+        answer = exchange(sock, header, raw, deadline)
         if not answer.get("ok"):
             raise HookFailure(str(answer.get("error") or "the warm process reported a failure"))
         output = answer.get("output")
@@ -116,6 +120,7 @@ def run_hook(event: str, raw: bytes, env: Mapping[str, str]) -> dict:
         _log(env, event, session, state, "ok", started, str(answer.get("note") or ""))
         return output
     except Exception as exc:  # fail open: whatever went wrong, the agent carries on
+        state = "cold" if getattr(exc, "cold", False) else state
         reason = str(exc) or type(exc).__name__
         sys.stderr.write(f"kb-hook {event or '?'}: {reason} (answered {{}})\n")
         _log(env, event or "?", session, state, "fail-open", started, reason)
@@ -151,15 +156,23 @@ def _try_connect(address: str) -> socket.socket | None:
     return sock
 
 
-def _start_and_connect(address: str, env: Mapping[str, str], deadline: float) -> socket.socket:
-    """Start the warm process (none answered) and connect to it once it listens."""
+def connect_warm_process(env: Mapping[str, str], deadline: float) -> tuple[socket.socket, bool]:
+    """A connection to the warm process of this store, and whether it had to be started first (cold).
+
+    Raises HookFailure when it does not listen by ``deadline`` (a ``time.monotonic()`` value).
+    """
+    address = server_address(env)
+    sock = _try_connect(address)
+    if sock is not None:
+        return sock, False
     start_server(env)
     while time.monotonic() < deadline:
         time.sleep(POLL_S)
         sock = _try_connect(address)
         if sock is not None:
-            return sock
-    raise HookFailure(f"the warm process did not come up in time (see {os.path.dirname(log_path(env))}/serve.log)")
+            return sock, True
+    logs = os.path.dirname(log_path(env))
+    raise HookFailure(f"the warm process did not come up in time (see {logs}/serve.log)", cold=True)
 
 
 def start_server(env: Mapping[str, str]) -> None:
@@ -180,7 +193,7 @@ def start_server(env: Mapping[str, str]) -> None:
         )
 
 
-def _exchange(sock: socket.socket, header: dict, raw: bytes, deadline: float) -> dict:
+def exchange(sock: socket.socket, header: dict, raw: bytes, deadline: float) -> dict:
     """Send the request (a JSON header line, then the hook's stdin verbatim) and read the JSON answer."""
     with sock:
         remaining = deadline - time.monotonic()

@@ -81,6 +81,7 @@ from knowledgebase.store.projects import (
     get_project,
     get_project_by_id,
     list_projects,
+    project_for_path,
 )
 from knowledgebase.store.tasks import Task, ensure_task, find_task, get_task, insert_task, list_tasks
 
@@ -148,6 +149,7 @@ __all__ = [
     "list_usage",
     "mark_chunked",
     "nearest_chunks",
+    "project_for_path",
     "set_api_key_disabled",
     "update_file_stats",
     "upsert_api_key",

@@ -33,6 +33,13 @@ RETURNING {_COLS}
 GET_PROJECT = f"SELECT {_COLS} FROM projects WHERE name = %s"
 GET_PROJECT_BY_ID = f"SELECT {_COLS} FROM projects WHERE id = %s"
 LIST_PROJECTS = f"SELECT {_COLS} FROM projects ORDER BY name"
+# the project whose root is the path or its nearest ancestor
+PROJECT_FOR_PATH = f"""
+SELECT {_COLS} FROM projects
+ WHERE root_path IS NOT NULL AND (root_path = %(path)s OR starts_with(%(path)s, rtrim(root_path, '/') || '/'))
+ ORDER BY length(root_path) DESC
+ LIMIT 1
+"""
 DELETE_PROJECT = "DELETE FROM projects WHERE name = %s"
 
 
@@ -62,6 +69,11 @@ def find_project(conn: psycopg.Connection, name: str) -> Project | None:
 
 def get_project_by_id(conn: psycopg.Connection, project_id: int) -> Project:
     return fetch_required(conn, Project, GET_PROJECT_BY_ID, (project_id,), f"project #{project_id}")
+
+
+def project_for_path(conn: psycopg.Connection, path: str) -> Project | None:
+    """The project whose recorded root contains ``path`` (an absolute path); the innermost one wins."""
+    return fetch_one(conn, Project, PROJECT_FOR_PATH, {"path": path})
 
 
 def list_projects(conn: psycopg.Connection) -> list[Project]:

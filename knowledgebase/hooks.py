@@ -1,0 +1,376 @@
+"""Gemini CLI hook handlers: log every turn, tool call and shell command, and hand the model context.
+
+``handle_hook(services, call)`` runs one event inside the warm process (``knowledgebase.serve``); the
+hook process itself (``knowledgebase.hook_client``) only relays. Every handler returns the JSON object
+Gemini CLI reads from the hook's stdout:
+
+- SessionStart: opens (or, on resume, reopens) the session's task ``gemini-<session id>`` and returns
+  a short digest of the project: pinned and well-established facts, and recent decisions.
+- BeforeAgent: logs the prompt (without a leading ``<hook_context>`` block) and returns the ranked
+  context for it (``knowledgebase.context``) within ``KB_CONTEXT_BUDGET`` tokens.
+- AfterTool: ``run_shell_command`` is logged as a shell command with its output and exit code; other
+  tools as a tool call with a summary of their result.
+- AfterAgent: logs the turn's response and the token usage of each model call in the turn (read from
+  the session transcript).
+- SessionEnd: closes the session's task.
+
+Everything stored goes through ``knowledgebase.audit``, which redacts and clips it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from knowledgebase import audit, gemini_events, gemini_session, taskqueue
+from knowledgebase.errors import InputError, LeaseError, NotFound
+
+if TYPE_CHECKING:
+    from knowledgebase.config import Settings
+    from knowledgebase.db import Database
+    from knowledgebase.embedding import Embedder
+
+AGENT_MODE = "gemini-cli"
+SHELL_TOOL = "run_shell_command"
+MAX_SUMMARY_CHARS = 4000  # result summary kept for tools other than the shell
+MAX_INPUT_STRING_CHARS = 8000  # per string inside a tool's input (write_file content and the like)
+DIGEST_FACTS = 8
+DIGEST_DECISIONS = 5
+DIGEST_MIN_CONFIDENCE = 0.7
+USAGE_REQUEST_TYPE = "gemini-cli"
+
+
+class HookServices(Protocol):
+    """What handlers need: settings, the database pool and the embedding model (loaded on demand)."""
+
+    settings: Settings
+
+    def database(self) -> Database: ...
+
+    def embedder(self) -> Embedder: ...
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """One hook invocation: the event, Gemini CLI's JSON input, and where it came from."""
+
+    event: str
+    payload: dict[str, Any]
+    gemini_pid: int | None = None
+    project: str | None = None  # KB_PROJECT, when set
+    project_dir: str | None = None  # GEMINI_PROJECT_DIR
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """The JSON object to print, and a short note for the hook log."""
+
+    output: dict[str, Any]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class _Session:
+    session_id: str
+    task_id: str
+    cwd: str | None
+    project: str | None
+    project_id: int | None
+    agent_id: str  # who wrote a log row: this Gemini CLI process
+    owner: str  # who holds the session's task: the session, whichever process resumes it
+
+
+def handle_hook(services: HookServices, call: HookCall) -> HookResult:
+    """Run the handler of ``call.event``; InputError for an unknown event or unusable input."""
+    handler = HANDLERS.get(call.event)
+    if handler is None:
+        raise InputError(f"unknown hook event {call.event!r}; known: {', '.join(HANDLERS)}")
+    if not isinstance(call.payload, dict):
+        raise InputError("the hook input must be a JSON object")
+    return handler(services, call)
+
+
+def _session(db: Database, call: HookCall, *, open_task: bool = True) -> _Session:
+    """The session of ``call``: its task (opened under the session's owner if missing) and project."""
+    try:
+        task_id = gemini_events.session_task_id(str(call.payload.get("session_id") or ""))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    cwd = call.payload.get("cwd") or call.project_dir
+    cwd = cwd if isinstance(cwd, str) and cwd else None
+    session_id = task_id.removeprefix(gemini_events.SESSION_TASK_PREFIX)
+    owner = gemini_session.session_owner(session_id)
+    with db.connection() as conn:
+        project = gemini_session.resolve_project(conn, cwd, call.project)
+        if open_task:
+            taskqueue.open_task_if_missing(conn, task_id, project_id=project.id if project else None, owner=owner)
+    return _Session(
+        session_id=session_id,
+        task_id=task_id,
+        cwd=cwd,
+        project=project.name if project else None,
+        project_id=project.id if project else None,
+        agent_id=f"gemini-cli@{socket.gethostname()}:{call.gemini_pid or '?'}",
+        owner=owner,
+    )
+
+
+def _register(services: HookServices, call: HookCall, session: _Session) -> None:
+    gemini_session.register_session(
+        services.settings.home,
+        gemini_session.SessionInfo(
+            session_id=session.session_id,
+            task_id=session.task_id,
+            project=session.project,
+            cwd=session.cwd or "",
+            gemini_pid=call.gemini_pid,
+        ),
+    )
+
+
+def _additional_context(event: str, text: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    return {"hookSpecificOutput": {"hookEventName": event, "additionalContext": text}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Handlers
+# --------------------------------------------------------------------------------------------------
+
+
+def session_start(services: HookServices, call: HookCall) -> HookResult:
+    """Open or resume the session's task; return the project digest as additional context."""
+    db = services.database()
+    session = _session(db, call)
+    source = str(call.payload.get("source") or "startup")
+    title = f"Gemini CLI session {session.session_id[:8]}" + (f" in {session.cwd}" if session.cwd else "")
+    with db.connection() as conn:
+        taskqueue.open_task(conn, session.task_id, owner=session.owner, project_id=session.project_id, title=title)
+        taskqueue.update_context(
+            conn,
+            session.task_id,
+            {"cwd": session.cwd, "transcript_path": call.payload.get("transcript_path"), "source": source},
+            owner=session.owner,
+        )
+    _register(services, call, session)
+    digest = session_digest(db, session.project)
+    return HookResult(
+        _additional_context("SessionStart", digest),
+        note=f"task={session.task_id} project={session.project or '-'} source={source} digest={len(digest)}c",
+    )
+
+
+def before_agent(services: HookServices, call: HookCall) -> HookResult:
+    """Log the prompt and return the ranked context for it."""
+    from knowledgebase.context import build_context
+
+    db = services.database()
+    session = _session(db, call)
+    raw = call.payload.get("prompt")
+    prompt = gemini_events.strip_hook_context(raw if isinstance(raw, str) else "")
+    entry = audit.log_exchange(
+        db,
+        task_id=session.task_id,
+        prompt=prompt,
+        session_id=session.session_id,
+        project_id=session.project_id,
+        kind="prompt",
+        agent_id=session.agent_id,
+        agent_mode=AGENT_MODE,
+    )
+    _register(services, call, session)
+    if not prompt:
+        return HookResult({}, note=f"log={entry.id} empty prompt")
+    pack = build_context(
+        db,
+        services.embedder(),
+        prompt,
+        project=session.project,
+        task_id=session.task_id,
+        budget=services.settings.context_budget,
+    )
+    return HookResult(
+        _additional_context("BeforeAgent", pack.text),
+        note=f"log={entry.id} context={len(pack.items)} items/{pack.token_count} tokens",
+    )
+
+
+def after_tool(services: HookServices, call: HookCall) -> HookResult:
+    """Log a tool call: a shell command with its output and exit code, other tools with a result summary."""
+    db = services.database()
+    session = _session(db, call)
+    tool_name = str(call.payload.get("tool_name") or "unknown")
+    tool_input = call.payload.get("tool_input")
+    tool_input = tool_input if isinstance(tool_input, dict) else {"value": tool_input}
+    response = call.payload.get("tool_response")
+    common = {
+        "task_id": session.task_id,
+        "session_id": session.session_id,
+        "project_id": session.project_id,
+        "agent_id": session.agent_id,
+        "agent_mode": AGENT_MODE,
+        "tool_name": tool_name,
+        "tool_input": _shrink(tool_input),
+    }
+    if tool_name == SHELL_TOOL:
+        outcome = gemini_events.parse_shell_outcome(response)
+        entry, output = audit.log_command(
+            db,
+            command=str(tool_input.get("command") or ""),
+            kind="shell",
+            stdout=outcome.output,
+            return_code=outcome.exit_code,
+            success=outcome.success,
+            error=_join(outcome.error, f"signal {outcome.signal}" if outcome.signal else None),
+            **common,
+        )
+        return HookResult({}, note=f"log={entry.id} exit={outcome.exit_code} truncated={output.truncated}")
+    summary, error = _tool_summary(response)
+    entry = audit.log_exchange(db, prompt=None, response=summary, kind="tool", **common)
+    audit.log_command_output(db, entry.id, success=error is None, error=error)
+    return HookResult({}, note=f"log={entry.id} tool={tool_name}")
+
+
+def after_agent(services: HookServices, call: HookCall) -> HookResult:
+    """Log the turn's response and the token usage of its model calls (from the transcript)."""
+    db = services.database()
+    session = _session(db, call)
+    response = call.payload.get("prompt_response")
+    entry = audit.log_exchange(
+        db,
+        task_id=session.task_id,
+        prompt=None,
+        response=response if isinstance(response, str) else gemini_events.text_of(response),
+        session_id=session.session_id,
+        project_id=session.project_id,
+        kind="prompt",
+        agent_id=session.agent_id,
+        agent_mode=AGENT_MODE,
+    )
+    calls, problem = _turn_usage(call.payload.get("transcript_path"))
+    with db.connection() as conn:
+        for model_call in calls:
+            audit.log_usage(
+                conn,
+                request_type=USAGE_REQUEST_TYPE,
+                model=model_call.model,
+                prompt_tokens=model_call.input_tokens,
+                response_tokens=model_call.output_tokens + model_call.thoughts_tokens,
+                total_tokens=model_call.total_tokens,
+                task_id=session.task_id,
+                command_log_id=entry.id,
+            )
+    tokens = sum(c.total_tokens for c in calls)
+    return HookResult({}, note=f"log={entry.id} model_calls={len(calls)} tokens={tokens}{problem}")
+
+
+def session_end(services: HookServices, call: HookCall) -> HookResult:
+    """Close the session's task (a later resume reopens it)."""
+    db = services.database()
+    session = _session(db, call, open_task=False)
+    reason = str(call.payload.get("reason") or "exit")
+    try:
+        taskqueue.complete_task(db, session.task_id, owner=session.owner, result=f"Gemini CLI session ended ({reason})")
+        closed = "yes"
+    except (NotFound, LeaseError) as exc:  # never opened, or already closed: nothing to close
+        closed = f"no ({exc})"
+    gemini_session.forget_session(services.settings.home, call.gemini_pid, session.session_id)
+    return HookResult({}, note=f"task={session.task_id} closed={closed} reason={reason}")
+
+
+HANDLERS: dict[str, Callable[[HookServices, HookCall], HookResult]] = {
+    "SessionStart": session_start,
+    "BeforeAgent": before_agent,
+    "AfterTool": after_tool,
+    "AfterAgent": after_agent,
+    "SessionEnd": session_end,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def session_digest(db: Database, project: str | None) -> str:
+    """A short Markdown digest for a new session: pinned / well-established facts and recent decisions."""
+    from knowledgebase.facts import list_facts
+
+    try:
+        facts = list_facts(db, project=project, limit=200)
+    except NotFound:
+        return ""
+    decisions = [f for f in facts if "decision" in f.label.lower()][:DIGEST_DECISIONS]
+    chosen = {f.id for f in decisions}
+    established = sorted(
+        (f for f in facts if f.id not in chosen and (f.pinned or f.effective_confidence >= DIGEST_MIN_CONFIDENCE)),
+        key=lambda f: (not f.pinned, -f.effective_confidence),
+    )[:DIGEST_FACTS]
+    if not established and not decisions:
+        return ""
+    scope = f"project {project}" if project else "this store"
+    lines = [
+        f"# Knowledgebase digest for {scope}",
+        "",
+        "Shared memory from earlier sessions and other agents. Search it with the knowledgebase MCP tools; "
+        "record what you learn with remember.",
+    ]
+    if established:
+        lines += ["", "## Established facts", ""]
+        lines += [_fact_line(f) for f in established]
+    if decisions:
+        lines += ["", "## Recent decisions", ""]
+        lines += [_fact_line(f) for f in decisions]
+    return "\n".join(lines) + "\n"
+
+
+def _fact_line(fact: Any) -> str:
+    pinned = "pinned, " if fact.pinned else ""
+    value = " ".join(str(fact.value).split())
+    if len(value) > 300:
+        value = value[:297] + "..."
+    return f"- **{' '.join(fact.label.split())}**: {value} ({pinned}{fact.citation()})"
+
+
+def _turn_usage(transcript_path: Any) -> tuple[list[gemini_events.ModelCall], str]:
+    """The model calls of the turn, and a note when the transcript could not be read."""
+    if not isinstance(transcript_path, str) or not transcript_path:
+        return [], " transcript=missing"
+    try:
+        return gemini_events.turn_model_calls(transcript_path), ""
+    except FileNotFoundError:
+        return [], " transcript=not-found"
+    except OSError as exc:
+        return [], f" transcript=unreadable({exc.strerror})"
+
+
+def _tool_summary(response: Any) -> tuple[str, str | None]:
+    """A tool's result as a short text, and its error message if it failed."""
+    if not isinstance(response, dict):
+        return audit.clip_text(gemini_events.text_of(response), MAX_SUMMARY_CHARS)[0], None
+    error = response.get("error")
+    error_text = gemini_events.text_of(error.get("message") if isinstance(error, dict) else error) or None
+    content = response.get("llmContent")
+    if content is None:
+        content = response.get("returnDisplay")
+    text = gemini_events.unwrap_untrusted(gemini_events.text_of(content))
+    return audit.clip_text(text, MAX_SUMMARY_CHARS)[0], error_text
+
+
+def _shrink(value: Any) -> Any:
+    """A tool input with long strings (file contents to write, say) cut to MAX_INPUT_STRING_CHARS."""
+    if isinstance(value, str):
+        return audit.clip_text(value, MAX_INPUT_STRING_CHARS)[0]
+    if isinstance(value, dict):
+        return {k: _shrink(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shrink(v) for v in value]
+    return value
+
+
+def _join(*parts: str | None) -> str | None:
+    text = "; ".join(p for p in parts if p)
+    return text or None

@@ -1,0 +1,397 @@
+"""The warm process behind the hooks (``kb serve``): the embedding model and a connection pool, kept loaded.
+
+One process per store (KB_HOME, database, model) listens on a Unix socket (see
+``hook_client.server_address``). The first hook that finds none starts it detached; it exits after
+``KB_SERVE_IDLE_TIMEOUT`` seconds without a request, or on ``kb serve --stop``. A lock file makes
+sure two hooks starting it at once end up with one process.
+
+Requests are one JSON header line followed by a body: for ``hook``, the hook's stdin verbatim (the
+answer is ``{"ok": bool, "output": {...}, "error": str, "note": str}``); for ``embed``, a JSON list of
+texts (the answer carries their ``vectors``: the MCP server borrows the model instead of loading its own);
+``status`` and ``shutdown`` have no body. The database is opened lazily
+and, after a failure, not retried for a few seconds, so a database that is down costs each hook
+milliseconds, not a connection timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from knowledgebase.config import Settings
+from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError
+from knowledgebase.hook_client import PROTOCOL, server_address
+
+if TYPE_CHECKING:
+    from knowledgebase.db import Database
+    from knowledgebase.embedding import Embedder
+
+log = logging.getLogger("knowledgebase.serve")
+
+DB_RETRY_AFTER_S = 5.0  # after a failed connection, answer "unavailable" at once for this long
+POOL_TIMEOUT_S = 3.0
+MODEL_WAIT_S = 120.0
+
+# per request thread: how long the request waited for the model to load (a cold model)
+_request_notes = threading.local()
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What ``kb serve --status`` reports."""
+
+    pid: int
+    address: str
+    started_at: float
+    requests: int
+    model_ready: bool
+    database_ready: bool
+    idle_timeout_s: float
+
+
+class WarmStore:
+    """The database pool and the embedding model, opened once and shared by every request.
+
+    Also what the hook handlers receive (``hooks.HookServices``).
+    """
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self._db: Database | None = None
+        self._db_error: tuple[float, str] | None = None
+        self._db_lock = threading.Lock()
+        self._embedder = embedder
+        self._model_ready = threading.Event()
+        self._model_error: str | None = None
+        self._model_lock = threading.Lock()
+        if embedder is not None:
+            self._model_ready.set()
+
+    def warm_up(self) -> None:
+        """Load the model in the background; requests that need it wait for it."""
+        if not self._model_ready.is_set():
+            threading.Thread(target=self._load_model, name="kb-model", daemon=True).start()
+
+    def _load_model(self) -> None:
+        from knowledgebase.embedding import embedder_from_settings
+
+        started = time.monotonic()
+        try:
+            embedder = embedder_from_settings(self.settings)
+            embedder.embed_query("warm up")
+            self._embedder = embedder
+            log.info("model %s loaded in %.1fs", embedder.name, time.monotonic() - started)
+        except Exception as exc:  # reported to every request that needs the model
+            self._model_error = str(exc)
+            log.error("cannot load the embedding model: %s", exc)
+        finally:
+            self._model_ready.set()
+
+    @property
+    def model_ready(self) -> bool:
+        return self._model_ready.is_set() and self._embedder is not None
+
+    def embedder(self) -> Embedder:
+        """The loaded model (waits for the warm-up); embedding calls are serialised."""
+        if not self._model_ready.is_set():
+            started = time.monotonic()
+            self._model_ready.wait(MODEL_WAIT_S)
+            _request_notes.model_wait_s = time.monotonic() - started
+        if not self._model_ready.is_set():
+            raise KnowledgebaseError(f"the embedding model did not load within {MODEL_WAIT_S:.0f}s")
+        if self._embedder is None:
+            raise KnowledgebaseError(f"the embedding model could not be loaded: {self._model_error}")
+        return _LockedEmbedder(self._embedder, self._model_lock)
+
+    def database(self) -> Database:
+        """The pool, opened on first use; fails fast for a while after the database was found down."""
+        with self._db_lock:
+            if self._db is not None:
+                return self._db
+            if self._db_error is not None and time.monotonic() - self._db_error[0] < DB_RETRY_AFTER_S:
+                raise DatabaseUnavailable(f"database unavailable (retrying shortly): {self._db_error[1]}")
+            from knowledgebase.db import Database, open_database
+
+            try:
+                checked = open_database(self.settings)
+                url = checked.url
+                checked.close()
+                self._db = Database(url, max_size=self.settings.pool_size, timeout=POOL_TIMEOUT_S, check=True)
+            except KnowledgebaseError as exc:
+                self._db_error = (time.monotonic(), str(exc))
+                raise
+            self._db_error = None
+            return self._db
+
+    @property
+    def database_ready(self) -> bool:
+        return self._db is not None
+
+    def database_failed(self, exc: BaseException) -> None:
+        """Drop the pool after a connection-level failure so the next request reconnects (after a pause)."""
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            self._db_error = (time.monotonic(), str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+
+    def close(self) -> None:
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class _LockedEmbedder:
+    """An embedder whose model calls run one at a time (requests arrive on several threads)."""
+
+    def __init__(self, inner: Embedder, lock: threading.Lock) -> None:
+        self._inner = inner
+        self._lock = lock
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def dimension(self) -> int:
+        return self._inner.dimension
+
+    def embed_documents(self, texts: Any) -> Any:
+        with self._lock:
+            return self._inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> Any:
+        with self._lock:
+            return self._inner.embed_query(text)
+
+    def count_tokens(self, text: str) -> int:
+        return self._inner.count_tokens(text)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: WarmServer
+
+    def handle(self) -> None:
+        self.server.touch()
+        try:
+            header = json.loads(self.rfile.readline())
+            body = self.rfile.read()
+            answer = self.server.answer(header, body)
+        except Exception as exc:  # a bad request gets an error answer, never a dead server
+            log.exception("request failed")
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(OSError):
+            self.wfile.write(json.dumps(answer, default=str).encode())
+        self.server.touch()
+
+
+class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Serves hook requests from the warm store until idle for ``idle_timeout_s``."""
+
+    daemon_threads = True
+
+    def __init__(self, address: str, store: WarmStore, idle_timeout_s: float) -> None:
+        self.store = store
+        self.idle_timeout_s = idle_timeout_s
+        self.started_at = time.time()
+        self.requests = 0
+        self._last_activity = time.monotonic()
+        self._active = 0
+        self._lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def touch(self) -> None:
+        with self._lock:
+            self._last_activity = time.monotonic()
+
+    def idle_for(self) -> float:
+        with self._lock:
+            return 0.0 if self._active else time.monotonic() - self._last_activity
+
+    def answer(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
+        op = header.get("op")
+        if op == "status":
+            return {"ok": True, "status": self.status().__dict__}
+        if op == "shutdown":
+            threading.Thread(target=self.shutdown, daemon=True).start()
+            return {"ok": True}
+        if op not in ("hook", "embed"):
+            return {"ok": False, "error": f"unknown request {op!r}"}
+        if header.get("protocol") != PROTOCOL:
+            return {
+                "ok": False,
+                "error": "kb-hook and kb serve differ in version: stop the old one with kb serve --stop",
+            }
+        with self._lock:
+            self._active += 1
+            self.requests += 1
+        try:
+            return self._answer_embed(header, body) if op == "embed" else self._answer_hook(header, body)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _answer_embed(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
+        """Vectors for other processes of this store (the MCP server), so they need not load the model."""
+        texts = json.loads(body)
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return {"ok": False, "error": "an embed request carries a JSON list of strings"}
+        embedder = self.store.embedder()
+        if header.get("kind") == "query":
+            vectors = [embedder.embed_query(t) for t in texts]
+        else:
+            vectors = list(embedder.embed_documents(texts))
+        return {
+            "ok": True,
+            "model": embedder.name,
+            "dimension": embedder.dimension,
+            "vectors": [[float(x) for x in v] for v in vectors],
+        }
+
+    def _answer_hook(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
+        from knowledgebase.hooks import HookCall, handle_hook
+
+        started = time.monotonic()
+        payload = json.loads(body)
+        call = HookCall(
+            event=str(header.get("event")),
+            payload=payload,
+            gemini_pid=header.get("gemini_pid"),
+            project=header.get("project"),
+            project_dir=header.get("project_dir"),
+        )
+        _request_notes.model_wait_s = None
+        try:
+            result = handle_hook(self.store, call)
+        except DatabaseUnavailable as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            if _is_connection_error(exc):
+                self.store.database_failed(exc)
+                return {"ok": False, "error": f"database unavailable: {exc}"}
+            raise
+        elapsed = (time.monotonic() - started) * 1000
+        note = f"{result.note} server={elapsed:.0f}ms"
+        if _request_notes.model_wait_s is not None:
+            note += f" cold-model(waited {_request_notes.model_wait_s:.1f}s for it to load)"
+        return {"ok": True, "output": result.output, "note": note.strip()}
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            pid=os.getpid(),
+            address=str(self.server_address),
+            started_at=self.started_at,
+            requests=self.requests,
+            model_ready=self.store.model_ready,
+            database_ready=self.store.database_ready,
+            idle_timeout_s=self.idle_timeout_s,
+        )
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(exc, psycopg.OperationalError | PoolTimeout)
+
+
+@contextlib.contextmanager
+def _single_instance(address: str) -> Iterator[bool]:
+    """Hold the lock of ``address``; yields False when another process holds it."""
+    import fcntl
+
+    os.makedirs(os.path.dirname(address), exist_ok=True)
+    with open(address + ".lock", "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def serve(settings: Settings, env: Mapping[str, str], *, idle_timeout_s: float | None = None) -> bool:
+    """Run the warm process in the foreground until idle or stopped. Returns False if one runs already."""
+    address = server_address(env)
+    idle = settings.serve_idle_timeout if idle_timeout_s is None else idle_timeout_s
+    with _single_instance(address) as acquired:
+        if not acquired:
+            log.info("a warm process for %s runs already", address)
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
+        # one prompt is embedded at a time: a single thread is fastest for that and leaves the other
+        # cores to Gemini CLI and PostgreSQL (torch's default of one thread per core is 5x slower on a busy box)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        store = WarmStore(settings)
+        store.warm_up()
+        server = WarmServer(address, store, idle)
+        os.chmod(address, 0o600)
+        stop = threading.Event()
+        threading.Thread(target=_watch_idle, args=(server, stop), name="kb-idle", daemon=True).start()
+        previous = signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+        log.info("kb serve (pid %d) listening on %s, idle timeout %.0fs", os.getpid(), address, idle)
+        try:
+            server.serve_forever(poll_interval=0.5)
+        finally:
+            stop.set()
+            signal.signal(signal.SIGTERM, previous)
+            server.server_close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)
+            store.close()
+            log.info("kb serve (pid %d) stopped after %d requests", os.getpid(), server.requests)
+    return True
+
+
+def _watch_idle(server: WarmServer, stop: threading.Event) -> None:
+    while not stop.wait(min(5.0, max(server.idle_timeout_s / 4, 0.1))):
+        if server.idle_for() >= server.idle_timeout_s:
+            log.info("idle for %.0fs: stopping", server.idle_timeout_s)
+            server.shutdown()
+            return
+
+
+def request(env: Mapping[str, str], op: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """Send a control request (``status``, ``shutdown``) to the warm process; None if none runs."""
+    address = server_address(env)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        return None
+    with sock:
+        sock.sendall(json.dumps({"op": op}).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    answer: dict[str, Any] = json.loads(data)
+    return answer
+
+
+def stop_server(env: Mapping[str, str], wait_s: float = 10.0) -> bool:
+    """Ask the warm process to exit and wait until its socket is gone. Returns False if none ran."""
+    if request(env, "shutdown") is None:
+        return False
+    address = server_address(env)
+    deadline = time.monotonic() + wait_s
+    while os.path.exists(address) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,200 @@
+"""The hook process (`kb-hook EVENT`, `kb hook EVENT`) and the warm process behind it, as Gemini CLI runs them.
+
+Every test runs the real executables in subprocesses: bad input and a database that is down must give
+`{}` and exit 0 (fail open); a cold start must answer and say so in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from knowledgebase import serve, store
+from knowledgebase.config import Settings
+from knowledgebase.db import Database
+from knowledgebase.facts import add_fact
+from knowledgebase.hook_client import server_address
+from knowledgebase.warm_embedder import WarmProcessEmbedder
+
+BIN = Path(sys.executable).parent
+SESSION = "5e55-10n"
+PAYLOAD = {"session_id": SESSION, "transcript_path": "/nonexistent/t.jsonl", "cwd": "/tmp", "hook_event_name": "x"}
+
+
+def run_hook(
+    env: dict[str, str], event: str, stdin: bytes | str, *, via_kb: bool = False
+) -> subprocess.CompletedProcess:
+    command = [str(BIN / "kb"), "hook", event] if via_kb else [str(BIN / "kb-hook"), event]
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    return subprocess.run(command, input=data, capture_output=True, env=env, timeout=60)
+
+
+def hook_log(env: dict[str, str]) -> list[str]:
+    path = Path(env["KB_HOME"]) / "logs" / "hooks.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _stop(env: dict[str, str]) -> None:
+    answer = serve.request(env, "status")
+    if answer is None:
+        return
+    pid = answer["status"]["pid"]
+    serve.stop_server(env)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def hook_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An environment like the one `kb gemini install` gives hooks (the database is set per test)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KB_", "GEMINI_"))}
+    env.update({"KB_HOME": str(tmp_path / "kbhome"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    yield env
+    _stop(env)
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [b"", b"{not json", json.dumps(PAYLOAD)[:25].encode(), b"[1, 2, 3]", b"\xff\xfe\x00", b'"a string"'],
+    ids=["empty", "malformed", "truncated", "array", "binary", "string"],
+)
+def test_bad_input_prints_empty_object_and_exits_zero(hook_env: dict[str, str], stdin: bytes) -> None:
+    hook_env["KB_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+    result = run_hook(hook_env, "BeforeAgent", stdin)
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {}
+    assert b"answered {}" in result.stderr
+    (line,) = hook_log(hook_env)
+    assert " BeforeAgent " in line and " fail-open " in line
+    assert not os.path.exists(server_address(hook_env))  # nothing was started for input that cannot be used
+
+
+@pytest.mark.parametrize("via_kb", [False, True], ids=["kb-hook", "kb hook"])
+def test_unknown_event_fails_open(hook_env: dict[str, str], via_kb: bool) -> None:
+    result = run_hook(hook_env, "PreCompress", json.dumps(PAYLOAD), via_kb=via_kb)
+    assert result.returncode == 0 and json.loads(result.stdout) == {}
+    assert b"unknown hook event 'PreCompress'" in result.stderr
+    assert "unknown hook event" in hook_log(hook_env)[-1]
+
+
+def test_database_down_fails_open_quickly_after_a_cold_start(hook_env: dict[str, str]) -> None:
+    hook_env["KB_DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+    first = run_hook(hook_env, "BeforeAgent", json.dumps({**PAYLOAD, "prompt": "hello"}))
+    assert first.returncode == 0 and json.loads(first.stdout) == {}
+    assert b"cannot connect" in first.stderr or b"unavailable" in first.stderr
+    second = run_hook(hook_env, "AfterTool", json.dumps({**PAYLOAD, "tool_name": "run_shell_command"}))
+    assert second.returncode == 0 and json.loads(second.stdout) == {}
+    cold, warm = hook_log(hook_env)
+    assert " cold fail-open " in cold and " warm fail-open " in warm
+
+
+def test_cold_start_then_warm_calls_log_and_inject_context(
+    hook_env: dict[str, str], db_url: str, db: Database, tmp_path: Path
+) -> None:
+    project = tmp_path / "billing"
+    project.mkdir()
+    with db.connection() as conn:
+        store.ensure_project(conn, "billing", str(project))
+    hook_env.update({"KB_DATABASE_URL": db_url, "KB_SERVE_IDLE_TIMEOUT": "600"})
+    payload = {**PAYLOAD, "cwd": str(project)}
+
+    start = run_hook(hook_env, "SessionStart", json.dumps({**payload, "source": "startup"}))
+    assert start.returncode == 0 and json.loads(start.stdout) == {}, start.stderr  # nothing known yet
+    # a fact recorded with the warm process's model, as the MCP server records them
+    embedder = WarmProcessEmbedder(Settings.from_env(hook_env), hook_env)
+    add_fact(
+        db,
+        embedder,
+        label="invoice numbering",
+        value="invoice numbers come from the ledger sequence",
+        project="billing",
+        confidence=0.9,
+        pinned=True,
+    )
+    before = run_hook(hook_env, "BeforeAgent", json.dumps({**payload, "prompt": "how are invoices numbered?"}))
+    context = json.loads(before.stdout)["hookSpecificOutput"]["additionalContext"]
+    assert "ledger sequence" in context
+    tool = run_hook(
+        hook_env,
+        "AfterTool",
+        json.dumps(
+            {
+                **payload,
+                "tool_name": "run_shell_command",
+                "tool_input": {"command": "false"},
+                "tool_response": {"llmContent": "Output: (empty)\nExit Code: 1"},
+            }
+        ),
+    )
+    assert json.loads(tool.stdout) == {}
+    resumed = run_hook(hook_env, "SessionStart", json.dumps({**payload, "source": "resume"}), via_kb=True)
+    assert "ledger sequence" in json.loads(resumed.stdout)["hookSpecificOutput"]["additionalContext"]
+    end = run_hook(hook_env, "SessionEnd", json.dumps({**payload, "reason": "exit"}), via_kb=True)
+    assert json.loads(end.stdout) == {}
+
+    lines = hook_log(hook_env)
+    events = ["SessionStart", "BeforeAgent", "AfterTool", "SessionStart", "SessionEnd"]
+    assert [line.split()[1] for line in lines] == events
+    assert " cold ok " in lines[0] and all(" warm ok " in line for line in lines[1:])
+    with db.connection() as conn:
+        rows = store.list_command_log(conn, task_id=f"gemini-{SESSION}")
+        assert [r.kind for r in rows] == ["prompt", "shell"]
+        assert store.list_command_output(conn, rows[1].id)[0].return_code == 1
+        assert store.get_task(conn, f"gemini-{SESSION}").status == "done"
+    status = serve.request(hook_env, "status")
+    assert status is not None and status["status"]["requests"] == 6 and status["status"]["model_ready"]
+
+
+def test_concurrent_cold_hooks_share_one_warm_process_which_exits_when_idle(
+    hook_env: dict[str, str], db_url: str
+) -> None:
+    hook_env.update({"KB_DATABASE_URL": db_url, "KB_SERVE_IDLE_TIMEOUT": "3"})
+    body = json.dumps({**PAYLOAD, "tool_name": "glob", "tool_response": {"llmContent": "3 files"}}).encode()
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "kb-hook"), "AfterTool"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=hook_env,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(body, timeout=60) for p in procs]
+    assert all(json.loads(out) == {} and p.returncode == 0 for p, (out, _) in zip(procs, outputs, strict=True))
+    assert all(" ok " in line for line in hook_log(hook_env)), hook_log(hook_env)
+    serve_log = (Path(hook_env["KB_HOME"]) / "logs" / "serve.log").read_text()
+    assert serve_log.count("listening on") == 1
+    address = server_address(hook_env)
+    deadline = time.monotonic() + 60
+    while os.path.exists(address) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(address), "the warm process did not exit after its idle timeout"
+    assert "idle for" in (Path(hook_env["KB_HOME"]) / "logs" / "serve.log").read_text()
+
+
+def test_the_warm_process_address_depends_on_the_store_not_on_spelling(tmp_path: Path) -> None:
+    from knowledgebase.config import DEFAULT_EMBED_MODEL
+    from knowledgebase.hook_client import DEFAULT_EMBED_MODEL as HOOK_DEFAULT
+
+    assert HOOK_DEFAULT == DEFAULT_EMBED_MODEL
+    home = {"KB_HOME": str(tmp_path)}
+    assert server_address(home) == server_address({**home, "KB_EMBED_MODEL": DEFAULT_EMBED_MODEL})
+    assert server_address(home) != server_address({**home, "KB_DATABASE_URL": "postgresql://h/db"})
+    assert server_address(home) != server_address({"KB_HOME": str(tmp_path / "other")})
+    deep = {"KB_HOME": str(tmp_path / ("d" * 120))}
+    assert len(server_address(deep).encode()) <= 100
