@@ -15,7 +15,9 @@ from knowledgebase.cli._output import database_url_option, settings_from
 )
 @click.option("--task", "task_id", metavar="ID", help="Log the command under this task.")
 @click.option("--shell", is_flag=True, help="Run one string through /bin/sh -c (pipes, globs, &&).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Kill the command after SECONDS.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Kill the command after SECONDS."
+)
 @click.option("--no-track-files", is_flag=True, help="Do not look for files the command wrote.")
 @click.option("--quiet", is_flag=True, help="Capture and log the output without printing it.")
 @database_url_option

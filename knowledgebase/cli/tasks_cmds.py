@@ -141,7 +141,13 @@ def list_(status: str | None, project: str | None, limit: int, database_url: str
 
 @tasks.command()
 @owner_option
-@click.option("--lease", "lease_seconds", type=click.FloatRange(min=0, min_open=True), help="Lease length in seconds.")
+@click.option(
+    "--lease",
+    "lease_seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Lease length in seconds.",
+)
 @click.option("--project", metavar="NAME", help="Only tasks of this project.")
 @database_url_option
 @json_option
@@ -285,7 +291,9 @@ def release(task_id: str, owner: str | None, database_url: str | None, as_json: 
 @tasks.command()
 @click.argument("task_id")
 @owner_option
-@click.option("--lease", "lease_seconds", type=click.FloatRange(min=0, min_open=True), help="New lease length.")
+@click.option(
+    "--lease", "lease_seconds", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="New lease length."
+)
 @database_url_option
 @json_option
 def heartbeat(
