@@ -22,7 +22,9 @@ install: $(STAMP)
 
 demo: install
 	$(KB) init
+	$(KB) populate .
 	$(KB) status
+	$(KB) context "How is the context for a prompt ranked and kept within its token budget?" --budget 1200
 
 test: install
 	$(PY) -m pytest

@@ -1,4 +1,4 @@
-"""scripts/populate_context.py: refresh a project's index, then print the most relevant chunks."""
+"""scripts/populate_context.py: refresh a project's index, then print the ranked context for a prompt."""
 
 from __future__ import annotations
 
@@ -28,13 +28,15 @@ def test_prints_the_chunks_nearest_the_prompt_after_refreshing(db_url: str, tmp_
     )
     (root / "src" / "geo.py").write_text(function("distance_between_coordinates"))
     env = _env(KB_HOME=str(tmp_path / "home"), KB_DATABASE_URL=db_url)
-    proc = run_script(str(root), "mail the buyer a confirmation of the purchase", "--limit", "1", env=env)
+    proc = run_script(str(root), "mail the buyer a confirmation of the purchase", "--budget", "300", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("shop: 2 added, 0 changed")
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert summary.startswith("shop: 2 added, 0 changed") and "/300 tokens" in summary
     lines = proc.stdout.splitlines()
-    assert lines[0] == "# Context for: mail the buyer a confirmation of the purchase"
-    assert lines[2].startswith("## src/mail.py:1-3 · send_receipt_email (similarity ")
-    assert "def send_receipt_email(order):" in proc.stdout and "distance_between" not in proc.stdout
+    assert lines[0] == "# Context from the knowledgebase"
+    headings = [line for line in lines if line.startswith("### ")]
+    assert headings[0] == "### src/mail.py:1-3 `send_receipt_email`"
+    assert "def send_receipt_email(order):" in proc.stdout
     again = run_script(str(root), "distance", "--project", "shop", env=env)
     assert "0 added, 0 changed, 2 unchanged" in again.stderr
 
@@ -44,7 +46,7 @@ def test_prints_the_chunks_nearest_the_prompt_after_refreshing(db_url: str, tmp_
     [
         (["/definitely/missing", "a prompt"], "cannot index '/definitely/missing': no such file or directory"),
         ([".", "   "], "the prompt must not be empty"),
-        ([".", "a prompt", "--limit", "0"], "--limit must be at least 1"),
+        ([".", "a prompt", "--budget", "0"], "--budget must be a positive number of tokens"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(tmp_path: Path, args: list[str], message: str) -> None:
