@@ -61,6 +61,7 @@ class Settings:
     agent_id: str = ""
     pool_size: int = 4
     serve_idle_timeout: int = 1800
+    project: str | None = None  # KB_PROJECT: the project Gemini CLI sessions work on, whatever their directory
     exec_capture_bytes: int = 65536
     task_lease_seconds: int = 600
     key_wait_seconds: int = 60
@@ -89,6 +90,7 @@ class Settings:
             agent_id=env.get("KB_AGENT_ID") or f"{socket.gethostname()}:{os.getpid()}",
             pool_size=_int(env, "KB_POOL_SIZE", 4, minimum=1),
             serve_idle_timeout=_int(env, "KB_SERVE_IDLE_TIMEOUT", 1800, minimum=1),
+            project=env.get("KB_PROJECT") or None,
             exec_capture_bytes=_int(env, "KB_EXEC_CAPTURE_BYTES", 65536, minimum=1024),
             task_lease_seconds=_int(env, "KB_TASK_LEASE_SECONDS", 600, minimum=1),
             key_wait_seconds=_int(env, "KB_KEY_WAIT_SECONDS", 60, minimum=0),

@@ -32,6 +32,13 @@ SCOPES = ("user", "project")
 
 # Lifecycle matchers are exact strings ("" matches every source); tool matchers are regexes.
 _MATCHERS = {"AfterTool": ".*"}
+_DESCRIPTIONS = {
+    "SessionStart": "opens the session's task, adds a digest of the project's facts",
+    "BeforeAgent": "logs the prompt, adds ranked context from the shared store",
+    "AfterTool": "logs the tool call or shell command with its outcome",
+    "AfterAgent": "logs the response and the turn's token usage",
+    "SessionEnd": "closes the session's task",
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,8 @@ def wiring_for(settings: Settings, *, bin_dir: Path | None = None) -> Wiring:
     }
     if settings.database_url:
         env["KB_DATABASE_URL"] = settings.database_url
+    if settings.project:
+        env["KB_PROJECT"] = settings.project
     return Wiring(kb_executable=kb, hook_executable=hook, env=env)
 
 
@@ -121,7 +130,7 @@ def hook_entry(event: str, wiring: Wiring) -> dict[str, Any]:
                 "command": f"{_quote(wiring.hook_executable)} {event}",
                 "timeout": HOOK_TIMEOUTS_MS[event],
                 "env": dict(wiring.env),
-                "description": f"knowledgebase: {event} (logs the turn, adds shared context)",
+                "description": f"knowledgebase: {_DESCRIPTIONS[event]}",
             }
         ],
     }

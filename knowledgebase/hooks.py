@@ -19,13 +19,17 @@ Everything stored goes through ``knowledgebase.audit``, which redacts and clips 
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from knowledgebase import audit, gemini_events, gemini_session, taskqueue
-from knowledgebase.errors import InputError, LeaseError, NotFound
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from knowledgebase import audit, gemini_events, gemini_session, spool, taskqueue
+from knowledgebase.errors import DatabaseError, InputError, LeaseError, NotFound
 
 if TYPE_CHECKING:
     from knowledgebase.config import Settings
@@ -40,6 +44,8 @@ DIGEST_FACTS = 8
 DIGEST_DECISIONS = 5
 DIGEST_MIN_CONFIDENCE = 0.7
 USAGE_REQUEST_TYPE = "gemini-cli"
+# failures that mean "the database cannot be reached right now" (not a refused row)
+DATABASE_DOWN = (DatabaseError, psycopg.OperationalError, PoolTimeout)
 
 
 class HookServices(Protocol):
@@ -92,29 +98,34 @@ def handle_hook(services: HookServices, call: HookCall) -> HookResult:
     return handler(services, call)
 
 
-def _session(db: Database, call: HookCall, *, open_task: bool = True) -> _Session:
-    """The session of ``call``: its task (opened under the session's owner if missing) and project."""
+def _offline_session(call: HookCall) -> _Session:
+    """The session of ``call`` as far as it is known without the database (no project)."""
     try:
         task_id = gemini_events.session_task_id(str(call.payload.get("session_id") or ""))
     except ValueError as exc:
         raise InputError(str(exc)) from None
     cwd = call.payload.get("cwd") or call.project_dir
-    cwd = cwd if isinstance(cwd, str) and cwd else None
     session_id = task_id.removeprefix(gemini_events.SESSION_TASK_PREFIX)
-    owner = gemini_session.session_owner(session_id)
-    with db.connection() as conn:
-        project = gemini_session.resolve_project(conn, cwd, call.project)
-        if open_task:
-            taskqueue.open_task_if_missing(conn, task_id, project_id=project.id if project else None, owner=owner)
     return _Session(
         session_id=session_id,
         task_id=task_id,
-        cwd=cwd,
-        project=project.name if project else None,
-        project_id=project.id if project else None,
+        cwd=cwd if isinstance(cwd, str) and cwd else None,
+        project=None,
+        project_id=None,
         agent_id=f"gemini-cli@{socket.gethostname()}:{call.gemini_pid or '?'}",
-        owner=owner,
+        owner=gemini_session.session_owner(session_id),
     )
+
+
+def _session(db: Database, call: HookCall, *, open_task: bool = True) -> _Session:
+    """The session of ``call``: its task (opened under the session's owner if missing) and project."""
+    session = _offline_session(call)
+    with db.connection() as conn:
+        project = gemini_session.resolve_project(conn, session.cwd, call.project)
+        project_id = project.id if project else None
+        if open_task:
+            taskqueue.open_task_if_missing(conn, session.task_id, project_id=project_id, owner=session.owner)
+    return dataclasses.replace(session, project=project.name if project else None, project_id=project_id)
 
 
 def _register(services: HookServices, call: HookCall, session: _Session) -> None:
@@ -147,19 +158,23 @@ def session_start(services: HookServices, call: HookCall) -> HookResult:
     session = _session(db, call)
     source = str(call.payload.get("source") or "startup")
     title = f"Gemini CLI session {session.session_id[:8]}" + (f" in {session.cwd}" if session.cwd else "")
-    with db.connection() as conn:
-        taskqueue.open_task(conn, session.task_id, owner=session.owner, project_id=session.project_id, title=title)
-        taskqueue.update_context(
-            conn,
-            session.task_id,
-            {"cwd": session.cwd, "transcript_path": call.payload.get("transcript_path"), "source": source},
-            owner=session.owner,
-        )
+    held = ""
+    try:
+        with db.connection() as conn:
+            taskqueue.open_task(conn, session.task_id, owner=session.owner, project_id=session.project_id, title=title)
+            taskqueue.update_context(
+                conn,
+                session.task_id,
+                {"cwd": session.cwd, "transcript_path": call.payload.get("transcript_path"), "source": source},
+                owner=session.owner,
+            )
+    except LeaseError as exc:  # another holder (an operator, a queue worker): log under it all the same
+        held = f" not-reopened({exc})"
     _register(services, call, session)
     digest = session_digest(db, session.project)
     return HookResult(
         _additional_context("SessionStart", digest),
-        note=f"task={session.task_id} project={session.project or '-'} source={source} digest={len(digest)}c",
+        note=f"task={session.task_id} project={session.project or '-'} source={source} digest={len(digest)}c{held}",
     )
 
 
@@ -200,38 +215,61 @@ def before_agent(services: HookServices, call: HookCall) -> HookResult:
 
 def after_tool(services: HookServices, call: HookCall) -> HookResult:
     """Log a tool call: a shell command with its output and exit code, other tools with a result summary."""
-    db = services.database()
-    session = _session(db, call)
     tool_name = str(call.payload.get("tool_name") or "unknown")
     tool_input = call.payload.get("tool_input")
     tool_input = tool_input if isinstance(tool_input, dict) else {"value": tool_input}
     response = call.payload.get("tool_response")
-    common = {
+    if tool_name == SHELL_TOOL:
+        return _after_shell(services, call, tool_input, response)
+    db = services.database()
+    session = _session(db, call)
+    summary, error = _tool_summary(response)
+    entry = audit.log_exchange(
+        db, prompt=None, response=summary, kind="tool", **_tool_fields(session, call, tool_input)
+    )
+    audit.log_command_output(db, entry.id, success=error is None, error=error)
+    return HookResult({}, note=f"log={entry.id} tool={tool_name}")
+
+
+def _after_shell(services: HookServices, call: HookCall, tool_input: dict[str, Any], response: Any) -> HookResult:
+    """Store the shell command and its outcome; with the database unreachable, spool them for later."""
+    outcome = gemini_events.parse_shell_outcome(response)
+
+    def record(session: _Session) -> audit.CommandRecord:
+        exchange = audit.prepare_exchange(
+            prompt=None,
+            proposed_command=str(tool_input.get("command") or ""),
+            kind="shell",
+            **_tool_fields(session, call, tool_input),
+        )
+        output = audit.prepare_output(
+            stdout=outcome.output,
+            return_code=outcome.exit_code,
+            success=outcome.success,
+            error=_join(outcome.error, f"signal {outcome.signal}" if outcome.signal else None),
+        )
+        return audit.CommandRecord(exchange, output)
+
+    try:
+        db = services.database()
+        session = _session(db, call)
+        entry, output = audit.store_command(db, record(session))
+    except DATABASE_DOWN as exc:
+        path = spool.spool_command(services.settings.spool_dir, record(_offline_session(call)))
+        return HookResult({}, note=f"database unavailable, command spooled to {path.name}: {_first_line(exc)}")
+    return HookResult({}, note=f"log={entry.id} exit={outcome.exit_code} truncated={output.truncated}")
+
+
+def _tool_fields(session: _Session, call: HookCall, tool_input: dict[str, Any]) -> dict[str, Any]:
+    return {
         "task_id": session.task_id,
         "session_id": session.session_id,
         "project_id": session.project_id,
         "agent_id": session.agent_id,
         "agent_mode": AGENT_MODE,
-        "tool_name": tool_name,
+        "tool_name": str(call.payload.get("tool_name") or "unknown"),
         "tool_input": _shrink(tool_input),
     }
-    if tool_name == SHELL_TOOL:
-        outcome = gemini_events.parse_shell_outcome(response)
-        entry, output = audit.log_command(
-            db,
-            command=str(tool_input.get("command") or ""),
-            kind="shell",
-            stdout=outcome.output,
-            return_code=outcome.exit_code,
-            success=outcome.success,
-            error=_join(outcome.error, f"signal {outcome.signal}" if outcome.signal else None),
-            **common,
-        )
-        return HookResult({}, note=f"log={entry.id} exit={outcome.exit_code} truncated={output.truncated}")
-    summary, error = _tool_summary(response)
-    entry = audit.log_exchange(db, prompt=None, response=summary, kind="tool", **common)
-    audit.log_command_output(db, entry.id, success=error is None, error=error)
-    return HookResult({}, note=f"log={entry.id} tool={tool_name}")
 
 
 def after_agent(services: HookServices, call: HookCall) -> HookResult:
@@ -369,6 +407,11 @@ def _shrink(value: Any) -> Any:
     if isinstance(value, list):
         return [_shrink(v) for v in value]
     return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _join(*parts: str | None) -> str | None:

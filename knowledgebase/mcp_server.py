@@ -93,7 +93,7 @@ class McpServices:
         if session is not None:
             return Scope(project=session.project, task_id=session.task_id)
         with self.database().connection() as conn:
-            project = gemini_session.resolve_project(conn, self.cwd, os.environ.get("KB_PROJECT") or None)
+            project = gemini_session.resolve_project(conn, self.cwd, self.settings.project)
         return Scope(project=project.name if project else None, task_id=None)
 
     def close(self) -> None:

@@ -131,7 +131,23 @@ class WarmStore:
                 self._db_error = (time.monotonic(), str(exc))
                 raise
             self._db_error = None
+            if self.settings.spool_dir.is_dir():
+                threading.Thread(target=self._flush_spool, args=(self._db,), name="kb-spool", daemon=True).start()
             return self._db
+
+    def _flush_spool(self, db: Database) -> None:
+        """Write what was spooled while the database was unreachable (by the hooks or `kb exec`)."""
+        from knowledgebase.spool import flush_spool
+
+        report = flush_spool(db, self.settings.spool_dir)
+        if report.flushed or report.rejected or report.error:
+            log.info(
+                "spool: %d written, %d set aside, %d waiting (%s)",
+                report.flushed,
+                report.rejected,
+                report.remaining,
+                report.error or "ok",
+            )
 
     @property
     def database_ready(self) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from knowledgebase import audit, gemini_session, store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.errors import InputError
+from knowledgebase.errors import DatabaseUnavailable, InputError
 from knowledgebase.facts import add_fact, list_facts
 from knowledgebase.hooks import HookCall, handle_hook
 from knowledgebase.serve import WarmStore
@@ -332,3 +334,41 @@ def test_project_resolution_by_root_then_repository_name(db: Database, project_d
         explicit = gemini_session.resolve_project(conn, str(tmp_path), "named")
         assert explicit is not None and explicit.name == "named"
     assert [f.label for f in list_facts(db)] == []
+
+
+def test_a_shell_command_is_spooled_while_the_database_is_down_and_written_when_it_is_back(
+    settings: Settings, db: Database, fake_embedder: HashingEmbedder, project_dir: Path
+) -> None:
+    down = WarmStore(
+        dataclasses.replace(settings, database_url="postgresql://nobody@127.0.0.1:1/none"), embedder=fake_embedder
+    )
+    result = handle_hook(
+        down,
+        call(
+            "AfterTool",
+            project_dir,
+            tool_name="run_shell_command",
+            tool_input={"command": "make deploy"},
+            tool_response={"llmContent": "Output: deployed\nExit Code: 3"},
+        ),
+    )
+    assert result.output == {} and "spooled" in result.note
+    with pytest.raises(DatabaseUnavailable):
+        handle_hook(down, call("BeforeAgent", project_dir, prompt="hi"))  # nothing to spool: fails (open, upstream)
+    assert len(list(settings.spool_dir.glob("*.json"))) == 1
+    assert log_rows(db) == []
+
+    up = WarmStore(settings, embedder=fake_embedder)
+    try:
+        up.database()  # reconnecting writes the spool in the background
+        deadline = time.monotonic() + 30
+        while not log_rows(db) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        up.close()
+    (row,) = log_rows(db)
+    assert row.kind == "shell" and row.proposed_command == "make deploy" and row.session_id == SESSION
+    with db.connection() as conn:
+        (output,) = store.list_command_output(conn, row.id)
+    assert output.stdout == "deployed" and output.return_code == 3
+    assert list(settings.spool_dir.glob("*.json")) == []
