@@ -40,6 +40,9 @@ AGENT_MODE = "gemini-cli"
 SHELL_TOOL = "run_shell_command"
 MAX_SUMMARY_CHARS = 4000  # result summary kept for tools other than the shell
 MAX_INPUT_STRING_CHARS = 8000  # per string inside a tool's input (write_file content and the like)
+# what of a prompt retrieval reads: the model embeds about 1000 characters anyway, and a pasted
+# megabyte must not become a megabyte full-text query
+MAX_QUERY_CHARS = 4000
 DIGEST_FACTS = 8
 DIGEST_DECISIONS = 5
 DIGEST_MIN_CONFIDENCE = 0.7
@@ -202,7 +205,7 @@ def before_agent(services: HookServices, call: HookCall) -> HookResult:
     pack = build_context(
         db,
         services.embedder(),
-        prompt,
+        prompt[:MAX_QUERY_CHARS],
         project=session.project,
         task_id=session.task_id,
         budget=services.settings.context_budget,

@@ -290,7 +290,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         _request_notes.model_wait_s = None
         try:
             result = handle_hook(self.store, call)
-        except DatabaseUnavailable as exc:
+        except KnowledgebaseError as exc:  # expected trouble (database down, bad input): one line, no traceback
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
             if _is_connection_error(exc):

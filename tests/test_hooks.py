@@ -372,3 +372,17 @@ def test_a_shell_command_is_spooled_while_the_database_is_down_and_written_when_
         (output,) = store.list_command_output(conn, row.id)
     assert output.stdout == "deployed" and output.return_code == 3
     assert list(settings.spool_dir.glob("*.json")) == []
+
+
+def test_a_huge_prompt_is_logged_clipped_and_searched_by_its_head(
+    services: WarmStore, db: Database, project_dir: Path
+) -> None:
+    prompt = "explain the payment retries " + "and more words " * 200_000  # about 3 MB
+    result = handle_hook(services, call("BeforeAgent", project_dir, prompt=prompt))
+    assert result.output == {}
+    (row,) = log_rows(db)
+    assert row.prompt is not None and row.prompt.startswith("explain the payment retries")
+    assert len(row.prompt) < 300_000
+    with db.connection() as conn:
+        (record,) = store.list_context_records(conn, task_id=TASK)
+    assert len(record.prompt) <= 4000
