@@ -19,6 +19,7 @@ Everything stored goes through ``knowledgebase.audit``, which redacts and clips 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 from collections.abc import Callable
@@ -44,6 +45,7 @@ MAX_INPUT_STRING_CHARS = 8000  # per string inside a tool's input (write_file co
 # megabyte must not become a megabyte full-text query
 MAX_QUERY_CHARS = 4000
 DIGEST_FACTS = 8
+DIGEST_SCAN = 200  # newest facts looked at for the digest
 DIGEST_DECISIONS = 5
 DIGEST_MIN_CONFIDENCE = 0.7
 USAGE_REQUEST_TYPE = "gemini-cli"
@@ -337,13 +339,15 @@ HANDLERS: dict[str, Callable[[HookServices, HookCall], HookResult]] = {
 
 
 def session_digest(db: Database, project: str | None) -> str:
-    """A short Markdown digest for a new session: pinned / well-established facts and recent decisions."""
+    """A short Markdown digest for a new session: pinned / well-established facts and recent decisions,
+    of ``project`` and of the whole store (facts recorded without a project); newest first."""
     from knowledgebase.facts import list_facts
 
-    try:
-        facts = list_facts(db, project=project, limit=200)
-    except NotFound:
-        return ""
+    facts = [f for f in list_facts(db, limit=DIGEST_SCAN) if f.project_id is None]
+    if project is not None:
+        with contextlib.suppress(NotFound):
+            facts = list_facts(db, project=project, limit=DIGEST_SCAN) + facts
+    facts.sort(key=lambda f: f.id, reverse=True)
     decisions = [f for f in facts if "decision" in f.label.lower()][:DIGEST_DECISIONS]
     chosen = {f.id for f in decisions}
     established = sorted(

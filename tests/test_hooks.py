@@ -66,12 +66,13 @@ def test_session_start_opens_the_task_and_returns_a_digest(
     add_fact(db, fake_embedder, label="decision: http client", value="use httpx, not requests", project="shop")
     add_fact(db, fake_embedder, label="hunch", value="the cache is flaky", project="shop", confidence=0.2)
     add_fact(db, fake_embedder, label="other", value="not this project", project="elsewhere", confidence=0.99)
+    add_fact(db, fake_embedder, label="house rule", value="every project uses UTC", confidence=0.9)
 
     result = handle_hook(services, call("SessionStart", project_dir, source="startup"))
 
     digest = result.output["hookSpecificOutput"]["additionalContext"]
     assert result.output["hookSpecificOutput"]["hookEventName"] == "SessionStart"
-    assert "make test" in digest and "use httpx" in digest
+    assert "make test" in digest and "use httpx" in digest and "every project uses UTC" in digest
     assert "flaky" not in digest and "not this project" not in digest
     assert "<" not in digest  # Markdown only: Gemini CLI escapes tags inside hook_context
     with db.connection() as conn:
