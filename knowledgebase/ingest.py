@@ -6,7 +6,9 @@ in line with the directory:
 - An unchanged file costs one ``lstat``: its size and mtime (ns) match the stored row, and the row's
   ``chunked_hash`` equals its ``content_hash`` (its chunks are complete). A file whose stat changed is
   read and hashed (SHA-256 of the bytes on disk); if the hash is the stored one, only the stat is
-  updated.
+  updated. A file modified less than ``RACY_WINDOW_NS`` before the scan is stored without its mtime,
+  so the next run hashes it again: a same-size write within the file system's timestamp granularity
+  would otherwise go unnoticed (git's "racily clean" problem).
 - A new or changed file is redacted (``knowledgebase.redact``; the stored content and everything
   embedded are redacted), chunked, and only chunks whose content hash has no stored vector of the
   active model (in any project) are embedded; the others reuse the stored vector.
@@ -81,6 +83,7 @@ if TYPE_CHECKING:
     from knowledgebase.db import Database
 
 MAX_FILES_PER_BATCH = 500
+RACY_WINDOW_NS = 2_000_000_000  # coarsest common timestamp granularity (FAT: 2 s)
 DELETE_BATCH = 1000
 
 # The contract with facts (knowledgebase.facts): a fact read from a chunk goes stale once no chunk of
@@ -227,10 +230,12 @@ class _Run:
     lossy: list[str] = field(default_factory=list)
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     model_id: int | None = None
+    racy_after: int = 0
     _count_tokens: TokenCounter | None = None
 
     def execute(self, root: Path) -> None:
         self.notify(PopulateProgress("scanning"))
+        self.racy_after = time.time_ns() - RACY_WINDOW_NS
         clock = time.perf_counter()
         entries = list(scan_project(root, self.settings))
         with self.db.connection() as conn:
@@ -240,7 +245,7 @@ class _Run:
         self.skipped.extend(entry for entry in entries if isinstance(entry, SkippedFile))
         self.files_total = len(files)
         kept: set[str] = set()
-        touched: list[tuple[int, int, int]] = []
+        touched: list[tuple[int, int, int | None]] = []
         batch: list[_Prepared] = []
         for file in files:
             state = stored.get(file.rel_path)
@@ -267,7 +272,7 @@ class _Run:
         self.files_indexed = len(kept)
         self.notify(self._progress("done"))
 
-    def _examine(self, file: ScannedFile, state: FileState | None) -> _Prepared | tuple[int, int, int] | bool:
+    def _examine(self, file: ScannedFile, state: FileState | None) -> _Prepared | tuple[int, int, int | None] | bool:
         """The work ``file`` needs: a prepared file, a stat update, True (keep as is) or False (drop)."""
         complete = state is not None and state.chunked_hash == state.content_hash
         if state is not None and complete and (state.size_bytes, state.mtime_ns) == (file.size, file.mtime_ns):
@@ -283,10 +288,14 @@ class _Run:
                 self.lossy.append(file.rel_path)
             if state is not None and complete and result.content_hash == state.content_hash:
                 self.unchanged += 1
-                return (state.id, result.file.size, result.file.mtime_ns)
+                return (state.id, result.file.size, self._settled_mtime(result.file))
             return self._prepare(result, state)
         finally:
             self.seconds["read"] += time.perf_counter() - clock
+
+    def _settled_mtime(self, file: ScannedFile) -> int | None:
+        """The mtime to store: None for a file modified too recently to trust (re-hashed next run)."""
+        return file.mtime_ns if file.mtime_ns < self.racy_after else None
 
     def _prepare(self, text: FileText, state: FileState | None) -> _Prepared:
         redaction = redact_text(text.text)
@@ -346,7 +355,7 @@ class _Run:
                 content_hash=prepared.text.content_hash,
                 size_bytes=file.size,
                 language=file.language,
-                mtime_ns=file.mtime_ns,
+                mtime_ns=self._settled_mtime(file),
                 lossy_decode=prepared.text.lossy_decode,
             ),
         )

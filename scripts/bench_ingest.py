@@ -132,7 +132,7 @@ def build_rescan_tree(target: Path, count: int) -> int:
                 continue
             destination = target / package / path.relative_to(SITE_PACKAGES / package)
             destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, destination)
+            shutil.copy2(path, destination)  # keeps the mtime: fresh files would be re-hashed once
             copied += 1
     return copied
 

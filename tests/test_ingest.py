@@ -41,6 +41,15 @@ def make_project(root: Path) -> Path:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
+    return settle(root)
+
+
+def settle(root: Path, seconds_ago: int = 10) -> Path:
+    """Date every file back, as if written a while ago (fresh files are re-hashed on the next run)."""
+    past = time.time_ns() - seconds_ago * 1_000_000_000
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(past, past))
     return root
 
 
@@ -158,6 +167,26 @@ def test_touched_file_with_same_content_is_hashed_not_rechunked(
     with db.connection() as conn:
         assert file_rows(conn)["app/util.py"][4] == path.stat().st_mtime_ns
         assert chunk_rows(conn) == before
+
+
+def test_a_file_written_just_before_the_scan_is_checked_again(
+    db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path
+) -> None:
+    root = make_project(tmp_path / "demo")
+    path = root / "app/util.py"
+    path.write_text(path.read_text())  # fresh mtime: within the file system's timestamp granularity
+    populate(db, fake_embedder, root, settings)
+    with db.connection() as conn:
+        assert file_rows(conn)["app/util.py"][4] is None  # mtime not trusted yet
+    stat = path.stat()
+    # a same-size rewrite that the timestamp cannot tell apart from the indexed version
+    path.write_text(path.read_text().replace("slugify detail 0", "slugify detail 9"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    report = populate(db, fake_embedder, root, settings)
+    assert report.changed == 1
+    with db.connection() as conn:
+        assert "slugify detail 9" in file_rows(conn)["app/util.py"][0]
 
 
 def test_editing_one_function_reembeds_only_its_chunk(

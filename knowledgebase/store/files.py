@@ -213,7 +213,7 @@ def list_file_states(conn: psycopg.Connection, project_id: int) -> list[FileStat
     return fetch_all(conn, FileState, LIST_FILE_STATES, (project_id,))
 
 
-def update_file_stats(conn: psycopg.Connection, stats: Sequence[tuple[int, int, int]]) -> None:
+def update_file_stats(conn: psycopg.Connection, stats: Sequence[tuple[int, int, int | None]]) -> None:
     """Record new ``(file_id, size_bytes, mtime_ns)`` for files whose content did not change."""
     if stats:
         with conn.cursor() as cur:
