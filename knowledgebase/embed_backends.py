@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Bump when the export format changes: older cache entries are then ignored (and may be deleted).
+# Bump when the export format changes: older cache entries are then ignored (delete them to free space).
 EXPORT_VERSION = 1
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -141,6 +141,7 @@ def _export(name: str, target: Path) -> None:
         raise BackendUnavailable(f"{name} has no fast tokenizer, which the ONNX backends need")
     example = st_model.preprocess(["a short example text", "and a second, somewhat longer example text"])
     input_names = tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in example)
+    constants = {k: v for k, v in example.items() if not isinstance(v, torch.Tensor)}  # e.g. modality="text"
 
     class SentenceEmbedding(torch.nn.Module):
         """The whole sentence-transformers pipeline (pooling, normalisation) as one traceable module."""
@@ -151,7 +152,7 @@ def _export(name: str, target: Path) -> None:
 
         def forward(self, *inputs: Any) -> Any:
             features = dict(zip(input_names, inputs, strict=True))
-            return self.pipeline({**features, "modality": "text"})["sentence_embedding"]
+            return self.pipeline({**constants, **features})["sentence_embedding"]
 
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=max(int(st_model.max_seq_length), 16))
