@@ -20,11 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# kb init, index this repository, record a few facts about it, print the ranked context for a prompt
+# with the parts of every score; a second run reuses the index. Another project: make demo DEMO_PATH=...
 demo: install
-	$(KB) init
-	$(KB) populate .
-	$(KB) status
-	$(KB) context "How is the context for a prompt ranked and kept within its token budget?" --budget 1200
+	$(KB) demo $(DEMO_PATH)
 
 test: install
 	$(PY) -m pytest

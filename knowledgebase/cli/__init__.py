@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "hook": "knowledgebase.cli.gemini_cmds:hook",
     "serve": "knowledgebase.cli.gemini_cmds:serve",
     "mcp": "knowledgebase.cli.gemini_cmds:mcp",
+    "demo": "knowledgebase.cli.demo:demo",
 }
 
 
