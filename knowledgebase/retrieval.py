@@ -82,7 +82,7 @@ SELECT c.id, p.name, f.file_path, f.language, c.start_line, c.end_line, c.symbol
        c.created_at,
        COALESCE(1 - (c.embedding <=> %(qvec)s), 0) AS similarity,
        COALESCE(ts_rank_cd(c.tsv, to_tsquery('simple', %(tsq)s)), 0) AS text_rank,
-       c.embedding
+       CASE WHEN %(with_vectors)s THEN c.embedding END AS embedding
   FROM (SELECT id FROM vec UNION SELECT id FROM lex) ids
   JOIN file_chunks c ON c.id = ids.id
   JOIN project_files f ON f.id = c.file_id
@@ -111,7 +111,7 @@ SELECT k.id, p.name, k.label, k.value, k.confidence_score, k.is_stale, k.pinned,
        k.task_id, f.file_path,
        COALESCE(1 - (k.embedding <=> %(qvec)s), 0) AS similarity,
        COALESCE(ts_rank_cd(k.tsv, to_tsquery('simple', %(tsq)s)), 0) AS text_rank,
-       k.embedding
+       CASE WHEN %(with_vectors)s THEN k.embedding END AS embedding
   FROM (SELECT id FROM vec UNION SELECT id FROM lex) ids
   JOIN knowledge k ON k.id = ids.id
   LEFT JOIN projects p ON p.id = k.project_id
@@ -247,7 +247,7 @@ def search_candidates(
 ) -> list[Hit]:
     """Every candidate ``search`` considers (``weights.candidates`` per source and kind, at least
     ``limit``), scored but in no particular order and with overlapping spans kept; ``rerank`` orders
-    them. Arguments as for ``search``."""
+    them. Arguments as for ``search``; item vectors are fetched only when ``weights.diversity`` > 0."""
     weights = weights or DEFAULT_WEIGHTS
     plan = _plan(query, kinds, path_glob, since, limit, weights)
     qvec = embedder.embed_query(query.strip())
@@ -265,6 +265,8 @@ def search_candidates(
             "tsq": plan.tsquery,
             "k": plan.k,
             "recent": RECENT_COMMANDS,
+            # item vectors are only needed to keep near-duplicates apart (MMR)
+            "with_vectors": weights.diversity > 0,
         }
         hits: list[Hit] = []
         if "chunk" in plan.kinds:

@@ -269,6 +269,22 @@ def rrf(vector: Sequence[Hit], text: Sequence[Hit]) -> list[tuple[str, int, int]
     return spans([by_id[i] for i in order])
 
 
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {f"p{q}": round(float(np.percentile(values, q)), 3) for q in (5, 10, 50, 90, 95)}
+
+
+def offtopic_scores(db: Database, embedder: Embedder, queries: Sequence[Query], project: str) -> dict[str, float]:
+    """Top-1 scores of queries that have no answer in ``project`` (to place ``min_score``)."""
+    tops = []
+    for query in queries:
+        hits = rerank(search_candidates(db, embedder, query.text, project=project, kinds=("chunk",)), limit=1)
+        if hits:
+            tops.append(hits[0].score)
+    return percentiles(tops)
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-cased words and identifier parts, for BM25."""
     tokens = []
@@ -297,6 +313,7 @@ def evaluate_set(
     """Every mode on one set; ``baseline`` holds the window rankings per query, by name."""
     ranks: dict[str, list[int | None]] = {k: [] for k in ("vector", "full_text", "full", "rrf", *baseline)}
     grid_ranks: list[list[int | None]] = [[] for _ in grid]
+    correct_scores: list[float] = []
     started = time.perf_counter()
     for i, query in enumerate(eval_set.queries):
         candidates = search_candidates(
@@ -306,7 +323,10 @@ def evaluate_set(
         text = [h for h in rerank(candidates, weights=TEXT_ONLY, limit=len(candidates)) if h.parts.text_rank > 0]
         ranks["vector"].append(first_hit(spans(vector), query))
         ranks["full_text"].append(first_hit(spans(text), query))
-        ranks["full"].append(first_hit(spans(rerank(candidates, limit=TOP_K)), query))
+        full = rerank(candidates, limit=TOP_K)
+        ranks["full"].append(first_hit(spans(full), query))
+        if ranks["full"][-1] is not None:
+            correct_scores.append(full[ranks["full"][-1] - 1].score)
         ranks["rrf"].append(first_hit(rrf(vector, text[:TOP_K]), query))
         for name, ranked in baseline.items():
             ranks[name].append(first_hit(ranked[i], query))
@@ -316,6 +336,7 @@ def evaluate_set(
         "queries": len(eval_set.queries),
         "seconds": round(time.perf_counter() - started, 1),
         "modes": {name: metrics(r) for name, r in ranks.items()},
+        "correct_hit_score": percentiles(correct_scores),
         "grid": [metrics(r) for r in grid_ranks],
     }
 
@@ -576,6 +597,10 @@ def print_report(report: dict[str, Any]) -> None:
     defaults = report["defaults"]
     out.write(f"\ndefaults in use: text {defaults['text']}, identifier {defaults['identifier']}, "
               f"saturation {defaults['text_saturation']}\n")  # fmt: skip
+    for name, result in report["sets"].items():
+        out.write(f"score of the first correct hit, {name}: {result.get('correct_hit_score')}\n")
+    for name, value in report.get("offtopic_top1_score", {}).items():
+        out.write(f"top-1 score without a right answer, {name}: {value}\n")
     for name, value in report.get("hnsw", {}).items():
         out.write(f"HNSW recall@10 vs exact, {name}: {value}\n")
     if "latency" in report:
@@ -635,6 +660,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "text": DEFAULT_WEIGHTS.text,
                 "identifier": DEFAULT_WEIGHTS.identifier,
                 "text_saturation": DEFAULT_WEIGHTS.text_saturation,
+            }
+            report["offtopic_top1_score"] = {
+                "humaneval queries on eval-csn": offtopic_scores(db, embedder, sampled["humaneval"][:150], "eval-csn"),
+                "csn queries on eval-humaneval": offtopic_scores(db, embedder, sampled["csn"][:150], "eval-humaneval"),
             }
             query_vectors = embedder.embed_documents([q.text for q in sampled["csn"][:200]])
             report["hnsw"] = {
