@@ -121,8 +121,15 @@ def _configure_connection(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
-def open_database(settings: Settings, *, check_schema: bool = True, url: str | None = None) -> Database:
-    """Open a pool on the configured database after checking it is usable.
+def open_database(
+    settings: Settings,
+    *,
+    check_schema: bool = True,
+    url: str | None = None,
+    pool_timeout: float = 30,
+    check_connections: bool = False,
+) -> Database:
+    """Open a pool on the configured database after checking it is usable (pool options as ``Database``).
 
     Raises DatabaseUnavailable, ExtensionMissing or SchemaMismatch with a message that says what to do.
     """
@@ -136,7 +143,7 @@ def open_database(settings: Settings, *, check_schema: bool = True, url: str | N
             has_vector = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
             if not has_vector:
                 raise ExtensionMissing("the pgvector extension is not installed in this database: run `kb init`")
-    return Database(url, max_size=settings.pool_size)
+    return Database(url, max_size=settings.pool_size, timeout=pool_timeout, check=check_connections)
 
 
 __all__ = [

@@ -120,13 +120,10 @@ class WarmStore:
                 return self._db
             if self._db_error is not None and time.monotonic() - self._db_error[0] < DB_RETRY_AFTER_S:
                 raise DatabaseUnavailable(f"database unavailable (retrying shortly): {self._db_error[1]}")
-            from knowledgebase.db import Database, open_database
+            from knowledgebase.db import open_database
 
             try:
-                checked = open_database(self.settings)
-                url = checked.url
-                checked.close()
-                self._db = Database(url, max_size=self.settings.pool_size, timeout=POOL_TIMEOUT_S, check=True)
+                self._db = open_database(self.settings, pool_timeout=POOL_TIMEOUT_S, check_connections=True)
             except KnowledgebaseError as exc:
                 self._db_error = (time.monotonic(), str(exc))
                 raise

@@ -96,7 +96,7 @@ def test_database_down_fails_open_quickly_after_a_cold_start(hook_env: dict[str,
     first = run_hook(hook_env, "BeforeAgent", json.dumps({**PAYLOAD, "prompt": "hello"}))
     assert first.returncode == 0 and json.loads(first.stdout) == {}
     assert b"cannot connect" in first.stderr or b"unavailable" in first.stderr
-    second = run_hook(hook_env, "AfterTool", json.dumps({**PAYLOAD, "tool_name": "run_shell_command"}))
+    second = run_hook(hook_env, "AfterTool", json.dumps({**PAYLOAD, "tool_name": "glob"}))
     assert second.returncode == 0 and json.loads(second.stdout) == {}
     cold, warm = hook_log(hook_env)
     assert " cold fail-open " in cold and " warm fail-open " in warm
