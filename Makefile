@@ -29,7 +29,7 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check knowledgebase tests scripts migrations
+	$(VENV)/bin/ruff check knowledgebase tests scripts migrations notebooks
 	$(VENV)/bin/mypy
 
 clean:

@@ -7,16 +7,18 @@ record the facts of ``REPOSITORY_FACTS`` that can be read from its files, and as
 for a prompt. Everything is idempotent: a second run finds every file unchanged and every fact
 already recorded, so it embeds nothing and changes nothing.
 
-``seed_project`` (index + facts) and ``sample_project`` (a small copy of this package's own code)
-also build the small demo stores of the notebooks and tests.
+``seed_project`` (index + facts), ``sample_project`` (a small copy of this package's own code) and
+``demo_database`` (a throwaway database) also build the small demo stores of the notebooks and tests.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 DEFAULT_PROMPT = "How do I run the tests?"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # folders of this package copied by ``sample_project`` (the migrations come from ``migrations_dir()``)
-SAMPLE_FOLDERS = ("store", "cli")
+SAMPLE_FOLDERS = ("store",)
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,15 @@ SAMPLE_FACTS: tuple[DemoFact, ...] = (
         "schema",
         "Every table is created in migrations/versions/0001_initial_schema.py",
         "migrations/versions/0001_initial_schema.py",
-        r"CREATE TABLE knowledge",
+        r"CREATE TABLE projects",
         0.9,
+    ),
+    DemoFact(
+        "knowledge table",
+        "A fact is a row of the knowledge table: label, value, source and a confidence_score between 0 and 1",
+        "migrations/versions/0001_initial_schema.py",
+        r"CREATE TABLE knowledge",
+        0.4,
     ),
     DemoFact(
         "fact storage",
@@ -106,17 +115,17 @@ SAMPLE_FACTS: tuple[DemoFact, ...] = (
         0.7,
     ),
     DemoFact(
-        "command registry",
-        "Every kb command is one line of COMMANDS in cli/__init__.py and is imported only when used",
-        "cli/__init__.py",
-        r"^COMMANDS",
+        "chunk storage",
+        "store/files.py writes file chunks in batches (insert_chunks) and finds the nearest ones (nearest_chunks)",
+        "store/files.py",
+        r"def insert_chunks",
         0.5,
     ),
     DemoFact(
-        "json output",
-        "cli/_output.py print_json prints dataclasses, datetimes, decimals and paths as JSON",
-        "cli/_output.py",
-        r"def print_json",
+        "row helpers",
+        "store/_rows.py fetches query results into frozen dataclasses (fetch_one, fetch_all)",
+        "store/_rows.py",
+        r"def fetch_all",
         0.3,
     ),
 )
@@ -179,7 +188,7 @@ def default_demo_root(cwd: Path | None = None) -> Path:
 
 def sample_project(destination: Path) -> Path:
     """Copy a small real project into ``destination`` (created; it must not exist yet): this package's
-    ``store/`` and ``cli/`` folders and its migrations. ``SAMPLE_FACTS`` hold for the copy."""
+    ``store/`` folder and its migrations. ``SAMPLE_FACTS`` hold for the copy."""
     from knowledgebase.schema import migrations_dir
 
     if destination.exists():
@@ -189,6 +198,28 @@ def sample_project(destination: Path) -> Path:
         shutil.copytree(PACKAGE_DIR / folder, destination / folder, ignore=ignore)
     shutil.copytree(migrations_dir(), destination / "migrations", ignore=ignore)
     return destination
+
+
+@contextmanager
+def demo_database(url: str | None = None) -> Iterator[str]:
+    """A database for a demo store, at the head revision: ``url`` when given, else a throwaway
+    embedded server in a temporary folder, stopped and removed on exit."""
+    from knowledgebase.schema import upgrade
+
+    if url:
+        upgrade(url)
+        yield url
+        return
+    from knowledgebase.embedded import ensure_server, stop_server
+
+    with tempfile.TemporaryDirectory(prefix="kb-demo-") as folder:
+        pgdata = Path(folder) / "pgdata"
+        try:
+            server_url = ensure_server(pgdata).url()
+            upgrade(server_url)
+            yield server_url
+        finally:
+            stop_server(pgdata)
 
 
 def seed_project(

@@ -57,7 +57,7 @@ def test_the_repository_facts_cite_lines_that_exist_in_this_checkout() -> None:
 
 def test_the_sample_project_is_a_copy_of_this_package_and_its_facts_hold(tmp_path: Path) -> None:
     root = sample_project(tmp_path / "sample")
-    assert sorted(p.name for p in root.iterdir()) == ["cli", "migrations", "store"]
+    assert sorted(p.name for p in root.iterdir()) == ["migrations", "store"]
     assert (root / "store" / "knowledge.py").read_text() == (REPO / "knowledgebase/store/knowledge.py").read_text()
     assert not list(root.rglob("__pycache__"))
     for fact in SAMPLE_FACTS:
