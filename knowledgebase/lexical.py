@@ -61,16 +61,25 @@ STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 _CAMEL_INNER = re.compile(r"[a-z0-9][A-Z]")
 
 
-def tsquery_text(query: str) -> str | None:
-    """A ``to_tsquery('simple', ...)`` expression matching any meaningful term of ``query``.
+def search_terms(query: str) -> list[str]:
+    """The terms of ``query`` worth a full-text search: ``query_terms`` without stop words."""
+    return [t for t in query_terms(query) if t not in STOP_WORDS and t.strip("_")]
+
+
+def tsquery_from_terms(terms: list[str]) -> str | None:
+    """A ``to_tsquery('simple', ...)`` expression matching any of ``terms`` (None for no terms).
 
     Terms are ORed: natural-language questions rarely share all their words with the code that
-    answers them. Stop words go; a compound identifier stays whole (PostgreSQL reads it as a phrase)
-    besides its parts. Only ``[a-z0-9_]`` reach the expression, so it is always valid. None when
-    nothing is left to search for.
+    answers them. A compound identifier stays whole (PostgreSQL reads it as a phrase) besides its
+    parts. Terms come from ``query_terms``, so only ``[a-z0-9_]`` reach the expression and it is
+    always valid.
     """
-    terms = [t for t in query_terms(query) if t not in STOP_WORDS and t.strip("_")]
     return " | ".join(terms) if terms else None
+
+
+def tsquery_text(query: str) -> str | None:
+    """The full-text expression for ``query``: its ``search_terms`` ORed (None when none are left)."""
+    return tsquery_from_terms(search_terms(query))
 
 
 def code_identifiers(query: str) -> list[str]:

@@ -42,7 +42,7 @@ class RankingWeights:
     # weight of the squashed full-text rank (0 turns full text into a candidate source only)
     text: float = 0.1
     # ts_rank_cd value that scores 0.5 after squashing: rank / (rank + text_saturation)
-    text_saturation: float = 0.1
+    text_saturation: float = 0.3
     # bonus when a code identifier from the query appears verbatim in the item
     identifier: float = 0.1
     # how much a fact's effective confidence scales its score (0 ignores confidence, 1 multiplies by it)

@@ -28,7 +28,7 @@ from knowledgebase import store
 from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.errors import InputError
-from knowledgebase.lexical import code_identifiers, tsquery_text
+from knowledgebase.lexical import code_identifiers, search_terms, tsquery_from_terms
 from knowledgebase.pathglob import glob_to_regex
 from knowledgebase.ranking import (
     DEFAULT_WEIGHTS,
@@ -48,6 +48,24 @@ MAX_LIMIT = 500
 EF_SEARCH = 100
 # past commands without a full-text match that are still considered: the most recent ones
 RECENT_COMMANDS = 10
+# A full-text term found in more than this share of chunks is dropped from the query, as a stop word
+# of this corpus (``return``, ``self``): it says little, and matching it means ranking most of the
+# table. Shares come from the planner's statistics (pg_stats.most_common_elems, kept by ANALYZE), so
+# finding them costs one catalog read. Whole identifiers (``populate_project``) are never dropped.
+COMMON_TERM_SHARE = 0.05
+# ... but only in a store this large: in a small one every term is cheap, and a share says little.
+COMMON_TERMS_MIN_ROWS = 10_000
+# Full-text candidates are ranked among at most this many matching rows, which bounds the work of one
+# search whatever the size of the store.
+LEXICAL_SCAN_ROWS = 2000
+
+COMMON_TERMS = """
+SELECT e.term FROM pg_stats s,
+       LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(term, share)
+ WHERE s.schemaname = current_schema() AND s.tablename = 'file_chunks' AND s.attname = 'tsv'
+   AND e.term = ANY(%(terms)s) AND e.share > %(share)s
+   AND (SELECT reltuples FROM pg_class WHERE oid = 'file_chunks'::regclass) >= %(min_rows)s
+"""
 
 SET_SEARCH_OPTIONS = """
 SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
@@ -70,12 +88,15 @@ WITH scope AS MATERIALIZED (
      ORDER BY c.embedding <=> %(qvec)s
      LIMIT %(k)s
 ), lex AS MATERIALIZED (
-    SELECT c.id FROM file_chunks c
-     WHERE %(tsq)s::text IS NOT NULL AND c.tsv @@ to_tsquery('simple', %(tsq)s)
-       AND (%(project_id)s::bigint IS NULL OR c.project_id = %(project_id)s)
-       AND (%(path_regex)s::text IS NULL OR c.file_id IN (SELECT id FROM scope))
-       AND (%(since)s::timestamptz IS NULL OR c.created_at >= %(since)s)
-     ORDER BY ts_rank_cd(c.tsv, to_tsquery('simple', %(tsq)s)) DESC
+    SELECT m.id FROM (
+        SELECT c.id, c.tsv FROM file_chunks c
+         WHERE %(tsq)s::text IS NOT NULL AND c.tsv @@ to_tsquery('simple', %(tsq)s)
+           AND (%(project_id)s::bigint IS NULL OR c.project_id = %(project_id)s)
+           AND (%(path_regex)s::text IS NULL OR c.file_id IN (SELECT id FROM scope))
+           AND (%(since)s::timestamptz IS NULL OR c.created_at >= %(since)s)
+         LIMIT %(scan_rows)s
+    ) m
+     ORDER BY ts_rank_cd(m.tsv, to_tsquery('simple', %(tsq)s)) DESC
      LIMIT %(k)s
 )
 SELECT c.id, p.name, f.file_path, f.language, c.start_line, c.end_line, c.symbol, c.content, c.content_hash,
@@ -256,13 +277,22 @@ def search_candidates(
         if store.active_model(conn) is not None:
             bind_model(conn, embedder)  # refuses a model other than the one that made the stored vectors
         conn.execute(SET_SEARCH_OPTIONS, {"ef_search": str(max(EF_SEARCH, plan.k))})
+        single = [t for t in plan.terms if "_" not in t]
+        common = {
+            row[0]
+            for row in conn.execute(
+                COMMON_TERMS, {"terms": single, "share": COMMON_TERM_SHARE, "min_rows": COMMON_TERMS_MIN_ROWS}
+            )
+        }
+        tsquery = tsquery_from_terms([t for t in plan.terms if t not in common])
         params = {
             "project_id": project_id,
             "task_id": task_id,
             "path_regex": plan.path_regex,
             "since": plan.since,
             "qvec": qvec,
-            "tsq": plan.tsquery,
+            "tsq": tsquery,
+            "scan_rows": LEXICAL_SCAN_ROWS,
             "k": plan.k,
             "recent": RECENT_COMMANDS,
             # item vectors are only needed to keep near-duplicates apart (MMR)
@@ -320,7 +350,7 @@ class _Plan:
     kinds: tuple[str, ...]
     path_regex: str | None
     since: datetime | None
-    tsquery: str | None
+    terms: list[str]
     identifiers: tuple[str, ...]
     k: int
     now: datetime
@@ -353,7 +383,7 @@ def _plan(
         kinds=tuple(dict.fromkeys(kinds)),
         path_regex=glob_to_regex(path_glob) if path_glob is not None else None,
         since=since,
-        tsquery=tsquery_text(query),
+        terms=search_terms(query),
         identifiers=tuple(code_identifiers(query)),
         k=max(weights.candidates, limit),
         now=now,

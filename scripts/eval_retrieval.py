@@ -425,25 +425,33 @@ def hnsw_recall(db: Database, project: str, query_vectors: np.ndarray, ef_search
     return float(np.mean(overlaps))
 
 
+SCALE_ROOT = "/synthetic/eval-scale-gaussian"
+
+
 def build_scale_store(db: Database, target_chunks: int, seed: int = 11) -> int:
-    """A project of >= ``target_chunks`` chunks: the csn chunks repeated, each copy's vector perturbed
-    (cosine about 0.9 to the original) so neighbours are not exact duplicates. Returns its chunk count."""
+    """A project of >= ``target_chunks`` chunks: the csn chunk texts repeated, each with a synthetic vector
+    drawn from a Gaussian with the mean and covariance of the real chunk vectors (then normalised), so
+    the store has the shape of real embeddings without near-duplicates. Returns its chunk count."""
     with db.connection() as conn:
         existing = conn.execute(
-            "SELECT count(*) FROM file_chunks c JOIN projects p ON p.id = c.project_id WHERE p.name = %s",
-            (SCALE_PROJECT,),
+            "SELECT count(*) FROM file_chunks c JOIN projects p ON p.id = c.project_id"
+            " WHERE p.name = %s AND p.root_path = %s",
+            (SCALE_PROJECT, SCALE_ROOT),
         ).fetchone()
         if existing and existing[0] >= target_chunks:
             return int(existing[0])
         store.delete_project(conn, SCALE_PROJECT)
-        project = store.ensure_project(conn, SCALE_PROJECT, "/synthetic/eval-scale")
+        project = store.ensure_project(conn, SCALE_PROJECT, SCALE_ROOT)
         rows = conn.execute(
             "SELECT f.file_path, c.start_line, c.end_line, c.kind, c.symbol, c.content, c.embedding,"
             " c.embedding_model_id FROM file_chunks c JOIN project_files f ON f.id = c.file_id"
             " JOIN projects p ON p.id = c.project_id WHERE p.name = 'eval-csn' ORDER BY c.id"
         ).fetchall()
     if not rows:
-        raise SystemExit("the csn project is empty; run without --skip-index first")
+        raise SystemExit("the csn project is empty; index it first")
+    real = np.stack([np.asarray(r[6].to_numpy(), dtype=np.float64) for r in rows])
+    mean = real.mean(axis=0)
+    factor = np.linalg.cholesky(np.cov(real, rowvar=False) + 1e-6 * np.eye(real.shape[1]))
     rng = np.random.default_rng(seed)
     copies = -(-target_chunks // len(rows))
     started = time.perf_counter()
@@ -456,9 +464,8 @@ def build_scale_store(db: Database, target_chunks: int, seed: int = 11) -> int:
                 by_path.setdefault(f"copy{copy:02d}/{row[0]}", []).append(row)
             for path, chunks in by_path.items():
                 file = store.upsert_file(conn, store.NewFile(project.id, path, "", f"scale-{path}", 0, "python", None))
-                base = np.stack([np.asarray(c[6].to_numpy(), dtype=np.float32) for c in chunks])
-                noisy = base + rng.normal(scale=0.025, size=base.shape).astype(np.float32)
-                noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+                vectors = mean + rng.standard_normal((len(chunks), real.shape[1])) @ factor.T
+                vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
                 store.insert_chunks(
                     conn,
                     [
@@ -473,7 +480,7 @@ def build_scale_store(db: Database, target_chunks: int, seed: int = 11) -> int:
                             c[5],
                             f"scale-{path}-{i}",
                             0,
-                            noisy[i],
+                            vectors[i],
                             c[7],
                         )
                         for i, c in enumerate(chunks)

@@ -142,6 +142,28 @@ def test_filtered_vector_search_is_not_shrunk_by_hnsw(db_url: str, fake_embedder
         assert len(globbed) == 25 and {h.path for h in globbed} == {"f7.py"}
 
 
+def test_terms_common_in_a_large_store_are_dropped_from_full_text(
+    db: Database, fake_embedder: HashingEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A word in most chunks (like ``return`` in code) is left out of the full-text query once the
+    planner's statistics say so; rare words and whole identifiers still match."""
+    import knowledgebase.retrieval
+
+    files = {f"src/m{i}.py": f"def widget_{i}(value):\n    return widget(value) + {i}\n" for i in range(40)}
+    files["src/special.py"] = "def sprocket_gear(widget):\n    return sprocket(widget)\n"
+    with db.connection() as conn:
+        index_files(conn, fake_embedder, "alpha", files)
+        conn.execute("ANALYZE file_chunks")
+    text_only = DEFAULT_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0)
+    monkeypatch.setattr(knowledgebase.retrieval, "COMMON_TERMS_MIN_ROWS", 0)
+    hits = search(db, fake_embedder, "widget sprocket", project="alpha", weights=text_only, limit=50)
+    assert [h.path for h in hits if h.parts.text_rank > 0] == ["src/special.py"]
+    assert search(db, fake_embedder, "widget_7", project="alpha", weights=text_only, limit=1)[0].path == "src/m7.py"
+    monkeypatch.setattr(knowledgebase.retrieval, "COMMON_TERMS_MIN_ROWS", 10_000)  # a small store keeps every term
+    hits = search(db, fake_embedder, "widget sprocket", project="alpha", weights=text_only, limit=50)
+    assert len([h for h in hits if h.parts.text_rank > 0]) == 41
+
+
 def test_path_glob_kind_task_and_time_filters(db: Database, fake_embedder: HashingEmbedder) -> None:
     with db.connection() as conn:
         index_files(conn, fake_embedder, "alpha", SOURCES)
