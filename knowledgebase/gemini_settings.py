@@ -4,8 +4,8 @@
 MCP server ``knowledgebase``, keeps everything else in the file, writes a timestamped backup first,
 and is idempotent: a second install replaces its own entries. ``uninstall_gemini`` removes exactly
 those entries (and the containers they alone filled). A file that is not valid JSON is never
-touched. Every command is an absolute path to this installation's executables, and the store's
-settings travel in each entry's ``env`` because Gemini CLI drops variables named like
+touched. Every command is an absolute path to this installation's interpreter or executables, and the
+store's settings travel in each entry's ``env`` because Gemini CLI drops variables named like
 ``*DATABASE_URL*`` from the environment it passes on.
 """
 
@@ -43,11 +43,25 @@ _DESCRIPTIONS = {
 
 @dataclass(frozen=True)
 class Wiring:
-    """What the entries point at: the executables and the environment they need."""
+    """What the entries point at: the executables and the environment they need.
+
+    Hooks run ``python -S -P -m knowledgebase.hook_client EVENT`` with ``PYTHONPATH`` set to the folder
+    that holds the package: skipping ``site`` (and the .pth files of every installed package) halves
+    the hook process's start-up, the hook client needs nothing but the standard library, and ``-P``
+    keeps the project directory Gemini CLI runs the hook in off ``sys.path`` (its ``json.py`` must not
+    shadow the standard library's).
+    """
 
     kb_executable: Path
-    hook_executable: Path
+    python: Path
+    package_root: Path
     env: dict[str, str]
+
+    def hook_command(self, event: str) -> str:
+        return f"{_quote(self.python)} -S -P -m knowledgebase.hook_client {event}"
+
+    def hook_env(self) -> dict[str, str]:
+        return {**self.env, "PYTHONPATH": str(self.package_root)}
 
 
 @dataclass(frozen=True)
@@ -76,14 +90,15 @@ def settings_path(scope: str, *, project_dir: Path | None = None, env: dict[str,
 
 
 def wiring_for(settings: Settings, *, bin_dir: Path | None = None) -> Wiring:
-    """Entries for this installation: ``kb`` and ``kb-hook`` next to the running interpreter."""
-    bin_dir = (bin_dir or Path(sys.executable).parent).absolute()
-    kb, hook = bin_dir / "kb", bin_dir / "kb-hook"
-    for exe in (kb, hook):
-        if not os.access(exe, os.X_OK):
-            raise GeminiSettingsError(
-                f"{exe} is not an executable: reinstall knowledgebase (pip install -e .) so its console scripts exist"
-            )
+    """Entries for this installation: its interpreter, and ``kb`` next to it."""
+    import knowledgebase
+
+    python = Path(sys.executable).absolute()  # not resolved: a venv's interpreter is a symlink into it
+    kb = (bin_dir or python.parent).absolute() / "kb"
+    if not os.access(kb, os.X_OK):
+        raise GeminiSettingsError(
+            f"{kb} is not an executable: reinstall knowledgebase (pip install -e .) so its console scripts exist"
+        )
     env = {
         "KB_HOME": str(settings.home),
         "KB_EMBED_MODEL": settings.embed_model,
@@ -94,7 +109,8 @@ def wiring_for(settings: Settings, *, bin_dir: Path | None = None) -> Wiring:
         env["KB_DATABASE_URL"] = settings.database_url
     if settings.project:
         env["KB_PROJECT"] = settings.project
-    return Wiring(kb_executable=kb, hook_executable=hook, env=env)
+    package_root = Path(knowledgebase.__file__).resolve().parent.parent
+    return Wiring(kb_executable=kb, python=python, package_root=package_root, env=env)
 
 
 def read_settings(path: Path) -> dict[str, Any]:
@@ -127,9 +143,9 @@ def hook_entry(event: str, wiring: Wiring) -> dict[str, Any]:
             {
                 "type": "command",
                 "name": HOOK_NAME_PREFIX + event,
-                "command": f"{_quote(wiring.hook_executable)} {event}",
+                "command": wiring.hook_command(event),
                 "timeout": HOOK_TIMEOUTS_MS[event],
-                "env": dict(wiring.env),
+                "env": wiring.hook_env(),
                 "description": f"knowledgebase: {_DESCRIPTIONS[event]}",
             }
         ],

@@ -183,11 +183,13 @@ def start_server(env: Mapping[str, str]) -> None:
     os.makedirs(logs, exist_ok=True)
     with open(os.path.join(logs, "serve.log"), "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "knowledgebase", "serve"],
+            # -P: the hook runs in the user's project, whose files must not shadow modules
+            [sys.executable, "-P", "-m", "knowledgebase", "serve"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             env=dict(env),
+            cwd=home_dir(env),
             start_new_session=True,
             close_fds=True,
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,10 +63,10 @@ def test_install_merges_hooks_and_mcp_server_keeping_everything_else(tmp_path: P
         ours = [h for g in doc["hooks"][event] for h in g["hooks"] if h.get("name", "").startswith(HOOK_NAME_PREFIX)]
         assert len(ours) == 1
         hook = ours[0]
-        executable, arg = hook["command"].rsplit(" ", 1)
-        assert arg == event
-        assert Path(executable).is_absolute() and Path(executable).name == "kb-hook"
-        assert Path(executable).parent == Path(sys.executable).parent
+        python, *args = shlex.split(hook["command"])
+        assert args == ["-S", "-P", "-m", "knowledgebase.hook_client", event]
+        assert Path(python).is_absolute() and Path(python) == Path(sys.executable).absolute()
+        assert (Path(hook["env"]["PYTHONPATH"]) / "knowledgebase" / "hook_client.py").is_file()
         assert hook["env"]["KB_DATABASE_URL"] == "postgresql://kb:s3cret@db.internal:5432/kb"
         assert hook["env"]["KB_HOME"] == str(tmp_path / "kbhome")
         assert hook["timeout"] >= 10_000
@@ -156,7 +158,7 @@ def test_cli_install_uninstall_and_bad_file(tmp_path: Path, monkeypatch: pytest.
     runner = CliRunner()
     dry = runner.invoke(cli, ["gemini", "install", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "pw123456" not in dry.output and "kb-hook" in dry.output
+    assert "pw123456" not in dry.output and "knowledgebase.hook_client" in dry.output
     assert not (tmp_path / "gh" / ".gemini" / "settings.json").exists()
     result = runner.invoke(cli, ["gemini", "install", "--json"])
     assert result.exit_code == 0, result.output
@@ -173,3 +175,19 @@ def test_cli_install_uninstall_and_bad_file(tmp_path: Path, monkeypatch: pytest.
     assert refused.exit_code != 0 and isinstance(refused.exception, GeminiSettingsError)
     assert "not valid JSON" in str(refused.exception)
     assert bad.read_text() == "{ not json"
+
+
+def test_the_installed_hook_command_runs_and_fails_open(tmp_path: Path, wiring: Wiring) -> None:
+    """The command exactly as written into settings.json, run the way Gemini CLI runs it (sh -c)."""
+    path = tmp_path / "settings.json"
+    install_gemini(path, wiring)
+    hook = json.loads(path.read_text())["hooks"]["BeforeAgent"][-1]["hooks"][0]
+    env = {"PATH": "/usr/bin:/bin", **hook["env"], "KB_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "json.py").write_text("raise SystemExit('the project shadowed the standard library')\n")
+    proc = subprocess.run(
+        ["/bin/sh", "-c", hook["command"]], input=b"{truncated", capture_output=True, env=env, cwd=project
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {}
+    assert b"not valid JSON" in proc.stderr
