@@ -8,12 +8,12 @@ Texts are tokenised with the model's own fast tokenizer (saved beside the graph)
 model's ``max_seq_length`` and batched by length, as sentence-transformers does.
 
 Faithfulness is the rule: the store keys its model check on name and dimension only, so these embedders
-report the torch model's ``name`` and must produce the same vectors as torch fp32 up to float rounding
-(top-10 neighbour overlap >= 0.95, retrieval MRR@10 within 0.01; ``scripts/bench_embedding.py`` measures
-it). ``onnx`` and ``openvino`` run in f32, faithful by construction for any model (OpenVINO is told so: left
+report the torch model's ``name`` and must produce vectors faithful to torch fp32 (top-10 neighbour
+overlap >= 0.95, retrieval MRR@10 within 0.01; ``scripts/bench_embedding.py`` measures it). ``onnx`` and
+``openvino`` run in f32 and match torch to float rounding for any model (OpenVINO is told so: left
 to itself it picks bf16 on CPUs that have it). ``openvino-bf16`` is that bf16 choice, measured faithful for
 the default model, and runs in f32 on CPUs without bf16. int8 quantisation is not offered: it moved about a
-fifth of the top-10 neighbours. When a backend cannot run (its package is missing, the export fails, the CPU
+quarter of the top-10 neighbours. When a backend cannot run (its package is missing, the export fails, the CPU
 plugin refuses the model), the embedder logs a warning and falls back to torch: same name, same vectors.
 """
 
