@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -204,17 +205,20 @@ def before_agent(services: HookServices, call: HookCall) -> HookResult:
     _register(services, call, session)
     if not prompt:
         return HookResult({}, note=f"log={entry.id} empty prompt")
+    embedder = services.embedder()
+    started = time.perf_counter()
     pack = build_context(
         db,
-        services.embedder(),
+        embedder,
         prompt[:MAX_QUERY_CHARS],
         project=session.project,
         task_id=session.task_id,
         budget=services.settings.context_budget,
     )
+    context_ms = (time.perf_counter() - started) * 1000
     return HookResult(
         _additional_context("BeforeAgent", pack.text),
-        note=f"log={entry.id} context={len(pack.items)} items/{pack.token_count} tokens",
+        note=f"log={entry.id} context={len(pack.items)} items/{pack.token_count} tokens in {context_ms:.0f}ms",
     )
 
 
