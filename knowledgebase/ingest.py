@@ -136,7 +136,13 @@ class PopulateTimings:
 
 @dataclass(frozen=True)
 class PopulateReport:
-    """What a populate run did."""
+    """What a populate run did.
+
+    ``added``/``changed``/``unchanged``/``deleted`` count files; ``skipped`` lists every path left out
+    with its reason; ``lossy_files`` are files stored this run whose undecodable bytes became U+FFFD;
+    ``chunks_written`` = ``chunks_embedded`` (sent to the model) + ``chunks_reused`` (a stored vector
+    with the same content hash).
+    """
 
     project: str
     project_id: int
@@ -284,11 +290,11 @@ class _Run:
             if isinstance(result, SkippedFile):
                 self.skipped.append(result)
                 return result.reason is SkipReason.CHANGING and state is not None
-            if result.lossy_decode:
-                self.lossy.append(file.rel_path)
             if state is not None and complete and result.content_hash == state.content_hash:
                 self.unchanged += 1
                 return (state.id, result.file.size, self._settled_mtime(result.file))
+            if result.lossy_decode:
+                self.lossy.append(file.rel_path)
             return self._prepare(result, state)
         finally:
             self.seconds["read"] += time.perf_counter() - clock
