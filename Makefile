@@ -32,5 +32,9 @@ lint: install
 	$(VENV)/bin/ruff check knowledgebase tests scripts migrations notebooks
 	$(VENV)/bin/mypy
 
+# every benchmark, one report: docs/BENCHMARKS.md (hours; run it on a quiet machine)
+bench: install
+	$(PY) scripts/bench.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
