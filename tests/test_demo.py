@@ -167,3 +167,19 @@ def test_kb_demo_explains_the_context_and_a_second_run_reuses_everything(db_url:
     assert "2 recorded (0 new this run)" in second.stdout
     assert "### src/shop.py:" in second.stdout and "Why these" in second.stdout
     assert "identifier match" in second.stdout  # the explanation of the chunk that names checkout_total
+
+
+@pytest.mark.slow
+def test_without_a_url_the_demo_database_is_a_throwaway_server() -> None:
+    import psycopg
+
+    from knowledgebase.schema import verify_schema
+
+    with demo.demo_database() as url:
+        with psycopg.connect(url) as conn:
+            verify_schema(conn)  # at the head revision, with pgvector
+        host = psycopg.conninfo.conninfo_to_dict(url)["host"]
+        assert Path(str(host)).exists()
+    assert not Path(str(host)).exists()  # the folder with its data and socket is gone
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=2)
