@@ -59,8 +59,10 @@ class RankingWeights:
     diversity: float = 0.0
     # candidates fetched per source (vector and full text, per kind) before scoring
     candidates: int = 50
-    # context blocks leave out hits scoring below this (search returns them all)
-    min_score: float = 0.0
+    # context blocks leave out hits scoring below this (search returns them all): in the evaluation
+    # 95% of right answers scored >= 0.41, while best hits for questions with no answer scored 0.24-0.40
+    # (median), so 0.3 spares the agent's budget much noise at the cost of very few right answers
+    min_score: float = 0.3
 
     def __post_init__(self) -> None:
         for name in (

@@ -11,6 +11,7 @@ from knowledgebase.context import build_context
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, NotFound
 from knowledgebase.facts import add_fact
+from knowledgebase.ranking import DEFAULT_WEIGHTS
 from tests.retrieval_support import SOURCES, index_files
 from tests.support import HashingEmbedder
 
@@ -56,14 +57,20 @@ def test_context_cites_every_item_in_markdown(alpha: Database, fake_embedder: Ha
 
 @pytest.mark.parametrize("budget", [1, 10, 30, 60, 100, 150, 250, 400, 1000])
 def test_budget_is_never_exceeded(alpha: Database, fake_embedder: HashingEmbedder, budget: int) -> None:
+    every_hit = DEFAULT_WEIGHTS.with_(min_score=0.0)
     for prompt in ["export the report totals", "send invoice email", "open a pool", "slugify a title"]:
-        pack = build_context(alpha, fake_embedder, prompt, project="alpha", budget=budget, record=False)
+        pack = build_context(
+            alpha, fake_embedder, prompt, project="alpha", budget=budget, record=False, weights=every_hit
+        )
         assert pack.token_count <= budget
         assert fake_embedder.count_tokens(pack.text) == pack.token_count
 
 
 def test_a_long_chunk_is_cut_at_a_line_boundary(alpha: Database, fake_embedder: HashingEmbedder) -> None:
-    pack = build_context(alpha, fake_embedder, "export report totals of rows", project="alpha", budget=300)
+    every_hit = DEFAULT_WEIGHTS.with_(min_score=0.0)  # the bag-of-words test embedder scores low
+    pack = build_context(
+        alpha, fake_embedder, "export report totals of rows", project="alpha", budget=300, weights=every_hit
+    )
     cut = [i for i in pack.items if i.path == "src/report.py"]
     assert cut and cut[0].truncated and cut[0].start_line == 1 and cut[0].end_line is not None
     assert 1 < cut[0].end_line < 61
@@ -102,8 +109,6 @@ def test_empty_store_gives_an_empty_block(db: Database, fake_embedder: HashingEm
 
 
 def test_min_score_leaves_out_weak_hits(alpha: Database, fake_embedder: HashingEmbedder) -> None:
-    from knowledgebase.ranking import DEFAULT_WEIGHTS
-
     weights = DEFAULT_WEIGHTS.with_(min_score=0.3)
     pack = build_context(alpha, fake_embedder, "send invoice email", project="alpha", weights=weights)
     assert pack.items and all(i.score >= 0.3 for i in pack.items)
