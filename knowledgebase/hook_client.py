@@ -228,6 +228,7 @@ def exchange(sock: socket.socket, header: dict, raw: bytes, deadline: float) -> 
 def _log(env: Mapping[str, str], event: str, session: str, state: str, status: str, started: float, note: str) -> None:
     """One line per hook call in KB_HOME/logs/hooks.log; a log that cannot be written is skipped."""
     elapsed_ms = (time.monotonic() - started) * 1000
+    event = "".join(event.split())[:40] or "?"  # an event name from argv: keep the line one line
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     note = " ".join(note.split())
     line = f"{stamp} {event} session={session} {state} {status} {elapsed_ms:.0f}ms {note}".rstrip() + "\n"

@@ -395,6 +395,8 @@ def request(env: Mapping[str, str], op: str, timeout_s: float = 5.0) -> dict[str
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
+    if not data:  # it closed without answering: it is shutting down
+        return None
     answer: dict[str, Any] = json.loads(data)
     return answer
 
