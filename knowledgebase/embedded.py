@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from knowledgebase.errors import DatabaseUnavailable
+from knowledgebase.processes import pid_alive
 
 DATABASE_NAME = "knowledgebase"
 
@@ -40,19 +41,9 @@ def running_server(pgdata: Path) -> EmbeddedServer | None:
         pid, port, socket_dir, status = int(lines[0]), int(lines[3]), lines[4], lines[7].strip()
     except (OSError, ValueError, IndexError):
         return None
-    if status != "ready" or not socket_dir or not _alive(pid):
+    if status != "ready" or not socket_dir or not pid_alive(pid):
         return None
     return EmbeddedServer(pid=pid, pgdata=pgdata, socket_dir=Path(socket_dir), port=port)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ensure_server(pgdata: Path) -> EmbeddedServer:

@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from knowledgebase import store
+from knowledgebase.processes import pid_alive
 from knowledgebase.store import Project
 
 SESSION_MAX_AGE_S = 7 * 24 * 3600  # registry entries older than this are ignored and swept
@@ -122,15 +123,5 @@ def _sweep(folder: Path) -> None:
     cutoff = time.time() - SESSION_MAX_AGE_S
     for path in folder.glob("*.json"):
         with contextlib.suppress(OSError, ValueError):
-            if path.stat().st_mtime < cutoff or not _alive(int(path.stem)):
+            if path.stat().st_mtime < cutoff or not pid_alive(int(path.stem)):
                 path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

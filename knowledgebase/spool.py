@@ -24,6 +24,7 @@ import psycopg
 from knowledgebase.audit import CommandRecord, store_command
 from knowledgebase.db import Database
 from knowledgebase.errors import DatabaseError
+from knowledgebase.processes import pid_alive
 from knowledgebase.store.audit import NewCommandLog, NewCommandOutput
 
 SPOOL_VERSION = 1
@@ -97,21 +98,11 @@ def pending_files(spool_dir: Path) -> list[Path]:
     return sorted(p for p in spool_dir.glob("*.json") if p.is_file())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _reclaim_abandoned(spool_dir: Path) -> None:
     """Put back files claimed by a flusher that died before it finished."""
     for path in spool_dir.glob(f"*.json{_CLAIMED}*"):
         original, _, pid = path.name.rpartition(_CLAIMED)
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, spool_dir / original)
 

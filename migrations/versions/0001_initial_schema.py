@@ -174,7 +174,8 @@ BEGIN
     END IF;
     RAISE EXCEPTION '% is append-only: rows cannot be changed or deleted', TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege',
-              HINT = 'log a new entry instead; retention jobs run as the table owner after SET kb.audit_maintenance = on';
+              HINT = 'log a new entry instead; retention jobs run as the table owner '
+                     'after SET kb.audit_maintenance = on';
 END
 $$;
 CREATE TRIGGER command_log_append_only BEFORE UPDATE OR DELETE ON command_log
