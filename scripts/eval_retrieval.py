@@ -412,11 +412,14 @@ def hnsw_recall(db: Database, project: str, query_vectors: np.ndarray, ef_search
             uses_hnsw = any("file_chunks_embedding_hnsw" in row[0] for row in plan)
             for qvec in query_vectors:
                 params = {"project_id": project_id, "qvec": qvec, "k": TOP_K}
-                for setting in ("enable_indexscan", "enable_bitmapscan", "enable_sort"):
+                # exact: a sequential scan and a sort (with sorting disabled too, the planner would take
+                # the disabled HNSW index rather than nothing)
+                for setting in ("enable_indexscan", "enable_bitmapscan"):
                     conn.execute(f"SET LOCAL {setting} = off")
                 conn.execute("SET LOCAL enable_seqscan = on")
+                conn.execute("SET LOCAL enable_sort = on")
                 exact = conn.execute(EXACT_TOP, params).fetchall()
-                for setting in ("enable_indexscan", "enable_bitmapscan", "enable_sort"):
+                for setting in ("enable_indexscan", "enable_bitmapscan"):
                     conn.execute(f"SET LOCAL {setting} = on")
                 if forced:
                     conn.execute("SET LOCAL enable_seqscan = off")
