@@ -171,6 +171,11 @@ class _ResolvedSource:
     prompt: str | None = None
 
 
+def fact_embedding_text(label: str, value: str) -> str:
+    """The text a fact is embedded as (``kb reembed`` rebuilds vectors from it)."""
+    return f"{label}: {value}"
+
+
 def add_fact(
     db: Database,
     embedder: Embedder,
@@ -197,7 +202,7 @@ def add_fact(
     if source.kind not in SOURCE_KINDS:
         raise InputError(f"unknown fact source {source.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
     extracted = redact(extracted_from if extracted_from is not None else source.prompt)
-    vector = embedder.embed_documents([f"{label}: {value}"])[0]
+    vector = embedder.embed_documents([fact_embedding_text(label, value)])[0]
     with db.connection() as conn:
         model_id = bind_model(conn, embedder)
         project_id = store.ensure_project(conn, project).id if project is not None else None

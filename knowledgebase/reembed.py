@@ -30,6 +30,7 @@ import numpy as np
 
 from knowledgebase.chunking import embedding_text
 from knowledgebase.embedding import Embedder
+from knowledgebase.facts import fact_embedding_text
 from knowledgebase.locks import REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.store import (
     activate_model,
@@ -185,7 +186,7 @@ def _reembed_facts(db: Database, embedder: Embedder, model_id: int, counts: _Cou
             rows = conn.execute(FACTS_TO_EMBED, {"after": after, "model_id": model_id, "limit": BATCH}).fetchall()
         if not rows:
             return
-        vectors: np.ndarray = embedder.embed_documents([f"{label}: {value}" for _, label, value in rows])
+        vectors: np.ndarray = embedder.embed_documents([fact_embedding_text(label, value) for _, label, value in rows])
         with db.connection() as conn, conn.cursor() as cur:
             cur.executemany(
                 UPDATE_FACT, [(vector, model_id, row[0]) for row, vector in zip(rows, vectors, strict=True)]
