@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     with database(args.database_url) as url, Database(url, max_size=2) as db:
         try:
+            log(f"indexing {source} with {embedder.name} ({settings.embed_backend}) ...")
             started = time.perf_counter()
             indexed = populate_project(db, embedder, source, project=PROJECT, settings=settings)
             report["base"] = {
