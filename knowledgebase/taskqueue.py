@@ -4,7 +4,8 @@ A task is ``pending`` until an agent claims it; ``claim_next_task`` takes the hi
 task that is pending or whose lease has expired (its claimer died or stopped sending heartbeats),
 with ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait on each other nor take the same
 task. Every change is one UPDATE statement, so a status change and its context change land together.
-Leases are judged by the database clock, so agents on machines with skewed clocks agree.
+Leases are judged by the database clock, so agents on machines with skewed clocks agree. Titles,
+contexts, results and reasons are redacted (``redact``) before they are stored.
 
 Ownership: ``heartbeat``, ``complete_task``, ``fail_task``, ``release_task`` and ``update_context``
 called with an ``owner`` succeed only while that owner holds the task (status running, owner equal;
@@ -14,6 +15,10 @@ who holds it. Called with ``owner=None`` they skip the check: an operator's over
     pending --claim--> running --complete--> done
        ^                  |  \\--fail------> failed   (fail with requeue=True: back to pending)
        +----release-------+   lease expires: claimable again, attempts counts the claims
+    pending or running --cancel--> cancelled
+
+Every change of status, owner or attempt is appended to ``Task.history`` by a database trigger
+(migration 0002), whichever path made it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from psycopg.types.json import Jsonb
 
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import InputError, LeaseError, NotFound
+from knowledgebase.redact import redact, redact_value
 from knowledgebase.store._rows import columns, fetch_one
 from knowledgebase.store.tasks import Task, find_task
 
@@ -80,6 +86,13 @@ UPDATE tasks
  WHERE id = %(id)s AND status IN ('pending', 'running') AND {_HELD}
 RETURNING {_COLS}
 """
+CANCEL_TASK = f"""
+UPDATE tasks
+   SET status = 'cancelled', result = COALESCE(%(result)s, result), context = context || %(patch)s,
+       lease_expires_at = NULL, finished_at = now(), updated_at = now()
+ WHERE id = %(id)s AND status IN ('pending', 'running') AND {_HELD}
+RETURNING {_COLS}
+"""
 RELEASE_TASK = f"""
 UPDATE tasks SET status = 'pending', owner = NULL, lease_expires_at = NULL, context = context || %(patch)s,
        updated_at = now()
@@ -117,7 +130,7 @@ def _check_lease_seconds(lease_seconds: float) -> float:
 def _patch(context: dict[str, Any] | None) -> Jsonb:
     if context is not None and not isinstance(context, dict):
         raise InputError("a task context update must be a JSON object (its keys replace the task's)")
-    return Jsonb(context or {})
+    return Jsonb(redact_value(context or {}))
 
 
 def new_task_id() -> str:
@@ -138,7 +151,13 @@ def create_task(
     task_id = new_task_id() if task_id is None else task_id
     if not task_id.strip():
         raise InputError("a task id must not be empty (leave it out to get a generated one)")
-    params = {"id": task_id, "project_id": project_id, "title": title, "context": _patch(context), "priority": priority}
+    params = {
+        "id": task_id,
+        "project_id": project_id,
+        "title": redact(title),
+        "context": _patch(context),
+        "priority": priority,
+    }
     with transaction(conn_or_db) as conn:
         task = fetch_one(conn, Task, CREATE_TASK, params)
     if task is None:
@@ -199,7 +218,7 @@ def complete_task(
     context: dict[str, Any] | None = None,
 ) -> Task:
     """Mark the task done with an optional result, merging ``context`` into its context in the same update."""
-    params = {"id": task_id, "owner": owner, "result": result, "patch": _patch(context)}
+    params = {"id": task_id, "owner": owner, "result": redact(result), "patch": _patch(context)}
     with transaction(conn_or_db) as conn:
         return _changed(conn, COMPLETE_TASK, params, "complete")
 
@@ -214,9 +233,23 @@ def fail_task(
     context: dict[str, Any] | None = None,
 ) -> Task:
     """Mark the task failed with ``reason`` (or put it back to pending with ``requeue``)."""
-    params = {"id": task_id, "owner": owner, "result": reason, "requeue": requeue, "patch": _patch(context)}
+    params = {"id": task_id, "owner": owner, "result": redact(reason), "requeue": requeue, "patch": _patch(context)}
     with transaction(conn_or_db) as conn:
         return _changed(conn, FAIL_TASK, params, "fail")
+
+
+def cancel_task(
+    conn_or_db: psycopg.Connection | Database,
+    task_id: str,
+    *,
+    owner: str | None,
+    reason: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> Task:
+    """Cancel a pending or running task for good: nobody claims it again (its history says who and why)."""
+    params = {"id": task_id, "owner": owner, "result": redact(reason), "patch": _patch(context)}
+    with transaction(conn_or_db) as conn:
+        return _changed(conn, CANCEL_TASK, params, "cancel")
 
 
 def release_task(
@@ -256,7 +289,7 @@ def open_task(
     """
     if not task_id or not task_id.strip():
         raise InputError("a task id must not be empty")
-    params = {"id": task_id, "project_id": project_id, "title": title, "owner": owner}
+    params = {"id": task_id, "project_id": project_id, "title": redact(title), "owner": owner}
     with transaction(conn_or_db) as conn:
         task = fetch_one(conn, Task, OPEN_TASK, params)
         if task is None:
