@@ -14,7 +14,8 @@ who holds it. Called with ``owner=None`` they skip the check: an operator's over
 
     pending --claim--> running --complete--> done
        ^                  |  \\--fail------> failed   (fail with requeue=True: back to pending)
-       +----release-------+   lease expires: claimable again, attempts counts the claims
+       +----release-------+   lease expires: claimable again, attempts counts the claims;
+                              after max_attempts claims, an expired lease fails it ("given up")
     pending or running --cancel--> cancelled
 
 Every change of status, owner or attempt is appended to ``Task.history`` by a database trigger
@@ -37,6 +38,9 @@ from knowledgebase.redact import redact, redact_value
 from knowledgebase.store._rows import columns, fetch_one
 from knowledgebase.store.tasks import Task, find_task
 
+# claims after which a task whose lease ran out is failed rather than claimed again (KB_TASK_MAX_ATTEMPTS)
+DEFAULT_MAX_ATTEMPTS = 5
+
 _COLS = columns(Task)
 _T_COLS = ", ".join(f"t.{f.name}" for f in fields(Task))
 
@@ -48,7 +52,7 @@ RETURNING {_COLS}
 """
 CLAIM_NEXT_TASK = f"""
 WITH next AS (
-    SELECT id FROM tasks
+    SELECT id, (status = 'running' AND attempts >= %(max_attempts)s) AS give_up FROM tasks
      WHERE (status = 'pending' OR (status = 'running' AND lease_expires_at < now()))
        AND (%(project_id)s::bigint IS NULL OR project_id = %(project_id)s)
      ORDER BY priority DESC, created_at, id
@@ -56,8 +60,17 @@ WITH next AS (
      FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks t
-   SET status = 'running', owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s),
-       attempts = t.attempts + 1, started_at = COALESCE(t.started_at, now()), updated_at = now()
+   SET status = CASE WHEN give_up THEN 'failed' ELSE 'running' END,
+       owner = CASE WHEN give_up THEN t.owner ELSE %(owner)s END,
+       lease_expires_at = CASE WHEN give_up THEN NULL ELSE now() + make_interval(secs => %(lease)s) END,
+       attempts = CASE WHEN give_up THEN t.attempts ELSE t.attempts + 1 END,
+       result = CASE WHEN give_up
+                THEN format('given up: claimed %%s times, and the lease of the last claim (by %%s) ran out',
+                            t.attempts, t.owner)
+                ELSE t.result END,
+       started_at = COALESCE(t.started_at, now()),
+       finished_at = CASE WHEN give_up THEN now() END,
+       updated_at = now()
   FROM next
  WHERE t.id = next.id
 RETURNING {_T_COLS}
@@ -171,13 +184,27 @@ def claim_next_task(
     owner: str,
     lease_seconds: float,
     project_id: int | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Task | None:
-    """Claim the next ready task for ``owner`` for ``lease_seconds``, or None when nothing is ready."""
+    """Claim the next ready task for ``owner`` for ``lease_seconds``, or None when nothing is ready.
+
+    A task claimed ``max_attempts`` times whose last lease ran out (its claimers keep dying on it) is
+    not handed out again: it is failed, with a result and a history entry that say so.
+    """
     if not owner or not owner.strip():
         raise InputError("a claimer needs a non-empty owner name (KB_AGENT_ID)")
-    params = {"owner": owner, "lease": _check_lease_seconds(lease_seconds), "project_id": project_id}
+    if max_attempts < 1:
+        raise InputError(f"max_attempts must be at least 1 (got {max_attempts})")
+    params = {
+        "owner": owner,
+        "lease": _check_lease_seconds(lease_seconds),
+        "project_id": project_id,
+        "max_attempts": max_attempts,
+    }
     with transaction(conn_or_db) as conn:
-        return fetch_one(conn, Task, CLAIM_NEXT_TASK, params)
+        while (task := fetch_one(conn, Task, CLAIM_NEXT_TASK, params)) is not None and task.status == "failed":
+            pass  # that one was given up (it is failed now, on its history): look at the next
+        return task
 
 
 def _changed(conn: psycopg.Connection, query: str, params: dict[str, Any], action: str) -> Task:

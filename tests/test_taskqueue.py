@@ -198,3 +198,24 @@ def test_secrets_in_titles_contexts_and_results_are_redacted(db: Database, conn:
     taskqueue.fail_task(db, "T-1", owner="w", reason=f"rejected key {key}")
     row = conn.execute("SELECT t::text FROM tasks t WHERE id = 'T-1'").fetchone()
     assert row is not None and key not in row[0] and "[REDACTED:google-api-key]" in row[0]
+
+
+def test_a_task_whose_claimers_keep_dying_is_given_up(db: Database) -> None:
+    taskqueue.create_task(db, "poison", priority=1)
+    taskqueue.create_task(db, "next")
+    for attempt in (1, 2):
+        task = taskqueue.claim_next_task(db, owner=f"w{attempt}", lease_seconds=600, max_attempts=2)
+        assert task is not None and task.id == "poison" and task.attempts == attempt
+        _expire_lease(db, "poison")
+    task = taskqueue.claim_next_task(db, owner="w3", lease_seconds=600, max_attempts=2)
+    assert task is not None and task.id == "next" and task.owner == "w3"
+    poison = taskqueue.get_task(db, "poison")
+    assert poison.status == "failed" and poison.attempts == 2 and poison.finished_at is not None
+    assert poison.result == "given up: claimed 2 times, and the lease of the last claim (by w2) ran out"
+    assert _changes(poison)[-1] == ("failed", "w2", 2, poison.result)
+    # a deliberate requeue is not a dead claimer: the task stays claimable
+    taskqueue.fail_task(db, "next", owner="w3", reason="retry later", requeue=True)
+    again = taskqueue.claim_next_task(db, owner="w4", lease_seconds=600, max_attempts=1)
+    assert again is not None and again.id == "next" and again.attempts == 2
+    with pytest.raises(InputError, match="at least 1"):
+        taskqueue.claim_next_task(db, owner="w", lease_seconds=60, max_attempts=0)

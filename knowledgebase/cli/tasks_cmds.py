@@ -161,7 +161,8 @@ def claim(
     """Claim the next ready task (highest priority, oldest); exit status 3 when none is ready.
 
     The lease lasts KB_TASK_LEASE_SECONDS unless renewed with `kb tasks heartbeat`; when it runs
-    out, the task can be claimed by someone else.
+    out, the task can be claimed by someone else. A task claimed KB_TASK_MAX_ATTEMPTS times whose
+    last lease ran out is failed ("given up") instead of being claimed again.
     """
     from knowledgebase.taskqueue import claim_next_task
 
@@ -172,6 +173,7 @@ def claim(
             owner=owner or settings.agent_id,
             lease_seconds=lease_seconds or settings.task_lease_seconds,
             project_id=_project_id(db, project, create=False),
+            max_attempts=settings.task_max_attempts,
         )
     if task is None:
         if as_json:
