@@ -64,6 +64,7 @@ class Settings:
     project: str | None = None  # KB_PROJECT: the project Gemini CLI sessions work on, whatever their directory
     exec_capture_bytes: int = 65536
     task_lease_seconds: int = 600
+    task_max_attempts: int = 5
     key_wait_seconds: int = 60
     key_cooldown_seconds: int = 60
     gemini_bin: str = "gemini"
@@ -93,6 +94,7 @@ class Settings:
             project=env.get("KB_PROJECT") or None,
             exec_capture_bytes=_int(env, "KB_EXEC_CAPTURE_BYTES", 65536, minimum=1024),
             task_lease_seconds=_int(env, "KB_TASK_LEASE_SECONDS", 600, minimum=1),
+            task_max_attempts=_int(env, "KB_TASK_MAX_ATTEMPTS", 5, minimum=1),
             key_wait_seconds=_int(env, "KB_KEY_WAIT_SECONDS", 60, minimum=0),
             key_cooldown_seconds=_int(env, "KB_KEY_COOLDOWN_SECONDS", 60, minimum=1),
             gemini_bin=env.get("KB_GEMINI_BIN") or "gemini",

@@ -4,7 +4,8 @@ A task is ``pending`` until an agent claims it; ``claim_next_task`` takes the hi
 task that is pending or whose lease has expired (its claimer died or stopped sending heartbeats),
 with ``FOR UPDATE SKIP LOCKED`` so concurrent claimers never wait on each other nor take the same
 task. Every change is one UPDATE statement, so a status change and its context change land together.
-Leases are judged by the database clock, so agents on machines with skewed clocks agree.
+Leases are judged by the database clock, so agents on machines with skewed clocks agree. Titles,
+contexts, results and reasons are redacted (``redact``) before they are stored.
 
 Ownership: ``heartbeat``, ``complete_task``, ``fail_task``, ``release_task`` and ``update_context``
 called with an ``owner`` succeed only while that owner holds the task (status running, owner equal;
@@ -13,7 +14,12 @@ who holds it. Called with ``owner=None`` they skip the check: an operator's over
 
     pending --claim--> running --complete--> done
        ^                  |  \\--fail------> failed   (fail with requeue=True: back to pending)
-       +----release-------+   lease expires: claimable again, attempts counts the claims
+       +----release-------+   lease expires: claimable again, attempts counts the claims;
+                              after max_attempts claims, an expired lease fails it ("given up")
+    pending or running --cancel--> cancelled
+
+Every change of status, owner or attempt is appended to ``Task.history`` by a database trigger
+(migration 0002), whichever path made it.
 """
 
 from __future__ import annotations
@@ -28,8 +34,12 @@ from psycopg.types.json import Jsonb
 
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import InputError, LeaseError, NotFound
+from knowledgebase.redact import redact, redact_value
 from knowledgebase.store._rows import columns, fetch_one
 from knowledgebase.store.tasks import Task, find_task
+
+# claims after which a task whose lease ran out is failed rather than claimed again (KB_TASK_MAX_ATTEMPTS)
+DEFAULT_MAX_ATTEMPTS = 5
 
 _COLS = columns(Task)
 _T_COLS = ", ".join(f"t.{f.name}" for f in fields(Task))
@@ -42,7 +52,7 @@ RETURNING {_COLS}
 """
 CLAIM_NEXT_TASK = f"""
 WITH next AS (
-    SELECT id FROM tasks
+    SELECT id, (status = 'running' AND attempts >= %(max_attempts)s) AS give_up FROM tasks
      WHERE (status = 'pending' OR (status = 'running' AND lease_expires_at < now()))
        AND (%(project_id)s::bigint IS NULL OR project_id = %(project_id)s)
      ORDER BY priority DESC, created_at, id
@@ -50,8 +60,17 @@ WITH next AS (
      FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks t
-   SET status = 'running', owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s),
-       attempts = t.attempts + 1, started_at = COALESCE(t.started_at, now()), updated_at = now()
+   SET status = CASE WHEN give_up THEN 'failed' ELSE 'running' END,
+       owner = CASE WHEN give_up THEN t.owner ELSE %(owner)s END,
+       lease_expires_at = CASE WHEN give_up THEN NULL ELSE now() + make_interval(secs => %(lease)s) END,
+       attempts = CASE WHEN give_up THEN t.attempts ELSE t.attempts + 1 END,
+       result = CASE WHEN give_up
+                THEN format('given up: claimed %%s times, and the lease of the last claim (by %%s) ran out',
+                            t.attempts, t.owner)
+                ELSE t.result END,
+       started_at = COALESCE(t.started_at, now()),
+       finished_at = CASE WHEN give_up THEN now() END,
+       updated_at = now()
   FROM next
  WHERE t.id = next.id
 RETURNING {_T_COLS}
@@ -77,6 +96,13 @@ UPDATE tasks
        owner = CASE WHEN %(requeue)s THEN NULL ELSE COALESCE(%(owner)s, owner) END,
        lease_expires_at = NULL, updated_at = now(),
        finished_at = CASE WHEN %(requeue)s THEN NULL ELSE now() END
+ WHERE id = %(id)s AND status IN ('pending', 'running') AND {_HELD}
+RETURNING {_COLS}
+"""
+CANCEL_TASK = f"""
+UPDATE tasks
+   SET status = 'cancelled', result = COALESCE(%(result)s, result), context = context || %(patch)s,
+       lease_expires_at = NULL, finished_at = now(), updated_at = now()
  WHERE id = %(id)s AND status IN ('pending', 'running') AND {_HELD}
 RETURNING {_COLS}
 """
@@ -117,7 +143,7 @@ def _check_lease_seconds(lease_seconds: float) -> float:
 def _patch(context: dict[str, Any] | None) -> Jsonb:
     if context is not None and not isinstance(context, dict):
         raise InputError("a task context update must be a JSON object (its keys replace the task's)")
-    return Jsonb(context or {})
+    return Jsonb(redact_value(context or {}))
 
 
 def new_task_id() -> str:
@@ -138,7 +164,13 @@ def create_task(
     task_id = new_task_id() if task_id is None else task_id
     if not task_id.strip():
         raise InputError("a task id must not be empty (leave it out to get a generated one)")
-    params = {"id": task_id, "project_id": project_id, "title": title, "context": _patch(context), "priority": priority}
+    params = {
+        "id": task_id,
+        "project_id": project_id,
+        "title": redact(title),
+        "context": _patch(context),
+        "priority": priority,
+    }
     with transaction(conn_or_db) as conn:
         task = fetch_one(conn, Task, CREATE_TASK, params)
     if task is None:
@@ -152,13 +184,27 @@ def claim_next_task(
     owner: str,
     lease_seconds: float,
     project_id: int | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> Task | None:
-    """Claim the next ready task for ``owner`` for ``lease_seconds``, or None when nothing is ready."""
+    """Claim the next ready task for ``owner`` for ``lease_seconds``, or None when nothing is ready.
+
+    A task claimed ``max_attempts`` times whose last lease ran out (its claimers keep dying on it) is
+    not handed out again: it is failed, with a result and a history entry that say so.
+    """
     if not owner or not owner.strip():
         raise InputError("a claimer needs a non-empty owner name (KB_AGENT_ID)")
-    params = {"owner": owner, "lease": _check_lease_seconds(lease_seconds), "project_id": project_id}
+    if max_attempts < 1:
+        raise InputError(f"max_attempts must be at least 1 (got {max_attempts})")
+    params = {
+        "owner": owner,
+        "lease": _check_lease_seconds(lease_seconds),
+        "project_id": project_id,
+        "max_attempts": max_attempts,
+    }
     with transaction(conn_or_db) as conn:
-        return fetch_one(conn, Task, CLAIM_NEXT_TASK, params)
+        while (task := fetch_one(conn, Task, CLAIM_NEXT_TASK, params)) is not None and task.status == "failed":
+            pass  # that one was given up (it is failed now, on its history): look at the next
+        return task
 
 
 def _changed(conn: psycopg.Connection, query: str, params: dict[str, Any], action: str) -> Task:
@@ -199,7 +245,7 @@ def complete_task(
     context: dict[str, Any] | None = None,
 ) -> Task:
     """Mark the task done with an optional result, merging ``context`` into its context in the same update."""
-    params = {"id": task_id, "owner": owner, "result": result, "patch": _patch(context)}
+    params = {"id": task_id, "owner": owner, "result": redact(result), "patch": _patch(context)}
     with transaction(conn_or_db) as conn:
         return _changed(conn, COMPLETE_TASK, params, "complete")
 
@@ -214,9 +260,23 @@ def fail_task(
     context: dict[str, Any] | None = None,
 ) -> Task:
     """Mark the task failed with ``reason`` (or put it back to pending with ``requeue``)."""
-    params = {"id": task_id, "owner": owner, "result": reason, "requeue": requeue, "patch": _patch(context)}
+    params = {"id": task_id, "owner": owner, "result": redact(reason), "requeue": requeue, "patch": _patch(context)}
     with transaction(conn_or_db) as conn:
         return _changed(conn, FAIL_TASK, params, "fail")
+
+
+def cancel_task(
+    conn_or_db: psycopg.Connection | Database,
+    task_id: str,
+    *,
+    owner: str | None,
+    reason: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> Task:
+    """Cancel a pending or running task for good: nobody claims it again (its history says who and why)."""
+    params = {"id": task_id, "owner": owner, "result": redact(reason), "patch": _patch(context)}
+    with transaction(conn_or_db) as conn:
+        return _changed(conn, CANCEL_TASK, params, "cancel")
 
 
 def release_task(
@@ -256,7 +316,7 @@ def open_task(
     """
     if not task_id or not task_id.strip():
         raise InputError("a task id must not be empty")
-    params = {"id": task_id, "project_id": project_id, "title": title, "owner": owner}
+    params = {"id": task_id, "project_id": project_id, "title": redact(title), "owner": owner}
     with transaction(conn_or_db) as conn:
         task = fetch_one(conn, Task, OPEN_TASK, params)
         if task is None:

@@ -62,6 +62,11 @@ SELECT f.file_path, c.start_line, (SELECT count(*) FROM file_chunks x WHERE x.fi
 """
 
 
+def log(message: str) -> None:
+    """Progress, to stderr (``scripts/bench.py`` keeps it in ``build/bench/logs/ingest.log``)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 class StandInEmbedder:
     """Deterministic vectors from a hash of the text: fast filler for stores whose vectors are not measured."""
 
@@ -167,12 +172,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             clock = time.perf_counter()
             embedder.embed_query("warm up")
             results["model"]["load_s"] = round(time.perf_counter() - clock, 2)
+            log(f"model {embedder.name} ({settings.embed_backend}) loaded in {results['model']['load_s']} s")
             staging = copy_sources(args.source, base / "staging")
             tree = base / "repo"
             tree.mkdir()
             with Database(settings.database_url or "", max_size=4) as db:
                 results.update(measure_cold(db, embedder, staging, tree, settings, args))
+                log("re-scans of the same tree: nothing changed, then one function edited ...")
                 results.update(measure_incremental(db, embedder, tree, settings))
+                log(f"building and re-scanning an unchanged tree of {args.rescan_files} files ...")
             rescan_settings = settings.with_overrides(database_url=new_database(server, "rescan"))
             with Database(rescan_settings.database_url or "", max_size=4) as db:
                 results["rescan_unchanged_large_tree"] = measure_large_rescan(db, base / "many", rescan_settings, args)
@@ -236,6 +244,7 @@ def measure_cold(
             chunks_embedded += report.chunks_embedded
             for stage in stages:
                 stages[stage] += getattr(report.timings, stage)
+        log(f"cold ingest: part {step + 1}/{args.steps}, {len(known)} chunks, {totals['wall']:.0f} s in populate")
     wall, raw_wall = totals["wall"], totals["raw_wall"]
     return {
         "cold_ingest": {

@@ -1,13 +1,13 @@
 """Search at scale: HNSW recall@10 against exact search, and search / context / `kb context` latency, per store size.
 
-    .venv/bin/python scripts/bench_search.py [--sizes 10000 100000] [--source DIR] [--json]
+    .venv/bin/python scripts/bench_search.py [--sizes 10000 100000] [--home DIR] [--json]
 
-The store is one project: this repository (or ``--source``) indexed with the configured
-model, then grown to each size in ``--sizes`` (ascending) with copies of its chunks whose vectors are
-perturbed (cosine about 0.9 to the original; the text is kept, so full-text matching stays realistic).
-The HNSW index is kept up to date while the copies go in, as ``kb populate`` does. Queries are real:
-the summary lines of the source's docstrings, embedded with the same model. At each size it measures,
-with ``scripts/eval_retrieval.py``'s own functions (so the numbers are comparable with its 100k run):
+The store is one project of real code embedded with the real model: this repository, then the Python
+sources of packages installed in this venv (``CORPUS``, in that order), copied into a staging tree file
+by file and indexed with ``populate_project`` until the project reaches each size in ``--sizes``
+(ascending), the HNSW index kept up to date as ``kb populate`` does. Queries are real too: the summary
+lines of this repository's docstrings. At each size it measures, with ``scripts/eval_retrieval.py``'s
+own functions (so the numbers are comparable with its runs):
 
 - recall@10 of the vector search (``hnsw.iterative_scan``, project filter) against exact search, with
   the HNSW index forced and as the planner runs it, by id overlap and by distance, at the ``ef_search``
@@ -20,6 +20,10 @@ and at the largest size, ``kb context`` run as a command (new process: imports, 
 context), which is what a shell user waits for; the hooks avoid that cost with a warm process
 (``scripts/bench_hooks.py``).
 
+Embedding 100k chunks takes the better part of an hour on two cores, so the vectors are kept in
+``--home`` (``vectors.npz``, by the hash of the embedded text; default
+``~/.cache/knowledgebase-bench/search``) and later runs only pay for the inserts. ``--embed-backend``
+picks the backend that fills that cache and answers the queries (default: the configured one).
 Runs on a private embedded PostgreSQL in a temporary folder (stopped and removed at the end), or on
 ``--database-url`` (a dedicated, migrated database; the benchmark project is dropped at the end).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import platform
@@ -37,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,13 +56,24 @@ from eval_retrieval import hnsw_recall, latency, summary_line
 from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.embedding import Embedder, bind_model, embedder_from_settings
+from knowledgebase.embedding import Embedder, embedder_from_settings
 from knowledgebase.ingest import populate_project
 from knowledgebase.retrieval import EF_SEARCH
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "bench-search"
-NOISE = 0.025  # per dimension: a copy's cosine to its original is about 0.9 at 384 dimensions
+SITE_PACKAGES = Path(np.__file__).resolve().parent.parent
+# where the corpus comes from, in order: this repository, then installed packages' Python sources
+CORPUS = (
+    *(REPO / name for name in ("knowledgebase", "scripts", "tests", "migrations", "notebooks")),
+    *(
+        SITE_PACKAGES / name
+        for name in ("sqlalchemy", "networkx", "pygments", "numpy", "sympy", "scipy", "transformers")
+    ),
+)
+CORPUS_SUFFIXES = {".py", ".md"}
+BYTES_PER_CHUNK = 300  # fewer bytes than real source gives per chunk: each batch stops short of the size
+DEFAULT_HOME = Path.home() / ".cache" / "knowledgebase-bench" / "search"
 KB = Path(sys.executable).parent / "kb"
 
 
@@ -106,17 +122,63 @@ def queries(source: Path, limit: int) -> list[str]:
     return found[::step][:limit]
 
 
-def base_chunks(db: Database, embedder: Embedder) -> list[tuple[str, store.StoredChunk, np.ndarray]]:
-    """(file path, chunk, vector) of every chunk the source was indexed into."""
-    rows = []
-    with db.connection() as conn:
-        project = store.get_project(conn, PROJECT)
-        model_id = bind_model(conn, embedder)
-        for file in store.list_files(conn, project.id):
-            chunks = store.list_chunks(conn, file.id)
-            vectors = store.chunk_vectors_by_hash(conn, [c.content_hash for c in chunks], model_id)
-            rows += [(file.file_path, c, vectors[c.content_hash]) for c in chunks if c.content_hash in vectors]
-    return rows
+def corpus_files() -> Iterator[tuple[Path, str]]:
+    """(source file, path in the staging tree) of the corpus, in a fixed order."""
+    for root in CORPUS:
+        if not root.is_dir():
+            continue
+        prefix = root.name if root.is_relative_to(SITE_PACKAGES) else f"knowledgebase/{root.name}"
+        for path in sorted(root.rglob("*")):
+            if path.suffix in CORPUS_SUFFIXES and path.is_file() and "__pycache__" not in path.parts:
+                yield path, f"{prefix}/{path.relative_to(root).as_posix()}"
+
+
+class CachedEmbedder:
+    """The real embedder, with every document vector kept in ``path`` by the hash of its text."""
+
+    def __init__(self, inner: Embedder, path: Path) -> None:
+        self.inner = inner
+        self.path = path
+        self.vectors: dict[bytes, np.ndarray] = {}
+        self.hits = self.misses = 0
+        if path.exists():
+            with np.load(path) as saved:
+                if saved["vectors"].shape[1:] == (inner.dimension,) and str(saved["model"]) == inner.name:
+                    self.vectors = dict(zip(map(bytes, saved["keys"]), saved["vectors"], strict=True))
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.inner.embed_query(text)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        keys = [hashlib.sha256(t.encode()).digest() for t in texts]
+        missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}
+        if missing:
+            for key, vector in zip(missing, self.inner.embed_documents(list(missing.values())), strict=True):
+                self.vectors[key] = vector
+        self.misses += len(missing)
+        self.hits += len(texts) - len(missing)
+        return np.stack([self.vectors[k] for k in keys]) if keys else self.inner.embed_documents([])
+
+    def save(self) -> None:
+        if not self.misses:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(self.vectors)
+        partial = self.path.with_suffix(".partial.npz")
+        np.savez(partial, keys=np.array(keys, dtype="S32"), vectors=np.stack([self.vectors[k] for k in keys]),
+                 model=np.array(self.name))  # fmt: skip
+        partial.replace(self.path)
 
 
 def chunk_count(db: Database) -> int:
@@ -125,37 +187,28 @@ def chunk_count(db: Database) -> int:
     return sum(c.count for c in store_counts(db) if c.project == PROJECT and c.category == "chunks")
 
 
-def grow(db: Database, embedder: Embedder, base: list, target: int, copies_made: int, rng: np.random.Generator) -> int:
-    """Add perturbed copies of ``base`` until the project has ``target`` chunks; returns the copies made so far."""
-    with db.connection() as conn:
-        project_id = store.get_project(conn, PROJECT).id
-        model_id = bind_model(conn, embedder)
+def grow(
+    db: Database, embedder: CachedEmbedder, files: Iterator[tuple[Path, str]], tree: Path, target: int, settings: Any
+) -> int:
+    """Copy corpus files into ``tree`` and index it until the project has ``target`` chunks; the count."""
     count = chunk_count(db)
-    by_file: dict[str, list[tuple[store.StoredChunk, np.ndarray]]] = {}
-    for path, chunk, vector in base:
-        by_file.setdefault(path, []).append((chunk, vector))
-    started = time.perf_counter()
     while count < target:
-        copies_made += 1
-        with db.connection() as conn:
-            for path, chunks in by_file.items():
-                if count >= target:
-                    break
-                name = f"copy{copies_made:04d}/{path}"
-                file = store.upsert_file(conn, store.NewFile(project_id, name, "", f"copy-{name}", 0, "python", None))
-                vectors = np.stack([vector for _, vector in chunks])
-                vectors = vectors + rng.normal(scale=NOISE, size=vectors.shape).astype(np.float32)
-                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-                new = [
-                    store.NewChunk(file.id, project_id, c.chunk_index, c.start_line, c.end_line, c.kind, c.symbol,
-                                   c.content, f"{c.content_hash}-{copies_made}", c.token_count, v, model_id)
-                    for (c, _), v in zip(chunks, vectors, strict=True)
-                ][: target - count]  # fmt: skip
-                store.insert_chunks(conn, new)
-                count += len(new)
-        if copies_made % 10 == 0:
-            log(f"  {count} chunks ({(time.perf_counter() - started):.0f} s)")
-    return copies_made
+        budget = (target - count) * BYTES_PER_CHUNK
+        copied = 0
+        for source, rel in files:
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tree / rel)
+            copied += source.stat().st_size
+            if copied >= budget:
+                break
+        else:
+            if not copied:
+                raise SystemExit(f"bench_search: the corpus ran out at {count} chunks (target {target})")
+        populate_project(db, embedder, tree, project=PROJECT, settings=settings)
+        embedder.save()
+        count = chunk_count(db)
+        log(f"  {count} chunks ({embedder.misses} embedded, {embedder.hits} from the cache)")
+    return count
 
 
 def kb_context_cli(url: str, prompts: list[str], runs: int, home: Path) -> dict[str, Any]:
@@ -179,41 +232,39 @@ def kb_context_cli(url: str, prompts: list[str], runs: int, home: Path) -> dict[
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    source = Path(args.source).resolve()
     settings = Settings.from_env()
-    embedder = embedder_from_settings(settings)
+    if args.embed_backend:
+        settings = settings.with_overrides(embed_backend=args.embed_backend)
+    embedder = CachedEmbedder(embedder_from_settings(settings), args.home / "vectors.npz")
     embedder.embed_query("warm up")
-    prompts = queries(source, args.queries)
+    prompts = queries(REPO, args.queries)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "model": {"name": embedder.name, "backend": settings.embed_backend},
         "ef_search": EF_SEARCH,
         "queries": len(prompts),
+        "corpus": [str(p.relative_to(REPO) if p.is_relative_to(REPO) else p.name) for p in CORPUS if p.is_dir()],
+        "cached_vectors_at_start": len(embedder.vectors),
         "sizes": [],
     }
-    with database(args.database_url) as url, Database(url, max_size=2) as db:
+    log(f"{len(embedder.vectors)} vectors in the cache {embedder.path}")
+    query_vectors = embedder.inner.embed_documents(prompts)
+    files = corpus_files()
+    with (
+        tempfile.TemporaryDirectory(prefix="kb-bench-search-tree-") as tree,
+        database(args.database_url) as url,
+        Database(url, max_size=2) as db,
+    ):
         try:
-            started = time.perf_counter()
-            indexed = populate_project(db, embedder, source, project=PROJECT, settings=settings)
-            report["base"] = {
-                "source": str(source.relative_to(REPO)) if source.is_relative_to(REPO) else str(source),
-                "files": indexed.files_indexed,
-                "chunks": indexed.chunks_written,
-                "seconds": round(time.perf_counter() - started, 1),
-            }
-            log(f"base: {indexed.files_indexed} files, {indexed.chunks_written} chunks")
-            base = base_chunks(db, embedder)
-            query_vectors = embedder.embed_documents(prompts)
-            rng = np.random.default_rng(7)
-            copies = 0
             for size in sorted(args.sizes):
+                log(f"growing the store to {size} chunks with {embedder.name} ({settings.embed_backend}) ...")
                 grown = time.perf_counter()
-                copies = grow(db, embedder, base, size, copies, rng)
-                chunks = chunk_count(db)
+                chunks = grow(db, embedder, files, Path(tree), size, settings)
                 log(f"{chunks} chunks: recall and latency ...")
                 report["sizes"].append(
                     {
                         "chunks": chunks,
+                        "files": sum(1 for p in Path(tree).rglob("*") if p.is_file()),
                         "grow_seconds": round(time.perf_counter() - grown, 1),
                         "recall_at_10": {
                             f"ef_search_{ef}": hnsw_recall(db, PROJECT, query_vectors, ef)
@@ -224,6 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ),
                     }
                 )
+            report["vectors_embedded"] = embedder.misses
             if args.cli_runs:
                 log("kb context as a command ...")
                 with tempfile.TemporaryDirectory(prefix="kb-bench-home-") as home:
@@ -237,9 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    base = report["base"]
     print(f"model {report['model']['name']} ({report['model']['backend']}); {report['queries']} real queries")
-    print(f"base: {base['source']}, {base['files']} files, {base['chunks']} chunks (indexed in {base['seconds']} s)")
+    print(f"corpus: {', '.join(report['corpus'])}; {report['vectors_embedded']} chunks embedded in this run")
     for row in report["sizes"]:
         recall, lat = row["recall_at_10"], row["latency"]
         forced = " / ".join(f"{v['hnsw_forced']['recall@10_ids']:.4f} ({k})" for k, v in recall.items())
@@ -257,7 +308,8 @@ def print_report(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="store sizes in chunks")
-    parser.add_argument("--source", default=str(REPO), help="code to index (default: this repository)")
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help=f"the kept vectors (default {DEFAULT_HOME})")
+    parser.add_argument("--embed-backend", help="KB_EMBED_BACKEND for this run (default: the configured one)")
     parser.add_argument("--queries", type=int, default=200, help="queries for recall (default 200)")
     parser.add_argument("--latency-prompts", type=int, default=200, help="prompts timed per size (default 200)")
     parser.add_argument("--cli-runs", type=int, default=5, help="`kb context` processes timed (0: none)")

@@ -45,6 +45,29 @@ def test_empty_to_head_to_base_to_head(fresh_database_url: str) -> None:
         verify_schema(conn)
 
 
+def test_tasks_from_revision_0001_start_their_history_when_upgraded(fresh_database_url: str) -> None:
+    upgrade(fresh_database_url, "0001")
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("INSERT INTO tasks (id, status, owner, attempts, result) VALUES ('old', 'failed', 'w', 2, 'gone')")
+    upgrade(fresh_database_url)
+    with psycopg.connect(fresh_database_url) as conn:
+        row = conn.execute("SELECT history FROM tasks WHERE id = 'old'").fetchone()
+        assert row is not None
+        (entry,) = row[0]
+        assert {k: entry[k] for k in ("status", "owner", "attempt", "note")} == {
+            "status": "failed",
+            "owner": "w",
+            "attempt": 2,
+            "note": "gone",
+        }
+    downgrade(fresh_database_url, "0001")  # and back: the column and its trigger go
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("UPDATE tasks SET status = 'pending' WHERE id = 'old'")
+        assert current_revision(conn) == "0001"
+        columns = conn.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks'")
+        assert "history" not in {r[0] for r in columns}
+
+
 def test_upgrade_is_idempotent(fresh_database_url: str) -> None:
     upgrade(fresh_database_url)
     upgrade(fresh_database_url)

@@ -141,3 +141,81 @@ def test_bad_input_is_refused_and_nothing_changes(db: Database, conn: psycopg.Co
     assert task.status == "pending" and task.attempts == 0 and task.context == {"a": 1}
     row = conn.execute("SELECT count(*) FROM tasks").fetchone()
     assert row is not None and row[0] == 1
+
+
+def _changes(task: store.Task) -> list[tuple[str, str | None, int, str | None]]:
+    return [(c["status"], c.get("owner"), c["attempt"], c.get("note")) for c in task.history]
+
+
+def test_every_change_of_status_owner_or_attempt_is_on_record(db: Database, conn: psycopg.Connection) -> None:
+    taskqueue.create_task(db, "T-1", context={"goal": "x"})
+    taskqueue.claim_next_task(db, owner="crashed", lease_seconds=600)
+    taskqueue.heartbeat(db, "T-1", owner="crashed", lease_seconds=600)  # not a change of hands
+    taskqueue.update_context(db, "T-1", {"step": 2}, owner="crashed")
+    _expire_lease(db, "T-1")
+    taskqueue.claim_next_task(db, owner="b", lease_seconds=600)  # takes over a dead claimer's task
+    taskqueue.fail_task(db, "T-1", owner="b", reason="flaky network", requeue=True)
+    taskqueue.claim_next_task(db, owner="c", lease_seconds=600)
+    done = taskqueue.complete_task(db, "T-1", owner="c", result="merged")
+    assert _changes(done) == [
+        ("pending", None, 0, None),
+        ("running", "crashed", 1, None),
+        ("running", "b", 2, None),
+        ("pending", None, 2, "flaky network"),
+        ("running", "c", 3, None),
+        ("done", "c", 3, "merged"),
+    ]
+    assert all(c["at"] for c in done.history)
+    # the trigger keeps the record whoever writes: an UPDATE cannot rewrite it, a hand-made change is on it
+    conn.execute("UPDATE tasks SET history = '[]', status = 'failed', result = %s WHERE id = 'T-1'", ("x" * 900,))
+    conn.commit()
+    after = taskqueue.get_task(db, "T-1")
+    assert _changes(after)[:6] == _changes(done) and after.history[6]["status"] == "failed"
+    assert after.history[6]["note"] == "x" * 500
+
+
+def test_cancelled_tasks_are_never_claimed_again(db: Database) -> None:
+    taskqueue.create_task(db, "T-1")
+    cancelled = taskqueue.cancel_task(db, "T-1", owner=None, reason="not needed")
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert _changes(cancelled)[-1] == ("cancelled", None, 0, "not needed")
+    assert taskqueue.claim_next_task(db, owner="w", lease_seconds=60) is None
+    with pytest.raises(LeaseError, match="cancelled already"):
+        taskqueue.cancel_task(db, "T-1", owner=None)
+    taskqueue.create_task(db, "T-2")
+    taskqueue.claim_next_task(db, owner="holder", lease_seconds=600)
+    with pytest.raises(LeaseError, match="held by 'holder'"):
+        taskqueue.cancel_task(db, "T-2", owner="someone-else")
+    mine = taskqueue.cancel_task(db, "T-2", owner="holder")
+    assert mine.status == "cancelled" and mine.lease_expires_at is None
+
+
+def test_secrets_in_titles_contexts_and_results_are_redacted(db: Database, conn: psycopg.Connection) -> None:
+    key = "AIza" + "B" * 35
+    taskqueue.create_task(db, "T-1", title=f"rotate {key}", context={"env": {"GEMINI_API_KEY": key}})
+    taskqueue.claim_next_task(db, owner="w", lease_seconds=600)
+    taskqueue.update_context(db, "T-1", {"note": f"used {key}"}, owner="w")
+    taskqueue.fail_task(db, "T-1", owner="w", reason=f"rejected key {key}")
+    row = conn.execute("SELECT t::text FROM tasks t WHERE id = 'T-1'").fetchone()
+    assert row is not None and key not in row[0] and "[REDACTED:google-api-key]" in row[0]
+
+
+def test_a_task_whose_claimers_keep_dying_is_given_up(db: Database) -> None:
+    taskqueue.create_task(db, "poison", priority=1)
+    taskqueue.create_task(db, "next")
+    for attempt in (1, 2):
+        task = taskqueue.claim_next_task(db, owner=f"w{attempt}", lease_seconds=600, max_attempts=2)
+        assert task is not None and task.id == "poison" and task.attempts == attempt
+        _expire_lease(db, "poison")
+    task = taskqueue.claim_next_task(db, owner="w3", lease_seconds=600, max_attempts=2)
+    assert task is not None and task.id == "next" and task.owner == "w3"
+    poison = taskqueue.get_task(db, "poison")
+    assert poison.status == "failed" and poison.attempts == 2 and poison.finished_at is not None
+    assert poison.result == "given up: claimed 2 times, and the lease of the last claim (by w2) ran out"
+    assert _changes(poison)[-1] == ("failed", "w2", 2, poison.result)
+    # a deliberate requeue is not a dead claimer: the task stays claimable
+    taskqueue.fail_task(db, "next", owner="w3", reason="retry later", requeue=True)
+    again = taskqueue.claim_next_task(db, owner="w4", lease_seconds=600, max_attempts=1)
+    assert again is not None and again.id == "next" and again.attempts == 2
+    with pytest.raises(InputError, match="at least 1"):
+        taskqueue.claim_next_task(db, owner="w", lease_seconds=60, max_attempts=0)

@@ -49,6 +49,13 @@ def test_a_task_from_creation_to_done_with_its_history(kb) -> None:  # type: ign
     assert task["status"] == "done" and task["result"] == "merged" and task["context"] == {"goal": "green", "pr": 12}
     shown = kb("show", "T-1")
     assert "[done]" in shown.stdout and "merged" in shown.stdout
+    changes = [line.split()[1:] for line in shown.stdout.splitlines() if "(attempt" in line]
+    assert changes == [
+        ["pending", "(attempt", "0)"],
+        ["running", "by", "agent-7", "(attempt", "1)"],
+        ["done", "by", "agent-7", "(attempt", "1):", "merged"],
+    ]
+    assert [c["status"] for c in task["history"]] == ["pending", "running", "done"]
 
     claimed = kb("claim", agent="agent-9")
     assert claimed.returncode == 0 and claimed.stdout.startswith(generated)
@@ -56,6 +63,11 @@ def test_a_task_from_creation_to_done_with_its_history(kb) -> None:  # type: ign
     kb("claim", agent="agent-9")
     failed = json.loads(kb("fail", generated, "--reason", "cannot reproduce", "--json").stdout)
     assert failed["status"] == "failed" and failed["result"] == "cannot reproduce"
+
+    kb("create", "T-2")
+    cancelled = json.loads(kb("cancel", "T-2", "--reason", "superseded by T-1", "--json").stdout)
+    assert cancelled["status"] == "cancelled" and cancelled["history"][-1]["note"] == "superseded by T-1"
+    assert "cancelled already" in kb("cancel", "T-2").stderr
 
     nothing = kb("claim")
     assert nothing.returncode == 3 and "no task is ready" in nothing.stderr

@@ -1,4 +1,4 @@
-"""``kb tasks create|list|claim|show|history|done|fail|release|heartbeat``: the shared task queue."""
+"""``kb tasks create|list|claim|show|history|done|fail|cancel|release|heartbeat``: the shared task queue."""
 
 from __future__ import annotations
 
@@ -74,6 +74,10 @@ def _show(task: Task, as_json: bool) -> None:
         click.echo(f"  context: {json.dumps(task.context, ensure_ascii=False)}")
     if task.result:
         click.echo(f"  result:  {task.result}")
+    for change in task.history:
+        who = f" by {change['owner']}" if change.get("owner") else ""
+        note = f": {_one_line(change['note'], 100)}" if change.get("note") else ""
+        click.echo(f"  {str(change['at'])[:19]}  {change['status']}{who} (attempt {change['attempt']}){note}")
 
 
 @click.group()
@@ -157,7 +161,8 @@ def claim(
     """Claim the next ready task (highest priority, oldest); exit status 3 when none is ready.
 
     The lease lasts KB_TASK_LEASE_SECONDS unless renewed with `kb tasks heartbeat`; when it runs
-    out, the task can be claimed by someone else.
+    out, the task can be claimed by someone else. A task claimed KB_TASK_MAX_ATTEMPTS times whose
+    last lease ran out is failed ("given up") instead of being claimed again.
     """
     from knowledgebase.taskqueue import claim_next_task
 
@@ -168,6 +173,7 @@ def claim(
             owner=owner or settings.agent_id,
             lease_seconds=lease_seconds or settings.task_lease_seconds,
             project_id=_project_id(db, project, create=False),
+            max_attempts=settings.task_max_attempts,
         )
     if task is None:
         if as_json:
@@ -183,7 +189,7 @@ def claim(
 @database_url_option
 @json_option
 def show(task_id: str, database_url: str | None, as_json: bool) -> None:
-    """Show one task."""
+    """Show one task with its status changes (`kb tasks history` has what was done in it)."""
     from knowledgebase.taskqueue import get_task
 
     with _database(database_url) as db:
@@ -273,6 +279,20 @@ def fail(task_id: str, reason: str, requeue: bool, owner: str | None, database_u
 
     with _database(database_url) as db:
         _show(fail_task(db, task_id, owner=owner, reason=reason, requeue=requeue), as_json)
+
+
+@tasks.command()
+@click.argument("task_id")
+@click.option("--reason", help="Why it is cancelled.")
+@click.option("--owner", metavar="NAME", help="Cancel only if this claimer holds the task.")
+@database_url_option
+@json_option
+def cancel(task_id: str, reason: str | None, owner: str | None, database_url: str | None, as_json: bool) -> None:
+    """Cancel a pending or running task for good: nobody will claim it again."""
+    from knowledgebase.taskqueue import cancel_task
+
+    with _database(database_url) as db:
+        _show(cancel_task(db, task_id, owner=owner, reason=reason), as_json)
 
 
 @tasks.command()

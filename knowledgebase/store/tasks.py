@@ -31,6 +31,8 @@ class Task:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # status changes, oldest first: {"at", "status", "owner", "attempt", "note"}, kept by a trigger
+    history: list[dict[str, Any]]
 
 
 _COLS = columns(Task)
