@@ -118,7 +118,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "retrieval",
-        "Retrieval quality against baselines, HNSW recall and context latency at 100k chunks",
+        "Retrieval quality against baselines, HNSW recall on real chunks, context latency at 100k chunks",
         "eval_retrieval.py",
         "CodeSearchNet-style queries (docstring summary -> its function, docstrings blanked), HumanEval "
         "(description -> solution) and identifier queries; recall@1, recall@10 and MRR@10 of each ranking "

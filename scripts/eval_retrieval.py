@@ -17,9 +17,11 @@ For each set it reports recall@1, recall@10 and MRR@10 of: vector only, full tex
 full ranking (``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference),
 and two naive baselines over 40-line windows of the same files: Okapi BM25 (rank-bm25) and brute-force
 cosine with the same embedding model. A grid over the lexical weights shows why the defaults are what
-they are. It then measures HNSW recall@10 against exact search and ``build_context`` latency p50/p95
-(the work ``kb context`` and the warm hook process do per prompt) on a store of >= 100k chunks, made of
-the csn chunks repeated with perturbed copies of their real vectors.
+they are. It then measures HNSW recall@10 of the csn queries on the real csn chunks against exact search,
+and ``build_context`` latency p50/p95 (the work ``kb context`` and the warm hook process do per prompt)
+on a store of >= 100k chunks, made of the csn chunks repeated with perturbed copies of their real
+vectors. Those copies form clusters of near-twins, fine for latency and no test of recall:
+``scripts/bench_search.py`` measures recall on real code at 10k and 100k chunks.
 
 The store lives in an embedded PostgreSQL under ``--home`` (default /tmp/kb-eval), kept between runs so a
 re-run re-embeds nothing; the server is stopped at the end.
@@ -447,9 +449,8 @@ SCALE_NOISE = 0.025
 
 
 def build_scale_store(db: Database, target_chunks: int, seed: int = 11) -> int:
-    """A project of >= ``target_chunks`` chunks: the csn chunks repeated, each copy's vector the real one
-    plus Gaussian noise (cosine about 0.9 to it), so the store keeps the cluster structure of real
-    embeddings without exact duplicates. Returns its chunk count."""
+    """A project of >= ``target_chunks`` chunks for latency: the csn chunks repeated, each copy's vector the
+    real one plus Gaussian noise (cosine about 0.9 to it), so no two are identical. Returns its chunk count."""
     with db.connection() as conn:
         existing = conn.execute(
             "SELECT count(*) FROM file_chunks c JOIN projects p ON p.id = c.project_id"
