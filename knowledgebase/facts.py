@@ -33,7 +33,7 @@ from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.errors import InputError, NotFound
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, effective_confidence, reinforced_confidence
-from knowledgebase.redact import redact
+from knowledgebase.util.redact import redact
 
 # Cosine similarity of two "label: value" embeddings above which a restatement with the same literals
 # counts as the same fact (MiniLM: "tests run with make test" vs "the tests are run using make test" 0.95).

@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from knowledgebase.schema import MIGRATION_LOCK_KEY, sqlalchemy_url
+from knowledgebase.db.schema import MIGRATION_LOCK_KEY, sqlalchemy_url
 
 config = context.config
 

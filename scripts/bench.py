@@ -267,9 +267,9 @@ def _database_versions() -> dict[str, str]:
     """The embedded server's PostgreSQL and pgvector versions (the benchmarks run on private embedded servers)."""
     try:
         from knowledgebase.config import Settings
-        from knowledgebase.embedded import ensure_server, stop_server
-        from knowledgebase.schema import upgrade
-        from knowledgebase.status import store_status
+        from knowledgebase.db.embedded import ensure_server, stop_server
+        from knowledgebase.db.schema import upgrade
+        from knowledgebase.db.status import store_status
 
         with tempfile.TemporaryDirectory(prefix="kb-bench-versions-") as folder:
             pgdata = Path(folder) / "pgdata"

@@ -36,11 +36,11 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from knowledgebase.audit import log_command
+from knowledgebase.coordination.audit import log_command
+from knowledgebase.coordination.keypool import acquire_key, add_key, release
+from knowledgebase.coordination.taskqueue import claim_next_task, complete_task, create_task
 from knowledgebase.db import Database
-from knowledgebase.keypool import acquire_key, add_key, release
-from knowledgebase.schema import upgrade
-from knowledgebase.taskqueue import claim_next_task, complete_task, create_task
+from knowledgebase.db.schema import upgrade
 
 SPAWN = multiprocessing.get_context("spawn")
 SCRATCH_DB = "kb_bench_coordination"
@@ -118,7 +118,7 @@ def scratch_database(admin_url: str | None) -> Iterator[str]:
     """A migrated scratch database (dropped afterwards) on the given server or a private embedded one."""
     home: Path | None = None
     if admin_url is None:
-        from knowledgebase.embedded import ensure_server
+        from knowledgebase.db.embedded import ensure_server
 
         home = Path(tempfile.mkdtemp(prefix="kb-bench-"))
         admin_url = ensure_server(home / "pgdata").url("postgres")
@@ -133,7 +133,7 @@ def scratch_database(admin_url: str | None) -> Iterator[str]:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SCRATCH_DB)))
         if home is not None:
-            from knowledgebase.embedded import stop_server
+            from knowledgebase.db.embedded import stop_server
 
             stop_server(home / "pgdata")
             shutil.rmtree(home, ignore_errors=True)

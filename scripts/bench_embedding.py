@@ -42,7 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from knowledgebase.config import DEFAULT_EMBED_MODEL, Settings
-from knowledgebase.embed_backends import (
+from knowledgebase.embedding import SentenceTransformerEmbedder, count_tokens
+from knowledgebase.embedding.exported import (
     ONNX_BACKENDS,
     ExportedModel,
     OnnxEmbedder,
@@ -52,7 +53,6 @@ from knowledgebase.embed_backends import (
     load_export_tokenizer,
     onnxruntime_session,
 )
-from knowledgebase.embedding import SentenceTransformerEmbedder, count_tokens
 
 # Pure-Python packages whose functions make the code corpus, in this order.
 SOURCE_PACKAGES = ("sqlalchemy", "_pytest", "alembic", "jinja2", "click", "IPython", "huggingface_hub", "anyio")

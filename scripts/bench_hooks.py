@@ -119,9 +119,9 @@ def build_store(settings: Any, target_chunks: int, log: Any) -> dict[str, int]:
     from knowledgebase import store
     from knowledgebase.db import open_database
     from knowledgebase.embedding import bind_model, embedder_from_settings
-    from knowledgebase.ingest import populate_project
-    from knowledgebase.reembed import HNSW_INDEXES
-    from knowledgebase.reembed import _ensure_indexes as ensure_hnsw_indexes
+    from knowledgebase.index.ingest import populate_project
+    from knowledgebase.index.reembed import HNSW_INDEXES
+    from knowledgebase.index.reembed import _ensure_indexes as ensure_hnsw_indexes
 
     db = open_database(settings)
     try:
@@ -215,7 +215,7 @@ def time_hook(env: dict[str, str], event: str, payload: dict[str, Any]) -> tuple
     """One hook run as Gemini CLI runs it (``sh -c`` + the command `kb gemini install` writes):
     wall ms, its output, its log line."""
     from knowledgebase.config import Settings
-    from knowledgebase.gemini_settings import wiring_for
+    from knowledgebase.gemini.settings import wiring_for
 
     wiring = wiring_for(Settings.from_env(env))
     command = wiring.hook_command(event)
@@ -248,12 +248,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-    from knowledgebase import serve
     from knowledgebase.config import Settings
     from knowledgebase.db import database_url
-    from knowledgebase.embedded import running_server, stop_server
-    from knowledgebase.hook_client import HOOK_TIMEOUTS_MS
-    from knowledgebase.schema import upgrade
+    from knowledgebase.db.embedded import running_server, stop_server
+    from knowledgebase.db.schema import upgrade
+    from knowledgebase.gemini import serve
+    from knowledgebase.gemini.hook_client import HOOK_TIMEOUTS_MS
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

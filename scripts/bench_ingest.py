@@ -47,7 +47,7 @@ import numpy as np
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.embedding import embedder_from_settings
-from knowledgebase.ingest import PopulateReport, populate_project
+from knowledgebase.index.ingest import PopulateReport, populate_project
 
 SITE_PACKAGES = Path(np.__file__).resolve().parent.parent
 DEFAULT_SOURCES = ("alembic", "psycopg")
@@ -89,7 +89,7 @@ class StandInEmbedder:
 
 @contextmanager
 def private_server(base: Path) -> Iterator[Any]:
-    from knowledgebase.embedded import ensure_server, stop_server
+    from knowledgebase.db.embedded import ensure_server, stop_server
 
     pgdata = base / "pgdata"
     server = ensure_server(pgdata)
@@ -103,7 +103,7 @@ def new_database(server: Any, name: str) -> str:
     import psycopg
     from psycopg import sql
 
-    from knowledgebase.schema import upgrade
+    from knowledgebase.db.schema import upgrade
 
     with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -191,9 +191,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def group_texts(root: Path, paths: Sequence[str], embedder: Any, settings: Settings) -> dict[str, str]:
     """The embedded texts (by content hash) of these files' chunks, cut exactly as populate cuts them."""
-    from knowledgebase.chunking import chunk_text, token_counter
-    from knowledgebase.redact import redact_text
-    from knowledgebase.scanning import FileText, ScannedFile, language_for, read_scanned
+    from knowledgebase.index.chunking import chunk_text, token_counter
+    from knowledgebase.index.scanning import FileText, ScannedFile, language_for, read_scanned
+    from knowledgebase.util.redact import redact_text
 
     count = token_counter(embedder)
     texts: dict[str, str] = {}

@@ -57,8 +57,8 @@ from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder, embedder_from_settings
-from knowledgebase.ingest import populate_project
-from knowledgebase.retrieval import EF_SEARCH
+from knowledgebase.index.ingest import populate_project
+from knowledgebase.search.retrieval import EF_SEARCH
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = "bench-search"
@@ -84,13 +84,13 @@ def log(message: str) -> None:
 @contextmanager
 def database(url: str | None) -> Iterator[str]:
     """``url`` (migrated here), else a private embedded server in a temporary folder."""
-    from knowledgebase.schema import upgrade
+    from knowledgebase.db.schema import upgrade
 
     if url:
         upgrade(url)
         yield url
         return
-    from knowledgebase.embedded import ensure_server, stop_server
+    from knowledgebase.db.embedded import ensure_server, stop_server
 
     base = Path(tempfile.mkdtemp(prefix="kb-bench-search-"))
     try:
@@ -182,7 +182,7 @@ class CachedEmbedder:
 
 
 def chunk_count(db: Database) -> int:
-    from knowledgebase.insights import store_counts
+    from knowledgebase.tools.insights import store_counts
 
     return sum(c.count for c in store_counts(db) if c.project == PROJECT and c.category == "chunks")
 

@@ -57,13 +57,13 @@ import numpy as np
 
 from knowledgebase import store
 from knowledgebase.config import Settings
-from knowledgebase.context import build_context
 from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder, embedder_from_settings
-from knowledgebase.ingest import populate_project
-from knowledgebase.lexical import identifier_parts
+from knowledgebase.index.ingest import populate_project
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights
-from knowledgebase.retrieval import EF_SEARCH, Hit, rerank, search_candidates
+from knowledgebase.search.context import build_context
+from knowledgebase.search.retrieval import EF_SEARCH, Hit, rerank, search_candidates
+from knowledgebase.util.lexical import identifier_parts
 
 SITE = Path(np.__file__).resolve().parent.parent
 CSN_SOURCES = ("alembic", "psycopg", "sqlalchemy/engine", "sqlalchemy/pool", "sqlalchemy/event")
@@ -514,7 +514,7 @@ def build_scale_store(db: Database, target_chunks: int, seed: int = 11) -> int:
 
 def latency(db: Database, embedder: Embedder, project: str, prompts: Sequence[str], budget: int) -> dict[str, float]:
     """p50/p95 of build_context (embed + search + pack + record), of search alone, and of embedding."""
-    from knowledgebase.retrieval import search
+    from knowledgebase.search.retrieval import search
 
     build_context(db, embedder, prompts[0], project=project, budget=budget)  # warm the pool and caches
     totals, searches, embeds = [], [], []
@@ -552,12 +552,12 @@ def log(message: str) -> None:
 
 def open_store(home: Path, database_url: str | None) -> tuple[str, Callable[[], object]]:
     """The eval database URL (an embedded server under ``home`` unless given), and how to stop it."""
-    from knowledgebase.schema import upgrade
+    from knowledgebase.db.schema import upgrade
 
     if database_url:
         upgrade(database_url)
         return database_url, lambda: None
-    from knowledgebase.embedded import ensure_server, stop_server
+    from knowledgebase.db.embedded import ensure_server, stop_server
 
     server = ensure_server(home / "pgdata")
     url = server.url()

@@ -7,7 +7,7 @@ Loads the first ``--size`` vectors kept by ``scripts/bench_search.py`` (real cod
 real model; run it once first) into a bare table on a private embedded PostgreSQL, builds an HNSW index,
 and asks the same natural-language queries as that benchmark (this repository's docstring summaries).
 For each ``ef_search`` it prints recall@10 against the exact top 10 (numpy) and the mean time of the
-index scan alone: the numbers behind ``EF_SEARCH`` in ``knowledgebase.retrieval``. It also prints how
+index scan alone: the numbers behind ``EF_SEARCH`` in ``knowledgebase.search.retrieval``. It also prints how
 far the queries sit from the chunks (median cosine of the 1st, 10th and 11th nearest): the closer the
 10th and 11th, the harder for a graph index.
 """
@@ -31,7 +31,7 @@ from bench_search import REPO, queries
 from pgvector.psycopg import register_vector
 
 from knowledgebase.config import Settings
-from knowledgebase.embedded import ensure_server, stop_server
+from knowledgebase.db.embedded import ensure_server, stop_server
 from knowledgebase.embedding import embedder_from_settings
 
 

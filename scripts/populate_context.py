@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/populate_context.py PROJECT_PATH "PROMPT" [--project NAME] [--budget TOKENS] [--task ID]
 
-The index refresh is incremental (``knowledgebase.ingest.populate_project``): only new or changed
+The index refresh is incremental (``knowledgebase.index.ingest.populate_project``): only new or changed
 files are read and only new chunks embedded. The context printed on stdout is what an agent gets for
-the prompt (``knowledgebase.context.build_context``): the project's code chunks and facts ranked by
+the prompt (``knowledgebase.search.context.build_context``): the project's code chunks and facts ranked by
 similarity, exact-identifier matches, confidence and recency, as Markdown that cites file and line range
 or fact id and confidence, within the token budget (default ``KB_CONTEXT_BUDGET``); it is recorded in
 ``context_log``. A one-line summary of the refresh goes to stderr. Exit code 1 with one line on stderr
@@ -38,11 +38,11 @@ def populate_context(
 ) -> tuple[str, str]:
     """Refresh the index of ``path``; return (summary line, Markdown context for ``prompt``)."""
     from knowledgebase.config import get_settings
-    from knowledgebase.context import build_context
     from knowledgebase.db import open_database
     from knowledgebase.embedding import embedder_from_settings
-    from knowledgebase.ingest import populate_project
-    from knowledgebase.scanning import resolve_root
+    from knowledgebase.index.ingest import populate_project
+    from knowledgebase.index.scanning import resolve_root
+    from knowledgebase.search.context import build_context
 
     if not prompt.strip():
         raise InputError("the prompt must not be empty")

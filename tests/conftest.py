@@ -22,7 +22,7 @@ from psycopg import sql
 
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.schema import TABLES, upgrade
+from knowledgebase.db.schema import TABLES, upgrade
 from tests.gemini_harness import fake_gemini_server, gemini_cli, gemini_home  # noqa: F401  (shared fixtures)
 from tests.support import HashingEmbedder
 
@@ -48,7 +48,7 @@ def admin_url(test_home: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    from knowledgebase.embedded import ensure_server, stop_server
+    from knowledgebase.db.embedded import ensure_server, stop_server
 
     server = ensure_server(test_home / "pgdata")
     yield server.url("postgres")

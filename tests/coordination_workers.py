@@ -6,18 +6,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from knowledgebase.audit import log_command
+from knowledgebase.coordination.audit import log_command
+from knowledgebase.coordination.keypool import acquire_key
+from knowledgebase.coordination.taskqueue import claim_next_task
 from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted
-from knowledgebase.keypool import acquire_key
-from knowledgebase.taskqueue import claim_next_task
 
 
 def hold_claims(url: str, owner: str, lease_seconds: float, start: Any, results: Any) -> None:
     """Claim tasks until none is ready, keeping every lease (nothing is completed)."""
-    start.wait()
     claimed: list[str] = []
     with Database(url, max_size=1) as db:
+        with db.connection() as conn:  # connected before the start, so every claimer competes
+            conn.execute("SELECT 1")
+        start.wait()
         while (task := claim_next_task(db, owner=owner, lease_seconds=lease_seconds)) is not None:
             claimed.append(task.id)
     results.put((owner, claimed))

@@ -9,10 +9,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from knowledgebase import audit, store, taskqueue
+from knowledgebase import store
+from knowledgebase.coordination import audit, taskqueue
+from knowledgebase.coordination.spool import flush_spool, load_spooled, pending_files, spool_command
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, NotFound
-from knowledgebase.spool import flush_spool, load_spooled, pending_files, spool_command
 
 GOOGLE_KEY = "AIza" + "SyA1234567890abcdefghijklmnopqrstuv"
 GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from knowledgebase.chunking import Chunk, chunk_hash, chunk_text, embedding_text
 from knowledgebase.embedding import count_tokens, load_tokenizer
+from knowledgebase.index.chunking import Chunk, chunk_hash, chunk_text, embedding_text
 
 MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from knowledgebase.cli import cli
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.ingest import populate_project
+from knowledgebase.index.ingest import populate_project
 from tests.support import HashingEmbedder
 from tests.test_cli_store import _env, run_kb
 from tests.test_ingest import function

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from knowledgebase import store
-from knowledgebase.context import build_context
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, NotFound
 from knowledgebase.facts import add_fact
 from knowledgebase.ranking import DEFAULT_WEIGHTS
+from knowledgebase.search.context import build_context
 from tests.retrieval_support import SOURCES, index_files
 from tests.support import HashingEmbedder
 

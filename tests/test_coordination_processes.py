@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from knowledgebase import keypool, taskqueue
+from knowledgebase.coordination import keypool, taskqueue
 from knowledgebase.db import Database
 from tests import coordination_workers as workers
 

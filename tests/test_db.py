@@ -47,14 +47,14 @@ def test_bad_numeric_setting_is_a_config_error(tmp_path: Path) -> None:
 
 
 def _start_embedded(pgdata: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    from knowledgebase.embedded import ensure_server
+    from knowledgebase.db.embedded import ensure_server
 
     queue.put(ensure_server(Path(pgdata)).pid)
 
 
 @pytest.mark.slow
 def test_two_processes_starting_the_embedded_server_share_it(tmp_path: Path) -> None:
-    from knowledgebase.embedded import running_server, stop_server
+    from knowledgebase.db.embedded import running_server, stop_server
 
     pgdata = tmp_path / "pgdata"
     ctx = multiprocessing.get_context("spawn")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from knowledgebase import demo
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.demo import REPOSITORY_FACTS, SAMPLE_FACTS, DemoFact, sample_project, seed_project
 from knowledgebase.errors import InputError
 from knowledgebase.facts import list_facts
+from knowledgebase.tools import demo
+from knowledgebase.tools.demo import REPOSITORY_FACTS, SAMPLE_FACTS, DemoFact, sample_project, seed_project
 from tests.support import HashingEmbedder
 from tests.test_cli_store import _env, run_kb
 
@@ -173,7 +173,7 @@ def test_kb_demo_explains_the_context_and_a_second_run_reuses_everything(db_url:
 def test_without_a_url_the_demo_database_is_a_throwaway_server() -> None:
     import psycopg
 
-    from knowledgebase.schema import verify_schema
+    from knowledgebase.db.schema import verify_schema
 
     with demo.demo_database() as url:
         with psycopg.connect(url) as conn:

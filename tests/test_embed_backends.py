@@ -17,10 +17,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from knowledgebase import embed_backends
 from knowledgebase.config import Settings
-from knowledgebase.embed_backends import ONNX_BACKENDS, ExportedModel, OnnxEmbedder, ensure_export, export_directory
 from knowledgebase.embedding import SentenceTransformerEmbedder, bind_model, embedder_from_settings
+from knowledgebase.embedding import exported as embed_backends
+from knowledgebase.embedding.exported import ONNX_BACKENDS, ExportedModel, OnnxEmbedder, ensure_export, export_directory
 from knowledgebase.errors import EmbeddingError
 
 MODEL = "all-MiniLM-L6-v2"
@@ -146,7 +146,7 @@ def test_a_missing_runtime_falls_back_to_torch_with_a_warning(
     monkeypatch.setitem(sys.modules, module, None)  # `import <module>` now raises ImportError
     embedder = OnnxEmbedder(MODEL, backend=backend, cache_dir=model_cache)
 
-    with caplog.at_level(logging.WARNING, logger="knowledgebase.embed_backends"):
+    with caplog.at_level(logging.WARNING, logger="knowledgebase.embedding.exported"):
         vectors = embedder.embed_documents(TEXTS[:2])
 
     assert embedder.runs_on == "torch (fallback)"
@@ -161,7 +161,7 @@ def test_missing_export_packages_fall_back_to_torch(
     monkeypatch.setitem(sys.modules, "onnxscript", None)
     embedder = OnnxEmbedder(MODEL, backend="openvino", cache_dir=tmp_path / "models")
 
-    with caplog.at_level(logging.WARNING, logger="knowledgebase.embed_backends"):
+    with caplog.at_level(logging.WARNING, logger="knowledgebase.embedding.exported"):
         assert embedder.runs_on == "torch (fallback)"
     assert "onnxscript" in caplog.text and "knowledgebase[onnx]" in caplog.text
 
@@ -172,7 +172,7 @@ def test_bf16_runs_in_f32_on_a_cpu_without_bf16(
     monkeypatch.setattr(embed_backends, "cpu_supports_bf16", lambda core: False)
     embedder = OnnxEmbedder(MODEL, backend="openvino-bf16", cache_dir=model_cache)
 
-    with caplog.at_level(logging.WARNING, logger="knowledgebase.embed_backends"):
+    with caplog.at_level(logging.WARNING, logger="knowledgebase.embedding.exported"):
         assert embedder.runs_on == "openvino f32"
     assert "no native bf16" in caplog.text
     assert np.sum(embedder.embed_documents(TEXTS) * torch_vectors, axis=1).min() > 0.9999

@@ -11,12 +11,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from knowledgebase import audit
 from knowledgebase.config import Settings
+from knowledgebase.coordination import audit
+from knowledgebase.coordination.execute import execute_shell_command, run_command
+from knowledgebase.coordination.spool import pending_files
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError
-from knowledgebase.execute import execute_shell_command, run_command
-from knowledgebase.spool import pending_files
 
 KB = [sys.executable, "-m", "knowledgebase"]
 UNREACHABLE = "postgresql://kb:hunter2@127.0.0.1:1/kb"

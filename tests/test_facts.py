@@ -12,7 +12,7 @@ from knowledgebase.db import Database
 from knowledgebase.errors import InputError, NotFound
 from knowledgebase.facts import FactSource, add_fact, confirm_fact, forget_fact, get_fact, list_facts
 from knowledgebase.ranking import DEFAULT_WEIGHTS
-from knowledgebase.retrieval import search
+from knowledgebase.search.retrieval import search
 from tests.retrieval_support import SOURCES, index_files
 from tests.support import HashingEmbedder
 
@@ -243,8 +243,8 @@ def test_populate_marks_facts_of_changed_code_stale_end_to_end(
     settings,
     tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
-    from knowledgebase.context import build_context
-    from knowledgebase.ingest import populate_project
+    from knowledgebase.index.ingest import populate_project
+    from knowledgebase.search.context import build_context
 
     root = tmp_path / "shop"
     (root / "src").mkdir(parents=True)

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
-from knowledgebase import serve, store
+from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
+from knowledgebase.db.schema import upgrade
 from knowledgebase.facts import add_fact, list_facts
-from knowledgebase.schema import upgrade
-from knowledgebase.warm_embedder import WarmProcessEmbedder
+from knowledgebase.gemini import serve
+from knowledgebase.gemini.warm_embedder import WarmProcessEmbedder
 from tests.gemini_harness import (
     DEFAULT_MODEL,
     FakeGeminiServer,
@@ -229,7 +230,7 @@ def test_scripted_model_turn_is_logged(wired: Wired, db: Database, tmp_path: Pat
 
 
 def test_the_run_completes_with_the_database_stopped(gemini_cli: Path, tmp_path: Path) -> None:  # noqa: F811
-    from knowledgebase.embedded import ensure_server, stop_server
+    from knowledgebase.db.embedded import ensure_server, stop_server
 
     pgdata = tmp_path / "stopped-pg"
     url = ensure_server(pgdata).url()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from knowledgebase import gemini_events
-from knowledgebase.gemini_events import parse_shell_outcome, session_task_id, strip_hook_context, turn_model_calls
+from knowledgebase.gemini import events as gemini_events
+from knowledgebase.gemini.events import parse_shell_outcome, session_task_id, strip_hook_context, turn_model_calls
 
 
 def test_strip_hook_context_removes_only_leading_blocks() -> None:

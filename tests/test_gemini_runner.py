@@ -17,12 +17,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from knowledgebase import keypool
-from knowledgebase.audit import task_history
 from knowledgebase.config import Settings
+from knowledgebase.coordination import keypool
+from knowledgebase.coordination.audit import task_history
 from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted, InputError, ModelCallError
-from knowledgebase.gemini_runner import run_gemini_command
+from knowledgebase.gemini.runner import run_gemini_command
 from tests.gemini_harness import FakeGeminiServer, gemini_env, text_chunk, write_fake_responses
 from tests.support import HashingEmbedder
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from knowledgebase.cli import cli
 from knowledgebase.config import Settings
 from knowledgebase.errors import GeminiSettingsError
-from knowledgebase.gemini_settings import (
+from knowledgebase.gemini.hook_client import HOOK_EVENTS
+from knowledgebase.gemini.settings import (
     HOOK_NAME_PREFIX,
     MCP_SERVER_NAME,
     Wiring,
@@ -23,7 +24,6 @@ from knowledgebase.gemini_settings import (
     uninstall_gemini,
     wiring_for,
 )
-from knowledgebase.hook_client import HOOK_EVENTS
 
 USER_SETTINGS = {
     "security": {"auth": {"selectedType": "gemini-api-key"}},
@@ -64,9 +64,9 @@ def test_install_merges_hooks_and_mcp_server_keeping_everything_else(tmp_path: P
         assert len(ours) == 1
         hook = ours[0]
         python, *args = shlex.split(hook["command"])
-        assert args == ["-S", "-P", "-m", "knowledgebase.hook_client", event]
+        assert args == ["-S", "-P", "-m", "knowledgebase.gemini.hook_client", event]
         assert Path(python).is_absolute() and Path(python) == Path(sys.executable).absolute()
-        assert (Path(hook["env"]["PYTHONPATH"]) / "knowledgebase" / "hook_client.py").is_file()
+        assert (Path(hook["env"]["PYTHONPATH"]) / "knowledgebase" / "gemini" / "hook_client.py").is_file()
         assert hook["env"]["KB_DATABASE_URL"] == "postgresql://kb:s3cret@db.internal:5432/kb"
         assert hook["env"]["KB_HOME"] == str(tmp_path / "kbhome")
         assert hook["timeout"] >= 10_000
@@ -158,7 +158,7 @@ def test_cli_install_uninstall_and_bad_file(tmp_path: Path, monkeypatch: pytest.
     runner = CliRunner()
     dry = runner.invoke(cli, ["gemini", "install", "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "pw123456" not in dry.output and "knowledgebase.hook_client" in dry.output
+    assert "pw123456" not in dry.output and "knowledgebase.gemini.hook_client" in dry.output
     assert not (tmp_path / "gh" / ".gemini" / "settings.json").exists()
     result = runner.invoke(cli, ["gemini", "install", "--json"])
     assert result.exit_code == 0, result.output

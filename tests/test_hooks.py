@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from knowledgebase import audit, gemini_session, store
+from knowledgebase import store
 from knowledgebase.config import Settings
+from knowledgebase.coordination import audit
 from knowledgebase.db import Database
 from knowledgebase.errors import DatabaseUnavailable, InputError
 from knowledgebase.facts import add_fact, list_facts
-from knowledgebase.hooks import HookCall, handle_hook
-from knowledgebase.serve import WarmStore
+from knowledgebase.gemini import session as gemini_session
+from knowledgebase.gemini.hooks import HookCall, handle_hook
+from knowledgebase.gemini.serve import WarmStore
 from tests.support import HashingEmbedder
 
 SESSION = "0ba55aab-067b-41ab-8c43-e6ef7fee655e"

@@ -17,10 +17,10 @@ import pytest
 from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
+from knowledgebase.db.locks import POPULATE_LOCK
 from knowledgebase.errors import ModelMismatch, ProjectPathError
-from knowledgebase.ingest import PopulateProgress, PopulateReport, populate_project
-from knowledgebase.locks import POPULATE_LOCK
-from knowledgebase.scanning import SkipReason
+from knowledgebase.index.ingest import PopulateProgress, PopulateReport, populate_project
+from knowledgebase.index.scanning import SkipReason
 from tests.support import HashingEmbedder
 
 
@@ -127,7 +127,7 @@ def test_populate_records_files_and_embedded_chunks(
 def test_second_run_reads_nothing_and_embeds_nothing(
     db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import knowledgebase.ingest as ingest
+    import knowledgebase.index.ingest as ingest
 
     root = make_project(tmp_path / "demo")
     populate(db, fake_embedder, root, settings)
@@ -374,7 +374,7 @@ def test_a_symlink_loop_does_not_stop_populate(
 def test_a_file_that_vanishes_while_populating(
     db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import knowledgebase.ingest as ingest
+    import knowledgebase.index.ingest as ingest
 
     root = make_project(tmp_path / "demo")
     populate(db, fake_embedder, root, settings)
@@ -399,7 +399,7 @@ def test_a_file_that_vanishes_while_populating(
 def test_a_file_that_keeps_changing_keeps_its_previous_version(
     db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import knowledgebase.scanning as scanning
+    import knowledgebase.index.scanning as scanning
 
     root = make_project(tmp_path / "demo")
     populate(db, fake_embedder, root, settings)
@@ -567,7 +567,7 @@ WORKER = """
 import pathlib, sys, time
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.ingest import populate_project
+from knowledgebase.index.ingest import populate_project
 from tests.support import HashingEmbedder
 
 class SlowEmbedder(HashingEmbedder):

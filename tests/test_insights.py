@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from knowledgebase import insights, store
-from knowledgebase.audit import log_command, log_exchange
+from knowledgebase import store
 from knowledgebase.config import Settings
+from knowledgebase.coordination.audit import log_command, log_exchange
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError
 from knowledgebase.facts import FactSource, add_fact
 from knowledgebase.ranking import DEFAULT_WEIGHTS, score
+from knowledgebase.tools import insights
 from tests.support import HashingEmbedder
 from tests.test_ingest import make_project, populate, settle
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from knowledgebase import keypool
+from knowledgebase.coordination import keypool
 from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted, ConfigError, InputError, NotFound
 

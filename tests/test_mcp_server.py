@@ -13,11 +13,13 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from knowledgebase import audit, gemini_session, store
+from knowledgebase import store
 from knowledgebase.config import Settings
+from knowledgebase.coordination import audit
 from knowledgebase.db import Database
 from knowledgebase.facts import list_facts
-from knowledgebase.mcp_server import McpServices, build_server
+from knowledgebase.gemini import session as gemini_session
+from knowledgebase.gemini.mcp_server import McpServices, build_server
 from tests.support import HashingEmbedder
 
 TASK = "gemini-mcp-session"

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from knowledgebase.schema import SCHEMA_REVISION, current_revision
+from knowledgebase.db.schema import SCHEMA_REVISION, current_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import knowledgebase.reembed as reembed
+import knowledgebase.index.reembed as reembed
 from knowledgebase import store
-from knowledgebase.chunking import embedding_text
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
+from knowledgebase.db.schema import upgrade
 from knowledgebase.embedding import bind_model
 from knowledgebase.errors import ModelMismatch
-from knowledgebase.ingest import ReembedProgress, populate_project, reembed_store
-from knowledgebase.schema import upgrade
+from knowledgebase.index.chunking import embedding_text
+from knowledgebase.index.ingest import ReembedProgress, populate_project, reembed_store
 from tests.support import HashingEmbedder
 from tests.test_ingest import make_project
 

@@ -13,10 +13,10 @@ from knowledgebase import store
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, ModelMismatch, NotFound
 from knowledgebase.facts import FactSource, add_fact
-from knowledgebase.lexical import code_identifiers, tsquery_text
-from knowledgebase.pathglob import glob_matches, glob_to_regex
 from knowledgebase.ranking import DEFAULT_WEIGHTS
-from knowledgebase.retrieval import rerank, search, search_candidates
+from knowledgebase.search.retrieval import rerank, search, search_candidates
+from knowledgebase.util.lexical import code_identifiers, tsquery_text
+from knowledgebase.util.pathglob import glob_matches, glob_to_regex
 from tests.retrieval_support import SOURCES, index_files
 from tests.support import HashingEmbedder
 
@@ -147,7 +147,7 @@ def test_terms_common_in_a_large_store_are_dropped_from_full_text(
 ) -> None:
     """A word in most chunks (like ``return`` in code) is left out of the full-text query once the
     planner's statistics say so; rare words and whole identifiers still match."""
-    import knowledgebase.retrieval
+    import knowledgebase.search.retrieval
 
     files = {f"src/m{i}.py": f"def widget_{i}(value):\n    return widget(value) + {i}\n" for i in range(40)}
     files["src/special.py"] = "def sprocket_gear(widget):\n    return sprocket(widget)\n"
@@ -155,11 +155,11 @@ def test_terms_common_in_a_large_store_are_dropped_from_full_text(
         index_files(conn, fake_embedder, "alpha", files)
         conn.execute("ANALYZE file_chunks")
     text_only = DEFAULT_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0)
-    monkeypatch.setattr(knowledgebase.retrieval, "COMMON_TERMS_MIN_ROWS", 0)
+    monkeypatch.setattr(knowledgebase.search.retrieval, "COMMON_TERMS_MIN_ROWS", 0)
     hits = search(db, fake_embedder, "widget sprocket", project="alpha", weights=text_only, limit=50)
     assert [h.path for h in hits if h.parts.text_rank > 0] == ["src/special.py"]
     assert search(db, fake_embedder, "widget_7", project="alpha", weights=text_only, limit=1)[0].path == "src/m7.py"
-    monkeypatch.setattr(knowledgebase.retrieval, "COMMON_TERMS_MIN_ROWS", 10_000)  # a small store keeps every term
+    monkeypatch.setattr(knowledgebase.search.retrieval, "COMMON_TERMS_MIN_ROWS", 10_000)  # small store: every term
     hits = search(db, fake_embedder, "widget sprocket", project="alpha", weights=text_only, limit=50)
     assert len([h for h in hits if h.parts.text_rank > 0]) == 41
 

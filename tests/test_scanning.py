@@ -9,7 +9,7 @@ import pytest
 
 from knowledgebase.config import Settings
 from knowledgebase.errors import ProjectPathError
-from knowledgebase.scanning import (
+from knowledgebase.index.scanning import (
     FileText,
     ScannedFile,
     SkippedFile,
@@ -253,7 +253,7 @@ def test_read_a_file_that_changed_since_the_scan_reports_the_new_stat(tmp_path: 
 
 
 def test_read_a_file_that_keeps_changing_while_read_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import knowledgebase.scanning as scanning
+    import knowledgebase.index.scanning as scanning
 
     root = tmp_path / "proj"
     path = _write(root, "log.txt", "line\n")

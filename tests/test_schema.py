@@ -7,8 +7,7 @@ import multiprocessing
 import psycopg
 import pytest
 
-from knowledgebase.errors import ExtensionMissing, SchemaMismatch
-from knowledgebase.schema import (
+from knowledgebase.db.schema import (
     SCHEMA_REVISION,
     TABLES,
     current_revision,
@@ -17,6 +16,7 @@ from knowledgebase.schema import (
     upgrade,
     verify_schema,
 )
+from knowledgebase.errors import ExtensionMissing, SchemaMismatch
 
 
 def _tables(url: str) -> set[str]:

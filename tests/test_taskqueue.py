@@ -5,7 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from knowledgebase import store, taskqueue
+from knowledgebase import store
+from knowledgebase.coordination import taskqueue
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, LeaseError, NotFound
 

@@ -17,8 +17,8 @@ def audit() -> None:
 @json_option
 def flush(database_url: str | None, as_json: bool) -> None:
     """Write the entries spooled under KB_HOME/spool while the database was unreachable."""
+    from knowledgebase.coordination.spool import flush_spool
     from knowledgebase.db import open_database
-    from knowledgebase.spool import flush_spool
 
     settings = settings_from(database_url)
     with open_database(settings) as db:

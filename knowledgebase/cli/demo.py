@@ -9,7 +9,7 @@ import click
 from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
 
 if TYPE_CHECKING:
-    from knowledgebase.demo import DemoResult
+    from knowledgebase.tools.demo import DemoResult
 
 
 @click.command()
@@ -24,7 +24,7 @@ def demo(path: str | None, prompt: str | None, as_json: bool, database_url: str 
     Installed from a package, PATH defaults to the current directory if it is a git work tree.
     """
     from knowledgebase.cli.retrieval import read_text_argument
-    from knowledgebase.demo import DEFAULT_PROMPT, run_demo
+    from knowledgebase.tools.demo import DEFAULT_PROMPT, run_demo
 
     text = DEFAULT_PROMPT if prompt is None else read_text_argument(prompt)
     settings = settings_from(database_url)

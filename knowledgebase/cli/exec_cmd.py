@@ -41,8 +41,8 @@ def exec_command(
     kb exec --task T-42 -- pytest -x tests/
     kb exec --shell -- 'make build 2>&1 | tail -n 20'
     """
+    from knowledgebase.coordination.execute import execute_shell_command
     from knowledgebase.errors import InputError
-    from knowledgebase.execute import execute_shell_command
 
     if shell and len(command) != 1:
         raise InputError("--shell takes the whole command as one quoted argument: kb exec --shell -- 'a | b'")

@@ -44,7 +44,7 @@ def install(scope: str, project_dir: Path | None, dry_run: bool, database_url: s
     Every prompt then gets ranked context from the store, every turn, tool call and shell command is
     logged, and the model can search and remember through the `knowledgebase` MCP tools.
     """
-    from knowledgebase.gemini_settings import install_gemini, settings_path, wiring_for
+    from knowledgebase.gemini.settings import install_gemini, settings_path, wiring_for
 
     path = settings_path(scope, project_dir=project_dir)
     change = install_gemini(path, wiring_for(settings_from(database_url)), dry_run=dry_run)
@@ -58,14 +58,14 @@ def install(scope: str, project_dir: Path | None, dry_run: bool, database_url: s
 @json_option
 def uninstall(scope: str, project_dir: Path | None, dry_run: bool, as_json: bool) -> None:
     """Remove exactly what `kb gemini install` added to settings.json (backup first)."""
-    from knowledgebase.gemini_settings import settings_path, uninstall_gemini
+    from knowledgebase.gemini.settings import settings_path, uninstall_gemini
 
     change = uninstall_gemini(settings_path(scope, project_dir=project_dir), dry_run=dry_run)
     _report(change, as_json)
 
 
 def _report(change: object, as_json: bool) -> None:
-    from knowledgebase.gemini_settings import SettingsChange
+    from knowledgebase.gemini.settings import SettingsChange
 
     assert isinstance(change, SettingsChange)
     if as_json:
@@ -87,7 +87,7 @@ def _report(change: object, as_json: bool) -> None:
 def _redacted_json(document: dict) -> str:
     import json
 
-    from knowledgebase.redact import redact_value
+    from knowledgebase.util.redact import redact_value
 
     return json.dumps(redact_value(document), indent=2, ensure_ascii=False)
 
@@ -100,7 +100,7 @@ def hook(event: str) -> None:
     EVENT is SessionStart, BeforeAgent, AfterTool, AfterAgent or SessionEnd. `kb gemini install`
     registers the faster `kb-hook EVENT`, which does the same without loading the CLI.
     """
-    from knowledgebase.hook_client import main
+    from knowledgebase.gemini.hook_client import main
 
     main([event])
 
@@ -123,7 +123,7 @@ def serve(idle_timeout: float | None, stop: bool, show_status: bool, as_json: bo
     """
     import logging
 
-    from knowledgebase import serve as warm
+    from knowledgebase.gemini import serve as warm
 
     if stop:
         stopped = warm.stop_server(os.environ)
@@ -147,6 +147,6 @@ def serve(idle_timeout: float | None, stop: bool, show_status: bool, as_json: bo
 @click.command()
 def mcp() -> None:
     """Run the knowledgebase MCP server on stdio (Gemini CLI starts it; see `kb gemini install`)."""
-    from knowledgebase.mcp_server import run_stdio
+    from knowledgebase.gemini.mcp_server import run_stdio
 
     run_stdio(settings_from())

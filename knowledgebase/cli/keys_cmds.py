@@ -72,7 +72,7 @@ def add(
     \b
     kb keys add team-1 --env GEMINI_API_KEY_1 --rpm 15 --tpm 1000000 --rpd 1500
     """
-    from knowledgebase.keypool import add_key
+    from knowledgebase.coordination.keypool import add_key
 
     with _database(database_url) as db:
         key = add_key(db, name, env_var=env_var, rpm=rpm, tpm=tpm, rpd=rpd, provider=provider)
@@ -87,7 +87,7 @@ def list_(database_url: str | None, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from knowledgebase.keypool import key_usage
+    from knowledgebase.coordination.keypool import key_usage
 
     with _database(database_url) as db:
         rows = key_usage(db)
@@ -118,7 +118,7 @@ def list_(database_url: str | None, as_json: bool) -> None:
 @json_option
 def disable(name: str, reason: str | None, database_url: str | None, as_json: bool) -> None:
     """Stop handing out a key (it stays on record; `kb keys enable` brings it back)."""
-    from knowledgebase.keypool import disable_key
+    from knowledgebase.coordination.keypool import disable_key
 
     with _database(database_url) as db:
         key = disable_key(db, name, reason)
@@ -131,7 +131,7 @@ def disable(name: str, reason: str | None, database_url: str | None, as_json: bo
 @json_option
 def enable(name: str, database_url: str | None, as_json: bool) -> None:
     """Hand out a disabled key again."""
-    from knowledgebase.keypool import enable_key
+    from knowledgebase.coordination.keypool import enable_key
 
     with _database(database_url) as db:
         key = enable_key(db, name)

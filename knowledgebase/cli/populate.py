@@ -13,7 +13,7 @@ from knowledgebase.cli._output import database_url_option, json_option, print_js
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from knowledgebase.ingest import PopulateProgress, PopulateReport, ReembedProgress, ReembedReport
+    from knowledgebase.index.ingest import PopulateProgress, PopulateReport, ReembedProgress, ReembedReport
 
 
 @click.command()
@@ -29,8 +29,8 @@ def populate(path: str, project: str | None, database_url: str | None, as_json: 
     """
     from knowledgebase.db import open_database
     from knowledgebase.embedding import embedder_from_settings
-    from knowledgebase.ingest import populate_project
-    from knowledgebase.scanning import resolve_root
+    from knowledgebase.index.ingest import populate_project
+    from knowledgebase.index.scanning import resolve_root
 
     root = resolve_root(path)  # a bad path fails before any server is started
     settings = settings_from(database_url)
@@ -61,7 +61,7 @@ def reembed(database_url: str | None, as_json: bool) -> None:
 
     from knowledgebase.db import open_database
     from knowledgebase.embedding import embedder_from_settings
-    from knowledgebase.ingest import reembed_store
+    from knowledgebase.index.ingest import reembed_store
 
     settings = settings_from(database_url)
     embedder = embedder_from_settings(settings)

@@ -15,10 +15,10 @@ from knowledgebase.cli._output import database_url_option, json_option, print_js
 
 if TYPE_CHECKING:
     from knowledgebase.config import Settings
-    from knowledgebase.context import ContextPack
     from knowledgebase.db import Database
     from knowledgebase.embedding import Embedder
-    from knowledgebase.retrieval import Hit
+    from knowledgebase.search.context import ContextPack
+    from knowledgebase.search.retrieval import Hit
 
 KIND_CHOICES = ("chunk", "fact", "command", "all")
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -141,8 +141,8 @@ def search(
     database_url: str | None,
 ) -> None:
     """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin)."""
-    from knowledgebase.retrieval import DEFAULT_KINDS, KINDS
-    from knowledgebase.retrieval import search as run_search
+    from knowledgebase.search.retrieval import DEFAULT_KINDS, KINDS
+    from knowledgebase.search.retrieval import search as run_search
 
     query = read_text_argument(query)
     age = parse_age(since)
@@ -209,7 +209,7 @@ def context(
     database_url: str | None,
 ) -> None:
     """Print the ranked context block for PROMPT, as Markdown within the token budget ('-' reads stdin)."""
-    from knowledgebase.context import build_context
+    from knowledgebase.search.context import build_context
 
     prompt = read_text_argument(prompt)
     with open_store(database_url) as (settings, db, embedder):

@@ -64,7 +64,7 @@ def run_gemini(
     request moves to another key.
     """
     from knowledgebase.db import open_database
-    from knowledgebase.gemini_runner import run_gemini_command
+    from knowledgebase.gemini.runner import run_gemini_command
 
     settings = settings_from(database_url)
     with open_database(settings) as db:

@@ -16,7 +16,7 @@ def init(database_url: str | None, as_json: bool) -> None:
     """Create or upgrade the schema (idempotent; safe to run from several processes at once)."""
     from knowledgebase.db import database_url as resolve_url
     from knowledgebase.db import redact_url
-    from knowledgebase.schema import SCHEMA_REVISION, upgrade
+    from knowledgebase.db.schema import SCHEMA_REVISION, upgrade
 
     settings = settings_from(database_url)
     url = resolve_url(settings)
@@ -32,7 +32,7 @@ def init(database_url: str | None, as_json: bool) -> None:
 @json_option
 def status(database_url: str | None, as_json: bool) -> None:
     """Show the database, server and pgvector versions, schema revision, model and row counts."""
-    from knowledgebase.status import store_status
+    from knowledgebase.db.status import store_status
 
     report = store_status(settings_from(database_url))
     if as_json:
@@ -65,7 +65,7 @@ def db() -> None:
 @db.command()
 def start() -> None:
     """Start the embedded server (no-op if it runs already)."""
-    from knowledgebase.embedded import ensure_server
+    from knowledgebase.db.embedded import ensure_server
 
     settings = settings_from()
     server = ensure_server(settings.pgdata)
@@ -75,7 +75,7 @@ def start() -> None:
 @db.command()
 def stop() -> None:
     """Stop the embedded server."""
-    from knowledgebase.embedded import stop_server
+    from knowledgebase.db.embedded import stop_server
 
     settings = settings_from()
     if stop_server(settings.pgdata):

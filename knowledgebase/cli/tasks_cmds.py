@@ -103,7 +103,7 @@ def create(
     as_json: bool,
 ) -> None:
     """Create a pending task (TASK_ID generated when left out)."""
-    from knowledgebase.taskqueue import create_task
+    from knowledgebase.coordination.taskqueue import create_task
 
     context = _context(context_json)
     with _database(database_url) as db:
@@ -164,7 +164,7 @@ def claim(
     out, the task can be claimed by someone else. A task claimed KB_TASK_MAX_ATTEMPTS times whose
     last lease ran out is failed ("given up") instead of being claimed again.
     """
-    from knowledgebase.taskqueue import claim_next_task
+    from knowledgebase.coordination.taskqueue import claim_next_task
 
     settings = settings_from(database_url)
     with _database(database_url) as db:
@@ -190,7 +190,7 @@ def claim(
 @json_option
 def show(task_id: str, database_url: str | None, as_json: bool) -> None:
     """Show one task with its status changes (`kb tasks history` has what was done in it)."""
-    from knowledgebase.taskqueue import get_task
+    from knowledgebase.coordination.taskqueue import get_task
 
     with _database(database_url) as db:
         _show(get_task(db, task_id), as_json)
@@ -203,7 +203,7 @@ def show(task_id: str, database_url: str | None, as_json: bool) -> None:
 @json_option
 def history(task_id: str, limit: int | None, database_url: str | None, as_json: bool) -> None:
     """The task's log in order: prompts, responses, commands and their outcomes (to resume it)."""
-    from knowledgebase.audit import task_history
+    from knowledgebase.coordination.audit import task_history
 
     with _database(database_url) as db:
         items = task_history(db, task_id, limit=limit)
@@ -259,7 +259,7 @@ def done(
     as_json: bool,
 ) -> None:
     """Mark a task done (with --owner: only if that claimer still holds it)."""
-    from knowledgebase.taskqueue import complete_task
+    from knowledgebase.coordination.taskqueue import complete_task
 
     context = _context(context_json)
     with _database(database_url) as db:
@@ -275,7 +275,7 @@ def done(
 @json_option
 def fail(task_id: str, reason: str, requeue: bool, owner: str | None, database_url: str | None, as_json: bool) -> None:
     """Mark a task failed (or give it back with --requeue)."""
-    from knowledgebase.taskqueue import fail_task
+    from knowledgebase.coordination.taskqueue import fail_task
 
     with _database(database_url) as db:
         _show(fail_task(db, task_id, owner=owner, reason=reason, requeue=requeue), as_json)
@@ -289,7 +289,7 @@ def fail(task_id: str, reason: str, requeue: bool, owner: str | None, database_u
 @json_option
 def cancel(task_id: str, reason: str | None, owner: str | None, database_url: str | None, as_json: bool) -> None:
     """Cancel a pending or running task for good: nobody will claim it again."""
-    from knowledgebase.taskqueue import cancel_task
+    from knowledgebase.coordination.taskqueue import cancel_task
 
     with _database(database_url) as db:
         _show(cancel_task(db, task_id, owner=owner, reason=reason), as_json)
@@ -302,7 +302,7 @@ def cancel(task_id: str, reason: str | None, owner: str | None, database_url: st
 @json_option
 def release(task_id: str, owner: str | None, database_url: str | None, as_json: bool) -> None:
     """Give a claimed task back to the queue at once."""
-    from knowledgebase.taskqueue import release_task
+    from knowledgebase.coordination.taskqueue import release_task
 
     with _database(database_url) as db:
         _show(release_task(db, task_id, owner=owner), as_json)
@@ -320,8 +320,8 @@ def heartbeat(
     task_id: str, owner: str | None, lease_seconds: float | None, database_url: str | None, as_json: bool
 ) -> None:
     """Renew the lease of a task you hold (--owner or KB_AGENT_ID is required)."""
+    from knowledgebase.coordination.taskqueue import heartbeat as renew
     from knowledgebase.errors import InputError
-    from knowledgebase.taskqueue import heartbeat as renew
 
     if not owner:
         raise InputError("heartbeat needs --owner (or KB_AGENT_ID): the name the task was claimed with")

@@ -9,8 +9,8 @@ from decimal import Decimal
 import numpy as np
 import psycopg
 
-from knowledgebase.lexical import search_text
 from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
+from knowledgebase.util.lexical import search_text
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 ``reembed_store(db, embedder)`` makes ``embedder`` the store's model and re-embeds every chunk and
 fact that holds another model's vector (or none):
 
-1. Under an exclusive ``(REEMBED_LOCK, 0)`` advisory lock (``knowledgebase.locks``; every populate
+1. Under an exclusive ``(REEMBED_LOCK, 0)`` advisory lock (``knowledgebase.db.locks``; every populate
    holds it shared, so the two never interleave), in one transaction: when the dimension changes,
    drop the two HNSW indexes, retype ``file_chunks.embedding`` and ``knowledge.embedding`` to
    ``vector(new dimension)`` (old vectors become NULL: they cannot be converted) and clear their
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from knowledgebase.chunking import embedding_text
+from knowledgebase.db.locks import REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.embedding import Embedder
 from knowledgebase.facts import fact_embedding_text
-from knowledgebase.locks import REEMBED_LOCK, Lock, hold_locks
+from knowledgebase.index.chunking import embedding_text
 from knowledgebase.store import (
     activate_model,
     active_model,

@@ -1,6 +1,6 @@
 """Context assembly: the few things an agent most needs for a prompt, as Markdown within a token budget.
 
-``build_context`` searches the project's chunks and facts (``knowledgebase.retrieval``), keeps hits in
+``build_context`` searches the project's chunks and facts (``knowledgebase.search.retrieval``), keeps hits in
 score order while they fit, and renders them as a Markdown block (no HTML or XML tags) in which every
 item cites its source: ``path:start-end`` for code, ``fact #id, confidence c`` for facts. A chunk that
 does not fit whole may be cut at a line boundary when enough budget is left; its citation then gives
@@ -28,8 +28,8 @@ from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder
 from knowledgebase.errors import InputError
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
-from knowledgebase.redact import redact
-from knowledgebase.retrieval import Hit, search
+from knowledgebase.search.retrieval import Hit, search
+from knowledgebase.util.redact import redact
 
 DEFAULT_BUDGET = DEFAULT_CONTEXT_BUDGET
 # hits considered for one block; more than fit in any usual budget

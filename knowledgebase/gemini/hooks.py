@@ -1,20 +1,20 @@
 """Gemini CLI hook handlers: log every turn, tool call and shell command, and hand the model context.
 
-``handle_hook(services, call)`` runs one event inside the warm process (``knowledgebase.serve``); the
-hook process itself (``knowledgebase.hook_client``) only relays. Every handler returns the JSON object
+``handle_hook(services, call)`` runs one event inside the warm process (``knowledgebase.gemini.serve``); the
+hook process itself (``knowledgebase.gemini.hook_client``) only relays. Every handler returns the JSON object
 Gemini CLI reads from the hook's stdout:
 
 - SessionStart: opens (or, on resume, reopens) the session's task ``gemini-<session id>`` and returns
   a short digest of the project: pinned and well-established facts, and recent decisions.
 - BeforeAgent: logs the prompt (without a leading ``<hook_context>`` block) and returns the ranked
-  context for it (``knowledgebase.context``) within ``KB_CONTEXT_BUDGET`` tokens.
+  context for it (``knowledgebase.search.context``) within ``KB_CONTEXT_BUDGET`` tokens.
 - AfterTool: ``run_shell_command`` is logged as a shell command with its output and exit code; other
   tools as a tool call with a summary of their result.
 - AfterAgent: logs the turn's response and the token usage of each model call in the turn (read from
   the session transcript).
 - SessionEnd: closes the session's task.
 
-Everything stored goes through ``knowledgebase.audit``, which redacts and clips it.
+Everything stored goes through ``knowledgebase.coordination.audit``, which redacts and clips it.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from knowledgebase import audit, gemini_events, gemini_session, spool, taskqueue
+from knowledgebase.coordination import audit, spool, taskqueue
 from knowledgebase.errors import DatabaseError, InputError, LeaseError, NotFound
+from knowledgebase.gemini import events as gemini_events
+from knowledgebase.gemini import session as gemini_session
 
 if TYPE_CHECKING:
     from knowledgebase.config import Settings
@@ -186,7 +188,7 @@ def session_start(services: HookServices, call: HookCall) -> HookResult:
 
 def before_agent(services: HookServices, call: HookCall) -> HookResult:
     """Log the prompt and return the ranked context for it."""
-    from knowledgebase.context import build_context
+    from knowledgebase.search.context import build_context
 
     db = services.database()
     session = _session(db, call)

@@ -27,7 +27,7 @@ def database_url(settings: Settings) -> str:
     """The URL to connect to: KB_DATABASE_URL, or the embedded server (started if needed)."""
     if settings.database_url:
         return settings.database_url
-    from knowledgebase.embedded import ensure_server
+    from knowledgebase.db.embedded import ensure_server
 
     return ensure_server(settings.pgdata).url()
 
@@ -133,7 +133,7 @@ def open_database(
 
     Raises DatabaseUnavailable, ExtensionMissing or SchemaMismatch with a message that says what to do.
     """
-    from knowledgebase.schema import verify_schema
+    from knowledgebase.db.schema import verify_schema
 
     url = url or database_url(settings)
     with connect(url) as conn:

@@ -3,7 +3,7 @@
 ``chunk_text(text, file_path, language, count_tokens=..., max_tokens=...)`` returns ``Chunk``s:
 
 - code in Python, JavaScript, TypeScript/TSX, Go, Rust and Java is cut at function and class
-  boundaries with tree-sitter (``knowledgebase.syntax``); a definition too long for one chunk is cut
+  boundaries with tree-sitter (``knowledgebase.index.syntax``); a definition too long for one chunk is cut
   at its statements (the class header or function signature goes with the first part), and
   definitions shorter than a quarter of the budget are merged with a neighbour;
 - Markdown is cut at headings (ATX and setext, ignoring fenced code) and reStructuredText at its
@@ -151,7 +151,7 @@ def chunk_text(
     budget = max(MIN_BUDGET, max_tokens - SPECIAL_TOKENS - header_tokens - SYMBOL_RESERVE)
     pieces: list[Piece] | None = None
     if language in CODE_LANGUAGES:
-        from knowledgebase.syntax import code_pieces
+        from knowledgebase.index.syntax import code_pieces
 
         pieces = code_pieces(text, language, lines, budget)
     elif language == "markdown":

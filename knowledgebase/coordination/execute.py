@@ -8,7 +8,7 @@ working directory the command created or changed. Output with NUL bytes or mostl
 recorded as a summary of the binary data rather than as text.
 
 ``execute_shell_command`` also logs the command and its outcome (``kb exec``). When the database is
-unreachable the entry goes to the local spool (``knowledgebase.spool``) with a warning instead.
+unreachable the entry goes to the local spool (``knowledgebase.coordination.spool``) with a warning instead.
 """
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from knowledgebase.audit import CommandRecord, omission_marker, prepare_exchange, prepare_output, store_command
 from knowledgebase.config import Settings
+from knowledgebase.coordination.audit import (
+    CommandRecord,
+    omission_marker,
+    prepare_exchange,
+    prepare_output,
+    store_command,
+)
 from knowledgebase.db import Database
 from knowledgebase.errors import DatabaseError, InputError
 
@@ -401,7 +407,7 @@ def log_or_spool(
     """Store ``record``, then replay anything spooled earlier; if the database is unreachable, spool it."""
     import psycopg
 
-    from knowledgebase.spool import flush_spool, spool_command
+    from knowledgebase.coordination.spool import flush_spool, spool_command
 
     own = db is None
     try:

@@ -27,14 +27,14 @@ from knowledgebase.errors import InputError, NotFound
 
 if TYPE_CHECKING:
     from knowledgebase.config import Settings
-    from knowledgebase.context import ContextPack
     from knowledgebase.db import Database
     from knowledgebase.embedding import Embedder
     from knowledgebase.facts import Fact
-    from knowledgebase.ingest import PopulateReport, ProgressCallback
+    from knowledgebase.index.ingest import PopulateReport, ProgressCallback
+    from knowledgebase.search.context import ContextPack
 
 DEFAULT_PROMPT = "How do I run the tests?"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # knowledgebase/, the parent of tools/
 # folders of this package copied by ``sample_project`` (the migrations come from ``migrations_dir()``)
 SAMPLE_FOLDERS = ("store",)
 
@@ -84,8 +84,8 @@ REPOSITORY_FACTS: tuple[DemoFact, ...] = (
     ),
     DemoFact(
         "where secrets are redacted",
-        "knowledgebase/redact.py, before anything is stored or embedded",
-        "knowledgebase/redact.py",
+        "knowledgebase/util/redact.py, before anything is stored or embedded",
+        "knowledgebase/util/redact.py",
         r"^def redact\(",
         0.5,
     ),
@@ -189,7 +189,7 @@ def default_demo_root(cwd: Path | None = None) -> Path:
 def sample_project(destination: Path) -> Path:
     """Copy a small real project into ``destination`` (created; it must not exist yet): this package's
     ``store/`` folder and its migrations. ``SAMPLE_FACTS`` hold for the copy."""
-    from knowledgebase.schema import migrations_dir
+    from knowledgebase.db.schema import migrations_dir
 
     if destination.exists():
         raise InputError(f"{destination} exists already; give sample_project a new folder")
@@ -204,13 +204,13 @@ def sample_project(destination: Path) -> Path:
 def demo_database(url: str | None = None) -> Iterator[str]:
     """A database for a demo store, at the head revision: ``url`` when given, else a throwaway
     embedded server in a temporary folder, stopped and removed on exit."""
-    from knowledgebase.schema import upgrade
+    from knowledgebase.db.schema import upgrade
 
     if url:
         upgrade(url)
         yield url
         return
-    from knowledgebase.embedded import ensure_server, stop_server
+    from knowledgebase.db.embedded import ensure_server, stop_server
 
     with tempfile.TemporaryDirectory(prefix="kb-demo-") as folder:
         pgdata = Path(folder) / "pgdata"
@@ -235,7 +235,7 @@ def seed_project(
     """Index ``root`` (incrementally) and record each of ``facts`` whose source line is found, citing
     that line; a fact already recorded with the same value is left as it is."""
     from knowledgebase.facts import FactSource, add_fact, list_facts
-    from knowledgebase.ingest import populate_project
+    from knowledgebase.index.ingest import populate_project
 
     report = populate_project(db, embedder, root, project=project, settings=settings, progress=progress)
     recorded: list[Fact] = []
@@ -291,11 +291,11 @@ def run_demo(
 ) -> DemoResult:
     """Upgrade the schema, seed the project at ``path`` (default ``default_demo_root()``) and assemble
     the context for ``prompt`` (not recorded in ``context_log``, so the demo leaves no trace there)."""
-    from knowledgebase.context import build_context
     from knowledgebase.db import database_url, open_database
+    from knowledgebase.db.schema import upgrade
     from knowledgebase.embedding import embedder_from_settings
-    from knowledgebase.scanning import resolve_root
-    from knowledgebase.schema import upgrade
+    from knowledgebase.index.scanning import resolve_root
+    from knowledgebase.search.context import build_context
 
     if not prompt.strip():
         raise InputError("the demo prompt is empty; say what you want context for")

@@ -1,8 +1,8 @@
 """Send a prompt to Gemini with a key from the pool, and put the exchange on record (``run_gemini_command``).
 
-1. Context: when ``knowledgebase.context.build_context`` is available and the store has something
+1. Context: when ``knowledgebase.search.context.build_context`` is available and the store has something
    relevant, its Markdown block goes in front of the prompt.
-2. A key is acquired from the pool for an estimate of the tokens (``knowledgebase.keypool``).
+2. A key is acquired from the pool for an estimate of the tokens (``knowledgebase.coordination.keypool``).
 3. The request runs one of two ways:
    - ``via="cli"``: the Gemini CLI headless, ``gemini -p PROMPT -m MODEL -o json`` with the key as
      ``GEMINI_API_KEY`` and the context on stdin (the CLI puts stdin before the prompt); token usage
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knowledgebase import keypool
-from knowledgebase.audit import log_exchange, log_usage
 from knowledgebase.config import Settings
+from knowledgebase.coordination import keypool
+from knowledgebase.coordination.audit import log_exchange, log_usage
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import CapacityExhausted, InputError, ModelCallError
 
@@ -239,7 +239,7 @@ def prompt_context(
 ) -> str | None:
     """The retrieval context for ``prompt`` (None when retrieval is not installed or found nothing)."""
     try:
-        from knowledgebase.context import build_context
+        from knowledgebase.search.context import build_context
     except ImportError:
         return None
     if embedder is None:

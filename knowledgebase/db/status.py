@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from knowledgebase.config import Settings
 from knowledgebase.db import connect, database_url, redact_url
-from knowledgebase.schema import SCHEMA_REVISION, TABLES, current_revision, pgvector_version
+from knowledgebase.db.schema import SCHEMA_REVISION, TABLES, current_revision, pgvector_version
 
 
 @dataclass(frozen=True)

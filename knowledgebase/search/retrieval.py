@@ -28,8 +28,6 @@ from knowledgebase import store
 from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.errors import InputError
-from knowledgebase.lexical import code_identifiers, search_terms, tsquery_from_terms
-from knowledgebase.pathglob import glob_to_regex
 from knowledgebase.ranking import (
     DEFAULT_WEIGHTS,
     RankingWeights,
@@ -39,6 +37,8 @@ from knowledgebase.ranking import (
     mmr_order,
     score,
 )
+from knowledgebase.util.lexical import code_identifiers, search_terms, tsquery_from_terms
+from knowledgebase.util.pathglob import glob_to_regex
 
 KINDS = ("chunk", "fact", "command")
 DEFAULT_KINDS = ("chunk", "fact")

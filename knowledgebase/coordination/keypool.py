@@ -33,9 +33,9 @@ from psycopg.rows import dict_row
 
 from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted, ConfigError, InputError
-from knowledgebase.redact import redact_text
 from knowledgebase.store._rows import fetch_all
 from knowledgebase.store.api_keys import ApiKey, key_fingerprint, set_api_key_disabled, upsert_api_key
+from knowledgebase.util.redact import redact_text
 
 MINUTE = timedelta(seconds=60)
 DAY = timedelta(days=1)

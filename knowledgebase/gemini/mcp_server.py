@@ -3,11 +3,11 @@
 Tools (Gemini CLI shows them to the model as ``mcp_knowledgebase_<tool>``): ``search``,
 ``get_context``, ``remember``, ``confirm_fact``, ``forget_fact``, ``recent_commands``. Each is a thin
 adapter over the library (retrieval, context, facts, audit). The session's project and task come
-from the registry SessionStart writes (``knowledgebase.gemini_session``), found by this process's
+from the registry SessionStart writes (``knowledgebase.gemini.session``), found by this process's
 parent, Gemini CLI; without one, the project is resolved from the working directory.
 
 The database is opened on the first tool call that needs it, and vectors come from the hooks' warm
-process (``knowledgebase.warm_embedder``, started on demand), so this process never imports torch and
+process (``knowledgebase.gemini.warm_embedder``, started on demand), so this process never imports torch and
 Gemini CLI's start-up never waits for a model. stdout is the JSON-RPC channel: everything else goes to
 stderr.
 """
@@ -20,9 +20,9 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from knowledgebase import gemini_session
 from knowledgebase.config import Settings
 from knowledgebase.errors import InputError, KnowledgebaseError
+from knowledgebase.gemini import session as gemini_session
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from knowledgebase.db import Database
     from knowledgebase.embedding import Embedder
     from knowledgebase.facts import Fact
-    from knowledgebase.retrieval import Hit
+    from knowledgebase.search.retrieval import Hit
 
 log = logging.getLogger("knowledgebase.mcp")
 
@@ -82,7 +82,7 @@ class McpServices:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                from knowledgebase.warm_embedder import WarmProcessEmbedder
+                from knowledgebase.gemini.warm_embedder import WarmProcessEmbedder
 
                 self._embedder = WarmProcessEmbedder(self.settings, os.environ)
             return self._embedder
@@ -132,10 +132,10 @@ def build_server(services: McpServices) -> MCPServer:
         (path:start-end, fact #id, command #id) to quote, and a `score` between 0 and 1."""
 
         def run() -> list[dict[str, Any]]:
-            from knowledgebase.retrieval import DEFAULT_KINDS
+            from knowledgebase.search.retrieval import DEFAULT_KINDS
 
             scope = services.scope()
-            from knowledgebase.retrieval import search as run_search
+            from knowledgebase.search.retrieval import search as run_search
 
             hits = run_search(
                 services.database(),
@@ -157,7 +157,7 @@ def build_server(services: McpServices) -> MCPServer:
         to another part of the code. `budget_tokens` defaults to the configured budget (about 1500)."""
 
         def run() -> str:
-            from knowledgebase.context import build_context
+            from knowledgebase.search.context import build_context
 
             scope = services.scope()
             pack = build_context(
@@ -243,7 +243,7 @@ def build_server(services: McpServices) -> MCPServer:
         tried, or to cite a command as the source of a fact (its `id`)."""
 
         def run() -> list[dict[str, Any]]:
-            from knowledgebase.audit import task_history
+            from knowledgebase.coordination.audit import task_history
 
             task = task_id or services.scope().task_id
             if task is None:

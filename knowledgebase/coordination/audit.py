@@ -1,6 +1,6 @@
 """The audit trail: what agents were asked, answered, proposed and ran, what came out, and what it cost.
 
-Writers (every value is redacted with ``knowledgebase.redact`` and NUL-free before it is stored):
+Writers (every value is redacted with ``knowledgebase.util.redact`` and NUL-free before it is stored):
 
 - ``log_exchange``        a prompt/response exchange, a proposed command or a tool call (``command_log``)
 - ``log_command_output``  the outcome of a logged command (``command_output``): stdout and stderr clipped
@@ -27,9 +27,9 @@ from typing import Any, TypedDict
 import psycopg
 from psycopg.rows import dict_row
 
+from knowledgebase.coordination.taskqueue import open_task_if_missing
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import InputError, NotFound
-from knowledgebase.redact import redact, redact_value
 from knowledgebase.store.audit import (
     CommandLogEntry,
     CommandOutput,
@@ -41,7 +41,7 @@ from knowledgebase.store.audit import (
     insert_command_output,
     insert_usage,
 )
-from knowledgebase.taskqueue import open_task_if_missing
+from knowledgebase.util.redact import redact, redact_value
 
 ConnOrDb = psycopg.Connection | Database
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import psycopg
 
 from knowledgebase import store
-from knowledgebase.processes import pid_alive
 from knowledgebase.store import Project
+from knowledgebase.util.processes import pid_alive
 
 SESSION_MAX_AGE_S = 7 * 24 * 3600  # registry entries older than this are ignored and swept
 

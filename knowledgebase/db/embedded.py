@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from knowledgebase.errors import DatabaseUnavailable
-from knowledgebase.processes import pid_alive
+from knowledgebase.util.processes import pid_alive
 
 DATABASE_NAME = "knowledgebase"
 

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from knowledgebase.config import Settings
 from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError
-from knowledgebase.hook_client import PROTOCOL, server_address
+from knowledgebase.gemini.hook_client import PROTOCOL, server_address
 
 if TYPE_CHECKING:
     from knowledgebase.db import Database
     from knowledgebase.embedding import Embedder
 
-log = logging.getLogger("knowledgebase.serve")
+log = logging.getLogger("knowledgebase.gemini.serve")
 
 DB_RETRY_AFTER_S = 5.0  # after a failed connection, answer "unavailable" at once for this long
 POOL_TIMEOUT_S = 3.0
@@ -134,7 +134,7 @@ class WarmStore:
 
     def _flush_spool(self, db: Database) -> None:
         """Write what was spooled while the database was unreachable (by the hooks or `kb exec`)."""
-        from knowledgebase.spool import flush_spool
+        from knowledgebase.coordination.spool import flush_spool
 
         report = flush_spool(db, self.settings.spool_dir)
         if report.flushed or report.rejected or report.error:
@@ -273,7 +273,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         }
 
     def _answer_hook(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
-        from knowledgebase.hooks import HookCall, handle_hook
+        from knowledgebase.gemini.hooks import HookCall, handle_hook
 
         started = time.monotonic()
         payload = json.loads(body)

@@ -1,7 +1,7 @@
 """Definition boundaries of source code, from tree-sitter grammars that ship in their wheels.
 
 ``code_pieces(text, language, lines, budget)`` turns the top-level syntax of a file into line-range
-pieces for ``knowledgebase.chunking``: one per function, class, method, impl block..., named with its
+pieces for ``knowledgebase.index.chunking``: one per function, class, method, impl block..., named with its
 qualified symbol (``Outer.method``); statements between definitions become fill pieces. A definition
 over the budget is opened up: its header (signature, decorators, docstring...) and body statements
 become fill pieces of the same symbol and its nested definitions pieces of their own, recursively.
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from knowledgebase.chunking import Lines, Piece
+from knowledgebase.index.chunking import Lines, Piece
 
 if TYPE_CHECKING:
     from tree_sitter import Node, Parser

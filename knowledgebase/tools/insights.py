@@ -2,7 +2,7 @@
 
 Read-only queries used by the notebooks under ``notebooks/`` (and anyone exploring a store from
 Python). Facts come from ``knowledgebase.facts.list_facts``; search hits from
-``knowledgebase.retrieval``. ``project=None`` means every project.
+``knowledgebase.search.retrieval``. ``project=None`` means every project.
 """
 
 from __future__ import annotations

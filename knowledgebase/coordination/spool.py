@@ -21,11 +21,11 @@ from typing import Any
 
 import psycopg
 
-from knowledgebase.audit import CommandRecord, store_command
+from knowledgebase.coordination.audit import CommandRecord, store_command
 from knowledgebase.db import Database
 from knowledgebase.errors import DatabaseError
-from knowledgebase.processes import pid_alive
 from knowledgebase.store.audit import NewCommandLog, NewCommandOutput
+from knowledgebase.util.processes import pid_alive
 
 SPOOL_VERSION = 1
 _CLAIMED = ".flushing."

@@ -6,7 +6,7 @@ sentence-transformers are imported only when a model is first used. Tokenising (
 context budgets) needs only the small ``tokenizers`` library, never torch.
 
 ``KB_EMBED_BACKEND`` picks how the model runs: ``torch`` (here), or ``onnx`` / ``openvino`` /
-``openvino-bf16`` (faster on CPU, in ``knowledgebase.embed_backends``), which produce the same vectors,
+``openvino-bf16`` (faster on CPU, in ``knowledgebase.embedding.exported``), which produce the same vectors,
 up to float rounding, under the same model name.
 
 The store records which model made its vectors (``embedding_models``); ``bind_model`` refuses a model
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import psycopg
     from tokenizers import Tokenizer
 
-    from knowledgebase.embed_backends import OnnxEmbedder
+    from knowledgebase.embedding.exported import OnnxEmbedder
 
 
 @runtime_checkable
@@ -158,7 +158,7 @@ def embedder_from_settings(settings: Settings) -> SentenceTransformerEmbedder | 
     ``KB_HOME/models``); where that backend cannot run, the embedder warns once and uses torch.
     """
     if settings.embed_backend != "torch":
-        from knowledgebase.embed_backends import OnnxEmbedder
+        from knowledgebase.embedding.exported import OnnxEmbedder
 
         return OnnxEmbedder(
             settings.embed_model,

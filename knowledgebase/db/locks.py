@@ -9,7 +9,7 @@ a class (below) and an id.
 - ``(REEMBED_LOCK, 0)``: shared by every populate, exclusive for ``kb reembed``.
 
 Callers always take REEMBED before POPULATE, so these locks cannot deadlock.
-(Schema migrations use the bigint key in ``knowledgebase.schema``.)
+(Schema migrations use the bigint key in ``knowledgebase.db.schema``.)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ in line with the directory:
   updated. A file modified less than ``RACY_WINDOW_NS`` before the scan is stored without its mtime,
   so the next run hashes it again: a same-size write within the file system's timestamp granularity
   would otherwise go unnoticed (git's "racily clean" problem).
-- A new or changed file is redacted (``knowledgebase.redact``; the stored content and everything
+- A new or changed file is redacted (``knowledgebase.util.redact``; the stored content and everything
   embedded are redacted), chunked, and only chunks whose content hash has no stored vector of the
   active model (in any project) are embedded; the others reuse the stored vector.
 - Files that disappeared, or are now skipped (ignored, binary, too large...), leave the index with
@@ -26,7 +26,7 @@ dropped: it is updated row by row and stays usable while rows stream in.
 
 Concurrency: populating one project is serialised by a session advisory lock on
 ``(POPULATE_LOCK, project_id)`` held for the whole run on a dedicated connection
-(``knowledgebase.locks``). A second agent populating the same project waits (progress phase
+(``knowledgebase.db.locks``). A second agent populating the same project waits (progress phase
 ``waiting``), then finds everything unchanged, so no work is duplicated and no row conflicts;
 different projects populate in parallel. Every populate also holds ``(REEMBED_LOCK, 0)`` shared,
 which ``kb reembed`` (``reembed_store``, re-exported here) takes exclusively. Locks are always taken
@@ -47,14 +47,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from knowledgebase.chunking import Chunk, TokenCounter, chunk_text, token_counter
 from knowledgebase.config import Settings
+from knowledgebase.db.locks import POPULATE_LOCK, REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.errors import InputError, ModelMismatch
-from knowledgebase.locks import POPULATE_LOCK, REEMBED_LOCK, Lock, hold_locks
-from knowledgebase.redact import redact_text
-from knowledgebase.reembed import ReembedProgress, ReembedReport, reembed_store
-from knowledgebase.scanning import (
+from knowledgebase.index.chunking import Chunk, TokenCounter, chunk_text, token_counter
+from knowledgebase.index.reembed import ReembedProgress, ReembedReport, reembed_store
+from knowledgebase.index.scanning import (
     FileText,
     ScannedFile,
     SkippedFile,
@@ -76,6 +75,7 @@ from knowledgebase.store import (
     update_file_stats,
     upsert_file,
 )
+from knowledgebase.util.redact import redact_text
 
 if TYPE_CHECKING:
     import psycopg

@@ -23,7 +23,7 @@ from typing import Any
 
 from knowledgebase.config import Settings
 from knowledgebase.errors import GeminiSettingsError
-from knowledgebase.hook_client import HOOK_EVENTS, HOOK_TIMEOUTS_MS
+from knowledgebase.gemini.hook_client import HOOK_EVENTS, HOOK_TIMEOUTS_MS
 
 MCP_SERVER_NAME = "knowledgebase"  # no "_": Gemini CLI names tools mcp_<server>_<tool>
 HOOK_NAME_PREFIX = "knowledgebase-"
@@ -45,7 +45,7 @@ _DESCRIPTIONS = {
 class Wiring:
     """What the entries point at: the executables and the environment they need.
 
-    Hooks run ``python -S -P -m knowledgebase.hook_client EVENT`` with ``PYTHONPATH`` set to the folder
+    Hooks run ``python -S -P -m knowledgebase.gemini.hook_client EVENT`` with ``PYTHONPATH`` set to the folder
     that holds the package: skipping ``site`` (and the .pth files of every installed package) halves
     the hook process's start-up, the hook client needs nothing but the standard library, and ``-P``
     keeps the project directory Gemini CLI runs the hook in off ``sys.path`` (its ``json.py`` must not
@@ -58,7 +58,7 @@ class Wiring:
     env: dict[str, str]
 
     def hook_command(self, event: str) -> str:
-        return f"{_quote(self.python)} -S -P -m knowledgebase.hook_client {event}"
+        return f"{_quote(self.python)} -S -P -m knowledgebase.gemini.hook_client {event}"
 
     def hook_env(self) -> dict[str, str]:
         return {**self.env, "PYTHONPATH": str(self.package_root)}

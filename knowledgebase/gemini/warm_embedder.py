@@ -20,12 +20,12 @@ import numpy as np
 from knowledgebase.config import Settings
 from knowledgebase.embedding import count_tokens
 from knowledgebase.errors import EmbeddingError
-from knowledgebase.hook_client import PROTOCOL, HookFailure, connect_warm_process, exchange
+from knowledgebase.gemini.hook_client import PROTOCOL, HookFailure, connect_warm_process, exchange
 
 if TYPE_CHECKING:
     from knowledgebase.embedding import Embedder
 
-log = logging.getLogger("knowledgebase.warm_embedder")
+log = logging.getLogger("knowledgebase.gemini.warm_embedder")
 
 REQUEST_TIMEOUT_S = 120.0  # room for a cold start of the warm process (model load)
 

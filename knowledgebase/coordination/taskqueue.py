@@ -34,9 +34,9 @@ from psycopg.types.json import Jsonb
 
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import InputError, LeaseError, NotFound
-from knowledgebase.redact import redact, redact_value
 from knowledgebase.store._rows import columns, fetch_one
 from knowledgebase.store.tasks import Task, find_task
+from knowledgebase.util.redact import redact, redact_value
 
 # claims after which a task whose lease ran out is failed rather than claimed again (KB_TASK_MAX_ATTEMPTS)
 DEFAULT_MAX_ATTEMPTS = 5

@@ -1,0 +1,1 @@
+"""The Gemini CLI adapters: hook entry, warm process, hook handlers, MCP server, settings, runner."""

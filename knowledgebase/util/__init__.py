@@ -1,0 +1,1 @@
+"""Small helpers with no knowledgebase dependencies: redaction, lexical text, path globs, processes."""
