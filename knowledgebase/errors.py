@@ -92,3 +92,9 @@ class CapacityExhausted(KnowledgebaseError):
 
 class ModelCallError(KnowledgebaseError):
     """A Gemini request failed (bad key, bad request, CLI crash...); the message carries the cause."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): the part worth logging or showing."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

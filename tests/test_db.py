@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from knowledgebase.config import Settings
-from knowledgebase.db import connect, open_database, redact_url
+from knowledgebase.db import Database, connect, open_database, redact_url, transaction
 from knowledgebase.errors import ConfigError, DatabaseUnavailable, SchemaMismatch
 
 
@@ -74,3 +74,33 @@ def test_two_processes_starting_the_embedded_server_share_it(tmp_path: Path) -> 
         assert stop_server(pgdata)
     assert running_server(pgdata) is None
     assert not stop_server(pgdata)
+
+
+def test_a_server_gone_mid_transaction_is_database_unavailable(db: Database) -> None:
+    import psycopg
+
+    with pytest.raises(DatabaseUnavailable, match="cannot use the database") as info, db.connection() as conn:
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
+    with db.connection() as conn:  # the pool replaced the dead connection
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_connection_lost_inside_a_callers_transaction_is_database_unavailable(db: Database) -> None:
+    with Database(db.url, max_size=1) as other, other.connection() as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        with db.connection() as killer:
+            killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(DatabaseUnavailable), transaction(conn) as inside:
+            inside.execute("SELECT 1")
+
+
+def test_statement_errors_are_not_mistaken_for_an_outage(db: Database) -> None:
+    import psycopg
+
+    with pytest.raises(psycopg.errors.DivisionByZero), db.connection() as conn:
+        conn.execute("SELECT 1 / 0")
+    with pytest.raises(psycopg.errors.LockNotAvailable), db.connection() as a, db.connection() as b:
+        a.execute("SELECT pg_advisory_xact_lock(42)")
+        b.execute("SET lock_timeout = '10ms'")
+        b.execute("SELECT pg_advisory_xact_lock(42)")

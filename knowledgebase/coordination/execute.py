@@ -34,7 +34,7 @@ from knowledgebase.coordination.audit import (
     store_command,
 )
 from knowledgebase.db import Database
-from knowledgebase.errors import DatabaseError, InputError
+from knowledgebase.errors import DatabaseError, InputError, first_line
 
 READ_SIZE = 65536
 # Folders not walked when looking for written files: version control, dependencies, caches.
@@ -405,8 +405,6 @@ def log_or_spool(
     record: CommandRecord, result: CommandResult, *, settings: Settings, db: Database | None = None
 ) -> ExecutionRecord:
     """Store ``record``, then replay anything spooled earlier; if the database is unreachable, spool it."""
-    import psycopg
-
     from knowledgebase.coordination.spool import flush_spool, spool_command
 
     own = db is None
@@ -417,8 +415,8 @@ def log_or_spool(
 
                 db = open_database(settings)
             entry, _ = store_command(db, record)
-        except (DatabaseError, psycopg.OperationalError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except DatabaseError as exc:
+            reason = first_line(exc)
             path = spool_command(settings.spool_dir, record)
             warning = (
                 f"the command ran, but its log entry could not be written ({reason}); it was saved to {path} "
@@ -426,7 +424,7 @@ def log_or_spool(
             )
             return ExecutionRecord(result, None, path, warning)
         # entries spooled during an earlier outage; if the database went away again they wait for next time
-        with contextlib.suppress(DatabaseError, psycopg.OperationalError):
+        with contextlib.suppress(DatabaseError):
             flush_spool(db, settings.spool_dir)
     finally:
         if own and db is not None:

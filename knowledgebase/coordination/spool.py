@@ -23,7 +23,7 @@ import psycopg
 
 from knowledgebase.coordination.audit import CommandRecord, store_command
 from knowledgebase.db import Database
-from knowledgebase.errors import DatabaseError
+from knowledgebase.errors import DatabaseError, first_line
 from knowledgebase.store.audit import NewCommandLog, NewCommandOutput
 from knowledgebase.util.processes import pid_alive
 
@@ -133,20 +133,16 @@ def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> F
             continue
         try:
             store_command(conn_or_db, record)
-        except (DatabaseError, psycopg.OperationalError) as exc:
+        except DatabaseError as exc:
             os.replace(claimed, path)
-            error = _first_line(exc)
+            error = first_line(exc)
             break
         except psycopg.Error as exc:  # refused for good (e.g. a project deleted since): keep it aside
             os.replace(claimed, path.with_name(path.name + ".bad"))
             rejected += 1
-            error = f"{path.name}: {_first_line(exc)}"
+            error = f"{path.name}: {first_line(exc)}"
             continue
         claimed.unlink()
         flushed += 1
     return FlushReport(flushed, rejected, len(pending_files(spool_dir)), error)
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

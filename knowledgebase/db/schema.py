@@ -131,7 +131,7 @@ def _revision_number(revision: str) -> int:
 
 
 def _check_pgvector_available(url: str) -> None:
-    from knowledgebase.db import connect
+    from knowledgebase.db.connect import connect
 
     with connect(url) as conn:
         row = conn.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from knowledgebase.config import Settings
-from knowledgebase.db import connect, database_url, redact_url
+from knowledgebase.db.connect import connect, database_errors, redact_url
+from knowledgebase.db.pool import database_url
 from knowledgebase.db.schema import SCHEMA_REVISION, TABLES, current_revision, pgvector_version
 
 
@@ -29,7 +30,7 @@ def store_status(settings: Settings) -> StoreStatus:
     from psycopg import sql
 
     url = database_url(settings)
-    with connect(url) as conn:
+    with connect(url) as conn, database_errors(url):
         server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         revision = current_revision(conn)
         counts: dict[str, int] = {}

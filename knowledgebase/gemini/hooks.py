@@ -27,11 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
 from knowledgebase.coordination import audit, spool, taskqueue
-from knowledgebase.errors import DatabaseError, InputError, LeaseError, NotFound
+from knowledgebase.errors import DatabaseError, InputError, LeaseError, NotFound, first_line
 from knowledgebase.gemini import events as gemini_events
 from knowledgebase.gemini import session as gemini_session
 
@@ -53,7 +50,6 @@ DIGEST_DECISIONS = 5
 DIGEST_MIN_CONFIDENCE = 0.7
 USAGE_REQUEST_TYPE = "gemini-cli"
 # failures that mean "the database cannot be reached right now" (not a refused row)
-DATABASE_DOWN = (DatabaseError, psycopg.OperationalError, PoolTimeout)
 
 
 class HookServices(Protocol):
@@ -265,9 +261,9 @@ def _after_shell(services: HookServices, call: HookCall, tool_input: dict[str, A
         db = services.database()
         session = _session(db, call)
         entry, output = audit.store_command(db, record(session))
-    except DATABASE_DOWN as exc:
+    except DatabaseError as exc:  # down (or not migrated): keep the entry on disk
         path = spool.spool_command(services.settings.spool_dir, record(_offline_session(call)))
-        return HookResult({}, note=f"database unavailable, command spooled to {path.name}: {_first_line(exc)}")
+        return HookResult({}, note=f"database unavailable, command spooled to {path.name}: {first_line(exc)}")
     return HookResult({}, note=f"log={entry.id} exit={outcome.exit_code} truncated={output.truncated}")
 
 
@@ -420,11 +416,6 @@ def _shrink(value: Any) -> Any:
     if isinstance(value, list):
         return [_shrink(v) for v in value]
     return value
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _join(*parts: str | None) -> str | None:

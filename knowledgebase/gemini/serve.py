@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from knowledgebase.config import Settings
-from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError
+from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError, first_line
 from knowledgebase.gemini.hook_client import PROTOCOL, server_address
 
 if TYPE_CHECKING:
@@ -151,12 +151,14 @@ class WarmStore:
         return self._db is not None
 
     def database_failed(self, exc: BaseException) -> None:
-        """Drop the pool after a connection-level failure so the next request reconnects (after a pause)."""
+        """Drop the pool after it lost the database so the next request reconnects (after a pause);
+        nothing to do when no pool is open (the failure to open it is recorded already)."""
         with self._db_lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-            self._db_error = (time.monotonic(), str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+            if self._db is None:
+                return
+            self._db.close()
+            self._db = None
+            self._db_error = (time.monotonic(), first_line(exc))
 
     def close(self) -> None:
         with self._db_lock:
@@ -288,12 +290,9 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         try:
             result = handle_hook(self.store, call)
         except KnowledgebaseError as exc:  # expected trouble (database down, bad input): one line, no traceback
-            return {"ok": False, "error": str(exc)}
-        except Exception as exc:
-            if _is_connection_error(exc):
+            if isinstance(exc, DatabaseUnavailable):
                 self.store.database_failed(exc)
-                return {"ok": False, "error": f"database unavailable: {exc}"}
-            raise
+            return {"ok": False, "error": str(exc)}
         elapsed = (time.monotonic() - started) * 1000
         note = f"{result.note} server={elapsed:.0f}ms"
         if _request_notes.model_wait_s is not None:
@@ -310,13 +309,6 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             database_ready=self.store.database_ready,
             idle_timeout_s=self.idle_timeout_s,
         )
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
-    return isinstance(exc, psycopg.OperationalError | PoolTimeout)
 
 
 @contextlib.contextmanager

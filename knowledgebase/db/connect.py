@@ -1,0 +1,84 @@
+"""Where psycopg enters the package: one connection, and its failures turned into ``DatabaseUnavailable``.
+
+Every database call of the package runs inside ``database_errors()`` (``connect``, ``Database.connection``
+and ``transaction`` wrap it), so callers above ``db/`` see a server that is down, unreachable or gone
+mid-transaction as ``DatabaseUnavailable`` and never decide for themselves which psycopg exception
+means that. Other psycopg errors (a constraint violated, a bad value) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from knowledgebase.errors import DatabaseUnavailable, ExtensionMissing, first_line
+
+if TYPE_CHECKING:
+    import psycopg
+
+CONNECT_TIMEOUT_S = 5
+# SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now (class 08 is
+# "connection exception" as a whole)
+_SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
+_RECOVERY_HINT = "Check that the server is running and KB_DATABASE_URL is right (unset it to use the embedded server)."
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server cannot be reached or went away (not that a statement failed)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, PoolTimeout):  # no connection could be opened (or freed) in time
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith("08") or state in _SHUTDOWN_STATES
+    return False
+
+
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn a connection-level psycopg failure inside the block into ``DatabaseUnavailable``
+    (``url``: the database it concerns, for the message; a password in it is masked)."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_connection_failure(exc):
+            raise
+        reason = first_line(exc)
+        raise DatabaseUnavailable(f"cannot use the database at {redact_url(url)}: {reason}. {_RECOVERY_HINT}") from exc
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """One connection, with a clear error when the server cannot be reached."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot connect to {redact_url(url)}: {first_line(exc)}. {_RECOVERY_HINT}") from None
+
+
+def register_vector_types(conn: psycopg.Connection) -> None:
+    """Teach ``conn`` the pgvector types; a clear error if the extension is not installed."""
+    from pgvector.psycopg import register_vector
+
+    try:
+        register_vector(conn)
+    except Exception as exc:  # pgvector raises ProgrammingError("vector type not found")
+        raise ExtensionMissing(
+            "the pgvector extension is not installed in this database: run `kb init` "
+            "(the server needs pgvector >= 0.7; see https://github.com/pgvector/pgvector#installation)"
+        ) from exc

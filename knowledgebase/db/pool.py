@@ -1,0 +1,111 @@
+"""The connection pool: the database URL, a pool with pgvector registered on every connection.
+
+db = open_database(settings)          # checks reachability, pgvector and schema revision
+with db.connection() as conn:         # commits on success, rolls back on error
+    ...
+db.close()
+
+Library functions take a ``Database`` at the top of a call and hand its connection down; the data
+access functions of ``knowledgebase.store`` take that connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from knowledgebase.config import Settings
+from knowledgebase.db.connect import CONNECT_TIMEOUT_S, connect, database_errors, register_vector_types
+from knowledgebase.db.embedded import ensure_server
+from knowledgebase.db.schema import verify_schema
+from knowledgebase.errors import ExtensionMissing
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+
+def database_url(settings: Settings) -> str:
+    """The URL to connect to: KB_DATABASE_URL, or the embedded server (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return ensure_server(settings.pgdata).url()
+
+
+class Database:
+    """A connection pool over one database; every connection speaks ``vector``."""
+
+    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 30, check: bool = False) -> None:
+        """``timeout``: seconds to wait for a free connection; ``check``: test each connection on checkout
+        (for long-lived processes that must notice a restarted server)."""
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self._pool: ConnectionPool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            configure=_configure_connection,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
+            timeout=timeout,
+            check=ConnectionPool.check_connection if check else None,
+            open=True,
+        )
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection inside a transaction: committed on success, rolled back on error.
+
+        A server that cannot be reached or goes away raises ``DatabaseUnavailable``."""
+        with database_errors(self.url), self._pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def transaction(target: psycopg.Connection | Database) -> Iterator[psycopg.Connection]:
+    """A connection to work on: the caller's own (inside its transaction), or a pooled one that
+    commits at the end. Lets library functions take either a connection or a Database."""
+    if isinstance(target, Database):
+        with target.connection() as conn:
+            yield conn
+    else:
+        with database_errors(target.info.dsn):  # the connection string without its password
+            yield target
+
+
+def _configure_connection(conn: psycopg.Connection) -> None:
+    register_vector_types(conn)
+    conn.commit()
+
+
+def open_database(
+    settings: Settings,
+    *,
+    check_schema: bool = True,
+    url: str | None = None,
+    pool_timeout: float = 30,
+    check_connections: bool = False,
+) -> Database:
+    """Open a pool on the configured database after checking it is usable (pool options as ``Database``).
+
+    Raises DatabaseUnavailable, ExtensionMissing or SchemaMismatch with a message that says what to do.
+    """
+    url = url or database_url(settings)
+    with connect(url) as conn, database_errors(url):
+        if check_schema:
+            verify_schema(conn)
+        else:
+            has_vector = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
+            if not has_vector:
+                raise ExtensionMissing("the pgvector extension is not installed in this database: run `kb init`")
+    return Database(url, max_size=settings.pool_size, timeout=pool_timeout, check=check_connections)
