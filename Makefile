@@ -31,6 +31,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check knowledgebase tests scripts migrations notebooks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # every benchmark, one report: docs/BENCHMARKS.md (hours; run it on a quiet machine)
 bench: install

@@ -199,3 +199,37 @@ def test_the_warm_process_address_depends_on_the_store_not_on_spelling(tmp_path:
     assert server_address(home) != server_address({"KB_HOME": str(tmp_path / "other")})
     deep = {"KB_HOME": str(tmp_path / ("d" * 120))}
     assert len(server_address(deep).encode()) <= 100
+
+
+def test_the_hook_entry_imports_only_the_standard_library() -> None:
+    """Gemini CLI waits for every hook: its process must never pay for psycopg, numpy or torch."""
+    package_root = Path(__file__).resolve().parents[1]
+    probe = (
+        "import sys, knowledgebase.gemini.hook_client, knowledgebase.hook_client\n"
+        "third_party = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'knowledgebase', '__main__'}\n"
+        "print(sorted(third_party))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-P", "-c", probe],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(package_root), "PATH": os.environ.get("PATH", "")},
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_settings_written_before_the_layout_change_still_run_the_hook(hook_env: dict[str, str]) -> None:
+    """`python -S -P -m knowledgebase.hook_client EVENT` was the command `kb gemini install` wrote."""
+    package_root = Path(__file__).resolve().parents[1]
+    env = {**hook_env, "PYTHONPATH": str(package_root)}
+    done = subprocess.run(
+        [sys.executable, "-S", "-P", "-m", "knowledgebase.hook_client", "NoSuchEvent"],
+        input=json.dumps(PAYLOAD).encode(),
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout) == {}
+    assert b"unknown hook event 'NoSuchEvent'" in done.stderr

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from knowledgebase.config import DEFAULT_EMBED_MODEL
-from knowledgebase.embedding import SentenceTransformerEmbedder, count_tokens, model_path
+from knowledgebase.embedding.base import count_tokens, model_path
+from knowledgebase.embedding.sentence_transformer import SentenceTransformerEmbedder
 from knowledgebase.errors import BackendUnavailable, EmbeddingError
 
 if TYPE_CHECKING:

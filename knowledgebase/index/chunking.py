@@ -33,7 +33,6 @@ at whitespace.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import itertools
 import re
@@ -42,6 +41,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from knowledgebase.errors import EmbeddingError
+from knowledgebase.index.pieces import Lines, Piece
+from knowledgebase.index.syntax import code_pieces
 
 if TYPE_CHECKING:
     from knowledgebase.embedding import Embedder
@@ -77,18 +78,6 @@ class Chunk:
         return embedding_text(self.file_path, self.symbol, self.content)
 
 
-@dataclass(frozen=True)
-class Piece:
-    """A line range on its way to becoming a chunk (internal to chunking)."""
-
-    start: int
-    end: int
-    kind: str
-    symbol: str | None
-    fill: bool = False  # statements/paragraphs: packed with neighbours of the same symbol up to the budget
-    text: str | None = None  # only for a slice of one over-long line
-
-
 def embedding_text(file_path: str, symbol: str | None, content: str) -> str:
     """The text embedded for a chunk of ``file_path`` (rebuildable from ``file_chunks`` rows)."""
     header = f"{file_path} · {symbol}" if symbol else file_path
@@ -111,32 +100,6 @@ def token_counter(embedder: Embedder) -> TokenCounter:
     return lambda texts: [len(enc.ids) for enc in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
 
-class Lines:
-    """The lines of a file with prefix sums of their token counts."""
-
-    def __init__(self, lines: list[str], counts: Sequence[int]) -> None:
-        self.lines = lines
-        self.prefix = [0, *itertools.accumulate(counts)]
-
-    def __len__(self) -> int:
-        return len(self.lines)
-
-    def tokens(self, start: int, end: int) -> int:
-        """Tokens in lines ``start..end`` (1-based, inclusive)."""
-        return self.prefix[end] - self.prefix[start - 1]
-
-    def line(self, number: int) -> str:
-        return self.lines[number - 1]
-
-    def blank(self, number: int) -> bool:
-        return not self.lines[number - 1].strip()
-
-    def furthest_end(self, start: int, budget: int) -> int:
-        """The last line ``e >= start - 1`` with ``tokens(start, e) <= budget``."""
-        limit = self.prefix[start - 1] + budget
-        return bisect.bisect_right(self.prefix, limit, lo=start) - 1
-
-
 def chunk_text(
     text: str, file_path: str, language: str | None, *, count_tokens: TokenCounter, max_tokens: int = 256
 ) -> list[Chunk]:
@@ -151,8 +114,6 @@ def chunk_text(
     budget = max(MIN_BUDGET, max_tokens - SPECIAL_TOKENS - header_tokens - SYMBOL_RESERVE)
     pieces: list[Piece] | None = None
     if language in CODE_LANGUAGES:
-        from knowledgebase.index.syntax import code_pieces
-
         pieces = code_pieces(text, language, lines, budget)
     elif language == "markdown":
         pieces = markdown_pieces(lines, budget)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from knowledgebase.index.chunking import Lines, Piece
+from knowledgebase.index.pieces import Lines, Piece
 
 if TYPE_CHECKING:
     from tree_sitter import Node, Parser
