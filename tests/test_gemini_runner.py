@@ -256,7 +256,7 @@ def test_context_from_the_store_reaches_the_model(
 def test_bad_input(db: Database, settings: Settings, pool: dict[str, str]) -> None:
     with pytest.raises(InputError, match="prompt is empty"):
         run_gemini_command(db, "  ", settings=settings, environ=SECRETS)
-    with pytest.raises(InputError, match="--via"):
+    with pytest.raises(InputError, match="via must be one of"):
         run_gemini_command(db, "hi", settings=settings, via="carrier-pigeon", environ=SECRETS)
     with pytest.raises(ModelCallError, match="KB_GEMINI_BIN"):
         run_gemini_command(

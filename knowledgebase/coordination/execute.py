@@ -379,7 +379,7 @@ def execute_shell_command(
     finished (so a slow or missing database never delays or stops the command).
     """
     if task_id is not None and not task_id.strip():
-        raise InputError("--task must not be empty")
+        raise InputError("the task id must not be empty")
     result = run_command(
         command,
         cwd=cwd,

@@ -176,7 +176,7 @@ def call_cli(
     except FileNotFoundError:
         raise ModelCallError(
             f"the Gemini CLI {settings.gemini_bin!r} was not found: install it (npm install -g @google/gemini-cli) "
-            "or point KB_GEMINI_BIN at it, or use --via sdk"
+            "or point KB_GEMINI_BIN at it, or send the prompt through the Gemini API instead (via \"sdk\")"
         ) from None
     except subprocess.TimeoutExpired:
         raise ModelCallError(f"the Gemini CLI did not finish within {timeout:g} s") from None
@@ -285,13 +285,13 @@ def run_gemini_command(
     if not prompt or not prompt.strip():
         raise InputError("the prompt is empty")
     if via not in VIAS:
-        raise InputError(f"--via must be one of {', '.join(VIAS)}, not {via!r}")
+        raise InputError(f"via must be one of {', '.join(VIAS)}, not {via!r}")
     if max_attempts < 1:
         raise InputError("max_attempts must be at least 1")
     if via == "cli" and shutil.which(settings.gemini_bin) is None:
         raise ModelCallError(
             f"the Gemini CLI {settings.gemini_bin!r} was not found: install it (npm install -g @google/gemini-cli) "
-            "or point KB_GEMINI_BIN at it, or use --via sdk"
+            "or point KB_GEMINI_BIN at it, or send the prompt through the Gemini API instead (via \"sdk\")"
         )
     model = model or settings.gemini_model
     context = (
