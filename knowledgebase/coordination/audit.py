@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 import psycopg
-from psycopg.rows import dict_row
 
 from knowledgebase.coordination.taskqueue import open_task_if_missing
 from knowledgebase.db import Database, transaction
@@ -36,11 +35,14 @@ from knowledgebase.store.audit import (
     NewCommandLog,
     NewCommandOutput,
     NewUsage,
+    TaskHistoryRow,
     UsageEntry,
     insert_command_log,
     insert_command_output,
     insert_usage,
+    list_task_history,
 )
+from knowledgebase.store.tasks import task_exists
 from knowledgebase.util.redact import redact, redact_value
 
 ConnOrDb = psycopg.Connection | Database
@@ -369,29 +371,6 @@ class HistoryItem(TypedDict):
     usage: UsageItem | None
 
 
-TASK_HISTORY = """
-SELECT l.id, l.created_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.prompt, l.response,
-       l.proposed_command, l.permissions, l.user_confirmation, l.tool_name, l.tool_input,
-       o.id AS output_id, o.stdout, o.stderr, o.return_code, o.success, o.file_written, o.duration_ms,
-       o.truncated, o.error,
-       u.requests, u.prompt_tokens, u.response_tokens, u.total_tokens, u.models
-  FROM command_log l
-  LEFT JOIN LATERAL (
-        SELECT * FROM command_output WHERE command_log_id = l.id ORDER BY id DESC LIMIT 1
-  ) o ON true
-  LEFT JOIN LATERAL (
-        SELECT count(*) AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
-               sum(response_tokens)::bigint AS response_tokens, sum(total_tokens)::bigint AS total_tokens,
-               array_remove(array_agg(DISTINCT model), NULL) AS models
-          FROM usage_log WHERE command_log_id = l.id
-  ) u ON true
- WHERE l.task_id = %(task_id)s
- ORDER BY l.created_at DESC, l.id DESC
- LIMIT %(limit)s
-"""
-TASK_EXISTS = "SELECT 1 FROM tasks WHERE id = %s"
-
-
 def task_history(conn_or_db: ConnOrDb, task_id: str, *, limit: int | None = None) -> list[HistoryItem]:
     """The task's log, oldest first (the last ``limit`` entries if given), for ``context['history']``.
 
@@ -399,48 +378,50 @@ def task_history(conn_or_db: ConnOrDb, task_id: str, *, limit: int | None = None
     """
     if limit is not None and limit < 1:
         raise InputError("--limit must be at least 1")
-    with transaction(conn_or_db) as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(TASK_HISTORY, {"task_id": task_id, "limit": limit}).fetchall()
-        if not rows and cur.execute(TASK_EXISTS, (task_id,)).fetchone() is None:
+    with transaction(conn_or_db) as conn:
+        rows = list_task_history(conn, task_id, limit=limit)
+        if not rows and not task_exists(conn, task_id):
             raise NotFound(f"task {task_id!r} does not exist (see `kb tasks list`)")
     return [_history_item(row) for row in reversed(rows)]
 
 
-def _history_item(row: dict[str, Any]) -> HistoryItem:
+def _history_item(row: TaskHistoryRow) -> HistoryItem:
+    # the outer joins make the output and usage columns nullable; they are NOT NULL in their tables,
+    # so they are set whenever there is an output (output_id) or a request
     output: OutputItem | None = None
-    if row["output_id"] is not None:
+    if row.output_id is not None:
         output = OutputItem(
-            stdout=row["stdout"],
-            stderr=row["stderr"],
-            return_code=row["return_code"],
-            success=row["success"],
-            files_written=list(row["file_written"] or []),
-            duration_ms=row["duration_ms"],
-            truncated=row["truncated"],
-            error=row["error"],
+            stdout=row.stdout,
+            stderr=row.stderr,
+            return_code=row.return_code,
+            success=bool(row.success),
+            files_written=list(row.file_written or []),
+            duration_ms=row.duration_ms,
+            truncated=bool(row.truncated),
+            error=row.error,
         )
     usage: UsageItem | None = None
-    if row["requests"]:
+    if row.requests:
         usage = UsageItem(
-            prompt_tokens=int(row["prompt_tokens"]),
-            response_tokens=int(row["response_tokens"]),
-            total_tokens=int(row["total_tokens"]),
-            models=list(row["models"] or []),
+            prompt_tokens=int(row.prompt_tokens or 0),
+            response_tokens=int(row.response_tokens or 0),
+            total_tokens=int(row.total_tokens or 0),
+            models=list(row.models or []),
         )
     return HistoryItem(
-        id=row["id"],
-        at=row["created_at"].isoformat(),
-        kind=row["kind"],
-        session_id=row["session_id"],
-        agent_id=row["agent_id"],
-        agent_mode=row["agent_mode"],
-        prompt=row["prompt"],
-        response=row["response"],
-        proposed_command=row["proposed_command"],
-        permissions=row["permissions"],
-        user_confirmation=row["user_confirmation"],
-        tool_name=row["tool_name"],
-        tool_input=row["tool_input"],
+        id=row.id,
+        at=row.created_at.isoformat(),
+        kind=row.kind,
+        session_id=row.session_id,
+        agent_id=row.agent_id,
+        agent_mode=row.agent_mode,
+        prompt=row.prompt,
+        response=row.response,
+        proposed_command=row.proposed_command,
+        permissions=row.permissions,
+        user_confirmation=row.user_confirmation,
+        tool_name=row.tool_name,
+        tool_input=row.tool_input,
         output=output,
         usage=usage,
     )

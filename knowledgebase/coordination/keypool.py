@@ -15,7 +15,8 @@ returns if that is within ``timeout``, else raises CapacityExhausted with the ti
 
 After the request: ``release(db, lease, tokens_used=...)`` records the tokens actually used (TPM is
 counted from them); ``release(..., sent=False)`` gives the grant back when no request was made;
-``cool_down`` parks a key that got a 429 until its cooldown ends.
+``cool_down`` parks a key that got a 429 until its cooldown ends. The statements live in
+``store.api_keys``; the choice of key, the window arithmetic and the waiting are here.
 """
 
 from __future__ import annotations
@@ -26,15 +27,32 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted, ConfigError, InputError
-from knowledgebase.store._rows import fetch_all
-from knowledgebase.store.api_keys import ApiKey, key_fingerprint, set_api_key_disabled, upsert_api_key
+from knowledgebase.store.api_keys import (
+    ApiKey,
+    CandidateKey,
+    LockedKey,
+    WindowUsage,
+    delete_grant,
+    extend_cooldown,
+    insert_grant,
+    key_fingerprint,
+    list_candidate_keys,
+    list_key_usage,
+    list_minute_grants,
+    lock_key,
+    mark_key_used,
+    nth_grant_of_day,
+    prune_grants,
+    record_grant_tokens,
+    set_api_key_disabled,
+    upsert_api_key,
+    window_usage,
+)
 from knowledgebase.util.redact import redact_text
 
 MINUTE = timedelta(seconds=60)
@@ -75,70 +93,6 @@ class KeyUsage:
     disabled_reason: str | None
     last_used_at: datetime | None
     available_here: str  # "yes", or why not: "variable not set", "different key"
-
-
-# ----- SQL ------------------------------------------------------------------------------------------
-
-CANDIDATE_KEYS = """
-SELECT k.id, k.name, k.env_var, k.fingerprint, k.cooldown_until, clock_timestamp() AS db_now
-  FROM api_keys k
-  LEFT JOIN LATERAL (
-        SELECT count(*) AS recent FROM api_key_grants g
-         WHERE g.api_key_id = k.id AND g.granted_at > now() - interval '60 seconds'
-  ) u ON true
- WHERE NOT k.disabled AND k.provider = %(provider)s AND NOT (k.id = ANY(%(exclude)s))
- ORDER BY (u.recent::float8 / COALESCE(k.rpm_limit, 1000000)), k.last_used_at NULLS FIRST, k.id
-"""
-LOCK_KEY = """
-SELECT id, rpm_limit, tpm_limit, rpd_limit, cooldown_until, clock_timestamp() AS locked_at
-  FROM api_keys WHERE id = %s AND NOT disabled FOR UPDATE
-"""
-LOCK_KEY_SKIP_LOCKED = LOCK_KEY + " SKIP LOCKED"
-# read after the lock is held, so every earlier grant on the key is committed and older than `now`
-WINDOW_USAGE = """
-WITH t AS (SELECT clock_timestamp() AS now)
-SELECT t.now,
-       count(g.id) FILTER (WHERE g.granted_at > t.now - interval '60 seconds') AS minute_requests,
-       COALESCE(sum(g.tokens) FILTER (WHERE g.granted_at > t.now - interval '60 seconds'), 0) AS minute_tokens,
-       count(g.id) AS day_requests
-  FROM t LEFT JOIN api_key_grants g ON g.api_key_id = %s AND g.granted_at > t.now - interval '1 day'
- GROUP BY t.now
-"""
-MINUTE_GRANTS = """
-SELECT granted_at, tokens FROM api_key_grants
- WHERE api_key_id = %s AND granted_at > %s - interval '60 seconds' ORDER BY granted_at, id
-"""
-NTH_DAY_GRANT = """
-SELECT granted_at FROM api_key_grants
- WHERE api_key_id = %s AND granted_at > %s - interval '1 day' ORDER BY granted_at, id OFFSET %s LIMIT 1
-"""
-INSERT_GRANT = """
-INSERT INTO api_key_grants (api_key_id, granted_at, tokens) VALUES (%s, %s, %s) RETURNING id
-"""
-TOUCH_KEY = "UPDATE api_keys SET last_used_at = %s WHERE id = %s"
-# grants older than the day window count for nothing; keep an hour for `kb keys list` edge cases
-PRUNE_GRANTS = "DELETE FROM api_key_grants WHERE api_key_id = %s AND granted_at < %s - interval '25 hours'"
-RELEASE_GRANT = "UPDATE api_key_grants SET tokens = %s, released_at = now() WHERE id = %s"
-CANCEL_GRANT = "DELETE FROM api_key_grants WHERE id = %s"
-COOL_DOWN = """
-UPDATE api_keys SET cooldown_until = GREATEST(COALESCE(cooldown_until, now()), now() + make_interval(secs => %s))
- WHERE id = %s RETURNING cooldown_until
-"""
-KEY_USAGE = """
-SELECT k.name, k.provider, k.env_var, k.fingerprint, k.rpm_limit, k.tpm_limit, k.rpd_limit,
-       COALESCE(u.minute_requests, 0) AS minute_requests, COALESCE(u.minute_tokens, 0) AS minute_tokens,
-       COALESCE(u.day_requests, 0) AS day_requests, COALESCE(u.day_tokens, 0) AS day_tokens,
-       CASE WHEN k.cooldown_until > now() THEN k.cooldown_until END AS cooldown_until,
-       k.disabled, k.disabled_reason, k.last_used_at, '' AS available_here
-  FROM api_keys k
-  LEFT JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE g.granted_at > now() - interval '60 seconds') AS minute_requests,
-               sum(g.tokens) FILTER (WHERE g.granted_at > now() - interval '60 seconds') AS minute_tokens,
-               count(*) AS day_requests, sum(g.tokens) AS day_tokens
-          FROM api_key_grants g WHERE g.api_key_id = k.id AND g.granted_at > now() - interval '1 day'
-  ) u ON true
- ORDER BY k.name
-"""
 
 
 # ----- managing keys --------------------------------------------------------------------------------
@@ -206,10 +160,9 @@ def key_usage(db: Database, *, environ: Mapping[str, str] | None = None) -> list
     """Every key with its limits, live usage (last 60 s and 24 h) and whether this process can use it."""
     env = _environ(environ)
     with db.connection() as conn:
-        rows = fetch_all(conn, KeyUsage, KEY_USAGE)
+        rows = list_key_usage(conn)
     return [
-        KeyUsage(**{**row.__dict__, "available_here": _availability(row.env_var, row.fingerprint, env)[0]})
-        for row in rows
+        KeyUsage(**row.__dict__, available_here=_availability(row.env_var, row.fingerprint, env)[0]) for row in rows
     ]
 
 
@@ -223,31 +176,29 @@ class _Refusal:
     retry_at: datetime | None
 
 
-def _recovery(
-    cur: psycopg.Cursor[Any], key: dict[str, Any], usage: dict[str, Any], estimated_tokens: int
-) -> _Refusal | None:
+def _recovery(conn: psycopg.Connection, key: LockedKey, usage: WindowUsage, estimated_tokens: int) -> _Refusal | None:
     """None when the key has room for the request now; else when it will."""
-    now: datetime = usage["now"]
+    now = usage.now
     waits: list[datetime] = []
-    rpm, tpm, rpd = key["rpm_limit"], key["tpm_limit"], key["rpd_limit"]
+    rpm, tpm, rpd = key.rpm_limit, key.tpm_limit, key.rpd_limit
     if tpm is not None and estimated_tokens > tpm:
         return _Refusal(None)
-    over_rpm = rpm is not None and usage["minute_requests"] >= rpm
-    over_tpm = tpm is not None and usage["minute_tokens"] + estimated_tokens > tpm
+    over_rpm = rpm is not None and usage.minute_requests >= rpm
+    over_tpm = tpm is not None and usage.minute_tokens + estimated_tokens > tpm
     if over_rpm or over_tpm:
-        grants = cur.execute(MINUTE_GRANTS, (key["id"], now)).fetchall()
-        if over_rpm:
-            waits.append(grants[len(grants) - rpm]["granted_at"] + MINUTE)
-        if over_tpm:
-            used = usage["minute_tokens"]
+        grants = list_minute_grants(conn, key.id, now)
+        if rpm is not None and over_rpm:
+            waits.append(grants[len(grants) - rpm].granted_at + MINUTE)
+        if tpm is not None and over_tpm:
+            used = usage.minute_tokens
             for grant in grants:
-                used -= grant["tokens"]
+                used -= grant.tokens
                 if used + estimated_tokens <= tpm:
-                    waits.append(grant["granted_at"] + MINUTE)
+                    waits.append(grant.granted_at + MINUTE)
                     break
-    if rpd is not None and usage["day_requests"] >= rpd:
-        row = cur.execute(NTH_DAY_GRANT, (key["id"], now, usage["day_requests"] - rpd)).fetchone()
-        waits.append((row["granted_at"] if row else now) + DAY)
+    if rpd is not None and usage.day_requests >= rpd:
+        granted_at = nth_grant_of_day(conn, key.id, now, usage.day_requests - rpd)
+        waits.append((granted_at or now) + DAY)
     return _Refusal(max(waits)) if waits else None
 
 
@@ -255,23 +206,21 @@ def _try_key(
     conn: psycopg.Connection, key_id: int, estimated_tokens: int, *, wait_for_lock: bool
 ) -> tuple[int, datetime] | _Refusal | None:
     """In its own transaction: lock the key, check its windows, grant. None: locked by another (skipped)."""
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        key = cur.execute(LOCK_KEY if wait_for_lock else LOCK_KEY_SKIP_LOCKED, (key_id,)).fetchone()
+    with conn.transaction():
+        key = lock_key(conn, key_id, skip_locked=not wait_for_lock)
         if key is None:
             return None
-        if key["cooldown_until"] is not None and key["cooldown_until"] > key["locked_at"]:
-            return _Refusal(key["cooldown_until"])
-        usage = cur.execute(WINDOW_USAGE, (key_id,)).fetchone()
-        assert usage is not None
-        refusal = _recovery(cur, key, usage, estimated_tokens)
+        if key.cooldown_until is not None and key.cooldown_until > key.locked_at:
+            return _Refusal(key.cooldown_until)
+        usage = window_usage(conn, key_id)
+        refusal = _recovery(conn, key, usage, estimated_tokens)
         if refusal is not None:
             return refusal
-        now = usage["now"]
-        grant = cur.execute(INSERT_GRANT, (key_id, now, estimated_tokens)).fetchone()
-        assert grant is not None
-        cur.execute(TOUCH_KEY, (now, key_id))
-        cur.execute(PRUNE_GRANTS, (key_id, now))
-        return grant["id"], now
+        now = usage.now
+        grant_id = insert_grant(conn, key_id, now, estimated_tokens)
+        mark_key_used(conn, key_id, now)
+        prune_grants(conn, key_id, now)
+        return grant_id, now
 
 
 def _attempt(
@@ -280,18 +229,17 @@ def _attempt(
     """One pass over the pool: a Lease, or (when capacity returns or None, the database's time now)."""
     with db.connection() as conn:
         conn.commit()  # each key is tried in a transaction of its own
-        with conn.cursor(row_factory=dict_row) as cur:
-            candidates = cur.execute(CANDIDATE_KEYS, {"provider": provider, "exclude": list(exclude)}).fetchall()
+        candidates = list_candidate_keys(conn, provider, exclude)
         conn.commit()
-        usable = []
+        usable: list[tuple[CandidateKey, str]] = []
         for key in candidates:
-            secret = _availability(key["env_var"], key["fingerprint"], environ)[1]
+            secret = _availability(key.env_var, key.fingerprint, environ)[1]
             if secret is not None:
                 usable.append((key, secret))
         if not usable:
             if candidates:
                 reasons = ", ".join(
-                    f"{k['name']} (${k['env_var']}: {_availability(k['env_var'], k['fingerprint'], environ)[0]})"
+                    f"{k.name} (${k.env_var}: {_availability(k.env_var, k.fingerprint, environ)[0]})"
                     for k in candidates
                 )
                 raise ConfigError(f"no {provider} API key of the pool can be used in this environment: {reasons}")
@@ -300,22 +248,22 @@ def _attempt(
                 + (" (all excluded)" if exclude else "")
                 + ": add one with `kb keys add NAME --env VAR` or `kb keys enable NAME`"
             )
-        db_now = usable[0][0]["db_now"]
+        db_now = usable[0][0].db_now
         retry_times: list[datetime] = []
-        locked: list[tuple[dict[str, Any], str]] = []
+        locked: list[tuple[CandidateKey, str]] = []
         # first pass: keys nobody else holds right now; second pass: wait for the ones that were held
         for wait_for_lock in (False, True):
             for key, secret in usable if not wait_for_lock else locked:
-                if key["cooldown_until"] is not None and key["cooldown_until"] > db_now:
-                    retry_times.append(key["cooldown_until"])
+                if key.cooldown_until is not None and key.cooldown_until > db_now:
+                    retry_times.append(key.cooldown_until)
                     continue
-                outcome = _try_key(conn, key["id"], estimated_tokens, wait_for_lock=wait_for_lock)
+                outcome = _try_key(conn, key.id, estimated_tokens, wait_for_lock=wait_for_lock)
                 if isinstance(outcome, _Refusal):
                     if outcome.retry_at is not None:
                         retry_times.append(outcome.retry_at)
                 elif outcome is not None:
                     grant_id, granted_at = outcome
-                    return Lease(key["id"], key["name"], key["env_var"], grant_id, granted_at, estimated_tokens, secret)
+                    return Lease(key.id, key.name, key.env_var, grant_id, granted_at, estimated_tokens, secret)
                 elif not wait_for_lock:
                     locked.append((key, secret))
         return (min(retry_times) if retry_times else None), db_now
@@ -369,9 +317,9 @@ def release(db: Database, lease: Lease, *, tokens_used: int | None = None, sent:
     with db.connection() as conn:
         if sent:
             tokens = lease.estimated_tokens if tokens_used is None else tokens_used
-            conn.execute(RELEASE_GRANT, (tokens, lease.grant_id))
+            record_grant_tokens(conn, lease.grant_id, tokens)
         else:
-            conn.execute(CANCEL_GRANT, (lease.grant_id,))
+            delete_grant(conn, lease.grant_id)
 
 
 def cool_down(db: Database, lease: Lease, seconds: float) -> datetime:
@@ -379,7 +327,4 @@ def cool_down(db: Database, lease: Lease, seconds: float) -> datetime:
     if not seconds > 0:
         raise InputError("a cooldown must last more than 0 seconds")
     with db.connection() as conn:
-        row = conn.execute(COOL_DOWN, (float(seconds), lease.key_id)).fetchone()
-    assert row is not None
-    until: datetime = row[0]
-    return until
+        return extend_cooldown(conn, lease.key_id, float(seconds))

@@ -14,9 +14,11 @@ from knowledgebase.errors import NotFound
 T = TypeVar("T")
 
 
-def columns(cls: type) -> str:
-    """The comma-separated column list of a row dataclass, for module-level SQL constants."""
-    return ", ".join(f.name for f in fields(cls))
+def columns(cls: type, alias: str = "") -> str:
+    """The comma-separated column list of a row dataclass, for module-level SQL constants; each column
+    qualified with ``alias`` when given (``t.id, t.title, ...``)."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + f.name for f in fields(cls))
 
 
 def fetch_one(

@@ -116,6 +116,39 @@ class NewUsage:
     created_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class TaskHistoryRow:
+    """A log entry of a task with its latest output (``output_id`` None: none) and its usage totals."""
+
+    id: int
+    created_at: datetime
+    kind: str
+    session_id: str | None
+    agent_id: str | None
+    agent_mode: str | None
+    prompt: str | None
+    response: str | None
+    proposed_command: str | None
+    permissions: str | None
+    user_confirmation: bool | None
+    tool_name: str | None
+    tool_input: Any
+    output_id: int | None
+    stdout: str | None
+    stderr: str | None
+    return_code: int | None
+    success: bool | None
+    file_written: list[str] | None
+    duration_ms: int | None
+    truncated: bool | None
+    error: str | None
+    requests: int
+    prompt_tokens: int | None
+    response_tokens: int | None
+    total_tokens: int | None
+    models: list[str] | None
+
+
 _LOG_COLS = columns(CommandLogEntry)
 _OUT_COLS = columns(CommandOutput)
 _USAGE_COLS = columns(UsageEntry)
@@ -158,6 +191,26 @@ SELECT {_USAGE_COLS} FROM usage_log
  ORDER BY id
  LIMIT %(limit)s
 """
+TASK_HISTORY = """
+SELECT l.id, l.created_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.prompt, l.response,
+       l.proposed_command, l.permissions, l.user_confirmation, l.tool_name, l.tool_input,
+       o.id AS output_id, o.stdout, o.stderr, o.return_code, o.success, o.file_written, o.duration_ms,
+       o.truncated, o.error,
+       u.requests, u.prompt_tokens, u.response_tokens, u.total_tokens, u.models
+  FROM command_log l
+  LEFT JOIN LATERAL (
+        SELECT * FROM command_output WHERE command_log_id = l.id ORDER BY id DESC LIMIT 1
+  ) o ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*) AS requests, sum(prompt_tokens)::bigint AS prompt_tokens,
+               sum(response_tokens)::bigint AS response_tokens, sum(total_tokens)::bigint AS total_tokens,
+               array_remove(array_agg(DISTINCT model), NULL) AS models
+          FROM usage_log WHERE command_log_id = l.id
+  ) u ON true
+ WHERE l.task_id = %(task_id)s
+ ORDER BY l.created_at DESC, l.id DESC
+ LIMIT %(limit)s
+"""
 
 
 def insert_command_log(conn: psycopg.Connection, new: NewCommandLog) -> CommandLogEntry:
@@ -198,3 +251,8 @@ def insert_usage(conn: psycopg.Connection, new: NewUsage) -> UsageEntry:
 
 def list_usage(conn: psycopg.Connection, *, task_id: str | None = None, limit: int = 1000) -> list[UsageEntry]:
     return fetch_all(conn, UsageEntry, LIST_USAGE, {"task_id": task_id, "limit": limit})
+
+
+def list_task_history(conn: psycopg.Connection, task_id: str, *, limit: int | None = None) -> list[TaskHistoryRow]:
+    """The task's log entries with their latest output and usage totals, newest first (``limit``: at most)."""
+    return fetch_all(conn, TaskHistoryRow, TASK_HISTORY, {"task_id": task_id, "limit": limit})
