@@ -107,61 +107,6 @@ class Fact:
         return f"fact #{self.id}, confidence {self.effective_confidence:.2f}" + (", stale" if self.is_stale else "")
 
 
-_FACT_SELECT = """
-SELECT k.id, k.project_id, p.name AS project, k.task_id, k.label, k.value, k.extracted_from,
-       k.confidence_score, k.status, k.superseded_by,
-       ARRAY(SELECT s.id FROM knowledge s WHERE s.superseded_by = k.id ORDER BY s.id) AS supersedes,
-       k.is_stale, k.stale_since, k.pinned, k.confirmations, k.source_kind, k.source_command_id,
-       f.file_path AS source_file_path, k.source_chunk_hash, k.created_at, k.updated_at, k.last_confirmed_at
-  FROM knowledge k
-  LEFT JOIN projects p ON p.id = k.project_id
-  LEFT JOIN project_files f ON f.id = k.source_file_id
-"""
-GET_FACT = _FACT_SELECT + " WHERE k.id = %s"
-LIST_FACTS = (
-    _FACT_SELECT
-    + """
- WHERE (%(project_id)s::bigint IS NULL OR k.project_id = %(project_id)s)
-   AND (%(label)s::text IS NULL OR lower(k.label) = lower(%(label)s))
-   AND (%(task_id)s::text IS NULL OR k.task_id = %(task_id)s)
-   AND (%(include_inactive)s OR k.status = 'active')
-   AND (NOT %(stale_only)s OR k.is_stale)
- ORDER BY k.id DESC
- LIMIT %(limit)s
-"""
-)
-# one writer per (project, label) at a time, so two agents stating the same fact do not both insert it
-LOCK_LABEL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 4))"
-ACTIVE_WITH_LABEL = """
-SELECT id, value, embedding FROM knowledge
- WHERE project_id IS NOT DISTINCT FROM %(project_id)s AND status = 'active' AND lower(label) = lower(%(label)s)
- ORDER BY id DESC
-"""
-REINFORCE = """
-UPDATE knowledge
-   SET confidence_score = %(confidence)s, confirmations = confirmations + 1, last_confirmed_at = now(),
-       updated_at = now(), is_stale = false, stale_since = NULL,
-       source_kind = COALESCE(%(source_kind)s, source_kind),
-       source_command_id = CASE WHEN %(source_kind)s IS NULL THEN source_command_id ELSE %(source_command_id)s END,
-       source_file_id = CASE WHEN %(source_kind)s IS NULL THEN source_file_id ELSE %(source_file_id)s END,
-       source_chunk_hash = CASE WHEN %(source_kind)s IS NULL THEN source_chunk_hash ELSE %(source_chunk_hash)s END,
-       task_id = COALESCE(%(task_id)s, task_id)
- WHERE id = %(id)s
-"""
-SUPERSEDE = """
-UPDATE knowledge SET status = 'superseded', superseded_by = %(new_id)s, updated_at = now()
- WHERE id = ANY(%(old_ids)s)
-"""
-FORGET = "UPDATE knowledge SET status = 'forgotten', updated_at = now() WHERE id = %s"
-CHUNK_BY_HASH = "SELECT content_hash FROM file_chunks WHERE file_id = %s AND content_hash = %s LIMIT 1"
-CHUNK_AT_LINE = """
-SELECT content_hash FROM file_chunks
- WHERE file_id = %s AND start_line <= %s AND end_line >= %s
- ORDER BY end_line - start_line, chunk_index LIMIT 1
-"""
-CONFIDENCE_OF = "SELECT confidence_score, status, superseded_by FROM knowledge WHERE id = %s FOR UPDATE"
-
-
 @dataclass(frozen=True)
 class _ResolvedSource:
     kind: str
@@ -209,12 +154,12 @@ def add_fact(
         if task_id is not None:
             store.ensure_task(conn, task_id, project_id=project_id)
         resolved = _resolve_source(conn, source, project_id)
-        conn.execute(LOCK_LABEL, (f"{project_id}:{label.lower()}",))
-        existing = conn.execute(ACTIVE_WITH_LABEL, {"project_id": project_id, "label": label}).fetchall()
-        for fact_id, old_value, old_vector in existing:
-            if _same_statement(old_value, value, old_vector, vector):
-                _reinforce(conn, fact_id, confidence, resolved, task_id)
-                return _get(conn, fact_id, weights)
+        store.lock_knowledge_label(conn, project_id, label)
+        existing = store.active_knowledge_with_label(conn, project_id, label)
+        for active in existing:
+            if _same_statement(active.value, value, active.embedding, vector):
+                _reinforce(conn, active.id, confidence, resolved, task_id)
+                return _get(conn, active.id, weights)
         new = store.insert_knowledge(
             conn,
             store.NewKnowledge(
@@ -234,7 +179,7 @@ def add_fact(
             ),
         )
         if existing:
-            conn.execute(SUPERSEDE, {"new_id": new.id, "old_ids": [row[0] for row in existing]})
+            store.supersede_knowledge(conn, [active.id for active in existing], new.id)
         return _get(conn, new.id, weights)
 
 
@@ -245,15 +190,16 @@ def confirm_fact(
     if confidence is not None and not 0.0 <= confidence <= 1.0:
         raise InputError(f"confidence {confidence} must be between 0 and 1")
     with db.connection() as conn:
-        row = conn.execute(CONFIDENCE_OF, (fact_id,)).fetchone()
-        if row is None:
+        standing = store.knowledge_standing_for_update(conn, fact_id)
+        if standing is None:
             raise NotFound(f"fact #{fact_id} does not exist (list facts with `kb fact list`)")
-        current, status, superseded_by = row
-        if status == "superseded":
-            raise InputError(f"fact #{fact_id} was superseded by fact #{superseded_by}; confirm that one instead")
-        if status == "forgotten":
+        if standing.status == "superseded":
+            raise InputError(
+                f"fact #{fact_id} was superseded by fact #{standing.superseded_by}; confirm that one instead"
+            )
+        if standing.status == "forgotten":
             raise InputError(f"fact #{fact_id} was forgotten; add it again with `kb fact add` if it holds")
-        stated = float(current) if confidence is None else confidence
+        stated = float(standing.confidence_score) if confidence is None else confidence
         _reinforce(conn, fact_id, stated, None, None)
         return _get(conn, fact_id, weights)
 
@@ -261,7 +207,7 @@ def confirm_fact(
 def forget_fact(db: Database, fact_id: int, *, weights: RankingWeights = DEFAULT_WEIGHTS) -> Fact:
     """Stop returning a fact (it stays on record with status ``forgotten``)."""
     with db.connection() as conn:
-        if conn.execute(FORGET, (fact_id,)).rowcount == 0:
+        if not store.forget_knowledge(conn, fact_id):
             raise NotFound(f"fact #{fact_id} does not exist (list facts with `kb fact list`)")
         return _get(conn, fact_id, weights)
 
@@ -288,62 +234,60 @@ def list_facts(
         raise InputError(f"limit {limit} must be at least 1")
     with db.connection() as conn:
         project_id = store.get_project(conn, project).id if project is not None else None
-        params = {
-            "project_id": project_id,
-            "label": label.strip() if label else None,
-            "task_id": task_id,
-            "include_inactive": include_inactive,
-            "stale_only": stale_only,
-            "limit": limit,
-        }
-        rows = conn.execute(LIST_FACTS, params).fetchall()
+        rows = store.list_knowledge_views(
+            conn,
+            project_id=project_id,
+            label=label.strip() if label else None,
+            task_id=task_id,
+            include_inactive=include_inactive,
+            stale_only=stale_only,
+            limit=limit,
+        )
     now = datetime.now(UTC)
-    return [_fact_from_row(row, now, weights) for row in rows]
+    return [_fact_from_view(row, now, weights) for row in rows]
 
 
 def _get(conn: psycopg.Connection, fact_id: int, weights: RankingWeights) -> Fact:
-    row = conn.execute(GET_FACT, (fact_id,)).fetchone()
+    row = store.find_knowledge_view(conn, fact_id)
     if row is None:
         raise NotFound(f"fact #{fact_id} does not exist (list facts with `kb fact list`)")
-    return _fact_from_row(row, datetime.now(UTC), weights)
+    return _fact_from_view(row, datetime.now(UTC), weights)
 
 
-def _fact_from_row(row: tuple, now: datetime, weights: RankingWeights) -> Fact:
-    (fid, project_id, project, task_id, label, value, extracted_from, confidence, status, superseded_by,
-     supersedes, is_stale, stale_since, pinned, confirmations, source_kind, source_command_id,
-     source_file_path, source_chunk_hash, created_at, updated_at, last_confirmed_at) = row  # fmt: skip
+def _fact_from_view(row: store.KnowledgeView, now: datetime, weights: RankingWeights) -> Fact:
+    confidence = float(row.confidence_score)
     effective = effective_confidence(
-        float(confidence),
-        last_confirmed_at=last_confirmed_at,
+        confidence,
+        last_confirmed_at=row.last_confirmed_at,
         now=now,
-        is_stale=is_stale,
-        pinned=pinned,
+        is_stale=row.is_stale,
+        pinned=row.pinned,
         weights=weights,
     )
     return Fact(
-        id=fid,
-        project_id=project_id,
-        project=project,
-        task_id=task_id,
-        label=label,
-        value=value,
-        extracted_from=extracted_from,
-        confidence=float(confidence),
+        id=row.id,
+        project_id=row.project_id,
+        project=row.project,
+        task_id=row.task_id,
+        label=row.label,
+        value=row.value,
+        extracted_from=row.extracted_from,
+        confidence=confidence,
         effective_confidence=effective,
-        status=status,
-        superseded_by=superseded_by,
-        supersedes=tuple(supersedes or ()),
-        is_stale=is_stale,
-        stale_since=stale_since,
-        pinned=pinned,
-        confirmations=confirmations,
-        source_kind=source_kind,
-        source_command_id=source_command_id,
-        source_file_path=source_file_path,
-        source_chunk_hash=source_chunk_hash,
-        created_at=created_at,
-        updated_at=updated_at,
-        last_confirmed_at=last_confirmed_at,
+        status=row.status,
+        superseded_by=row.superseded_by,
+        supersedes=tuple(row.supersedes or ()),
+        is_stale=row.is_stale,
+        stale_since=row.stale_since,
+        pinned=row.pinned,
+        confirmations=row.confirmations,
+        source_kind=row.source_kind,
+        source_command_id=row.source_command_id,
+        source_file_path=row.source_file_path,
+        source_chunk_hash=row.source_chunk_hash,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_confirmed_at=row.last_confirmed_at,
     )
 
 
@@ -351,20 +295,18 @@ def _reinforce(
     conn: psycopg.Connection, fact_id: int, stated: float, source: _ResolvedSource | None, task_id: str | None
 ) -> None:
     """One more confirmation; a new command, chunk or prompt source replaces the recorded one."""
-    row = conn.execute(CONFIDENCE_OF, (fact_id,)).fetchone()
-    assert row is not None
+    standing = store.knowledge_standing_for_update(conn, fact_id)
+    assert standing is not None
     new_source = source if source is not None and source.kind in ("command", "chunk", "prompt") else None
-    conn.execute(
-        REINFORCE,
-        {
-            "id": fact_id,
-            "confidence": reinforced_confidence(float(row[0]), stated),
-            "source_kind": new_source.kind if new_source else None,
-            "source_command_id": new_source.command_id if new_source else None,
-            "source_file_id": new_source.file_id if new_source else None,
-            "source_chunk_hash": new_source.chunk_hash if new_source else None,
-            "task_id": task_id,
-        },
+    store.reinforce_knowledge(
+        conn,
+        fact_id,
+        confidence=reinforced_confidence(float(standing.confidence_score), stated),
+        source_kind=new_source.kind if new_source else None,
+        source_command_id=new_source.command_id if new_source else None,
+        source_file_id=new_source.file_id if new_source else None,
+        source_chunk_hash=new_source.chunk_hash if new_source else None,
+        task_id=task_id,
     )
 
 
@@ -384,16 +326,16 @@ def _resolve_source(conn: psycopg.Connection, source: FactSource, project_id: in
         if file is None:
             raise NotFound(f"file {source.file_path!r} is not indexed in this project (run `kb populate` first)")
         if source.chunk_hash is not None:
-            row = conn.execute(CHUNK_BY_HASH, (file.id, source.chunk_hash)).fetchone()
+            chunk_hash = store.chunk_hash_in_file(conn, file.id, source.chunk_hash)
             what = f"no chunk of {source.file_path} has content hash {source.chunk_hash!r}"
         elif source.line is not None:
-            row = conn.execute(CHUNK_AT_LINE, (file.id, source.line, source.line)).fetchone()
+            chunk_hash = store.chunk_hash_at_line(conn, file.id, source.line)
             what = f"no chunk of {source.file_path} covers line {source.line}"
         else:
             raise InputError("a chunk source needs the chunk's content hash or a line inside it")
-        if row is None:
+        if chunk_hash is None:
             raise NotFound(what + " (the file may have changed: run `kb populate` and look again)")
-        return _ResolvedSource(kind="chunk", file_id=file.id, chunk_hash=row[0])
+        return _ResolvedSource(kind="chunk", file_id=file.id, chunk_hash=chunk_hash)
     if source.kind == "prompt":
         return _ResolvedSource(kind="prompt", prompt=redact(source.prompt))
     return _ResolvedSource(kind=source.kind)

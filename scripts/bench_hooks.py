@@ -120,8 +120,8 @@ def build_store(settings: Any, target_chunks: int, log: Any) -> dict[str, int]:
     from knowledgebase.db import open_database
     from knowledgebase.embedding import bind_model, embedder_from_settings
     from knowledgebase.index.ingest import populate_project
-    from knowledgebase.index.reembed import HNSW_INDEXES
     from knowledgebase.index.reembed import _ensure_indexes as ensure_hnsw_indexes
+    from knowledgebase.store.vectors import HNSW_INDEXES
 
     db = open_database(settings)
     try:

@@ -14,8 +14,8 @@ in line with the directory:
   active model (in any project) are embedded; the others reuse the stored vector.
 - Files that disappeared, or are now skipped (ignored, binary, too large...), leave the index with
   their chunks. A file that kept changing while being read keeps its previous version until the next run.
-- Facts read from a chunk that changed or disappeared are marked stale (``MARK_CHANGED_FILE_FACTS_STALE``,
-  ``MARK_DELETED_FILES_FACTS_STALE``), in the same transaction as the chunk change.
+- Facts read from a chunk that changed or disappeared are marked stale (``store.mark_changed_file_facts_stale``,
+  ``store.mark_deleted_files_facts_stale``), in the same transaction as the chunk change.
 
 Work is committed in batches of about ``settings.ingest_batch_chunks`` chunks: one transaction writes
 the batch's file rows, replaces their chunks (batched ``executemany``) and sets ``chunked_hash`` last,
@@ -68,10 +68,14 @@ from knowledgebase.store import (
     NewFile,
     active_model,
     chunk_vectors_by_hash,
+    delete_chunks_of_files,
     delete_files_by_id,
     ensure_project,
     insert_chunks,
     list_file_states,
+    mark_changed_file_facts_stale,
+    mark_deleted_files_facts_stale,
+    mark_files_chunked,
     update_file_stats,
     upsert_file,
 )
@@ -85,20 +89,6 @@ if TYPE_CHECKING:
 MAX_FILES_PER_BATCH = 500
 RACY_WINDOW_NS = 2_000_000_000  # coarsest common timestamp granularity (FAT: 2 s)
 DELETE_BATCH = 1000
-
-# The contract with facts (knowledgebase.facts): a fact read from a chunk goes stale once no chunk of
-# its file has that content hash any more, or its file leaves the index.
-MARK_CHANGED_FILE_FACTS_STALE = """
-UPDATE knowledge SET is_stale = true, stale_since = now()
- WHERE source_file_id = %(file_id)s AND source_chunk_hash IS NOT NULL
-   AND NOT (source_chunk_hash = ANY(%(chunk_hashes)s::text[])) AND NOT is_stale
-"""
-MARK_DELETED_FILES_FACTS_STALE = """
-UPDATE knowledge SET is_stale = true, stale_since = now()
- WHERE source_file_id = ANY(%(file_ids)s::bigint[]) AND NOT is_stale
-"""
-MARK_CHUNKED = "UPDATE project_files SET chunked_hash = content_hash WHERE id = %s"
-DELETE_FILE_CHUNKS = "DELETE FROM file_chunks WHERE file_id = ANY(%s::bigint[])"
 
 
 @dataclass(frozen=True)
@@ -338,11 +328,9 @@ class _Run:
                 written.append(file_id)
                 rows.extend(_chunk_rows(prepared.chunks, file_id, self.project_id, vectors, model_id))
             replaced = [file_id for file_id, p in zip(written, batch, strict=True) if p.previous is not None]
-            if replaced:
-                conn.execute(DELETE_FILE_CHUNKS, (replaced,))
+            delete_chunks_of_files(conn, replaced)
             insert_chunks(conn, rows)
-            with conn.cursor() as cur:  # last: the files' chunks are complete
-                cur.executemany(MARK_CHUNKED, [(file_id,) for file_id in written])
+            mark_files_chunked(conn, written)  # last: the files' chunks are complete
         self.seconds["write"] += time.perf_counter() - clock
         total = sum(len(p.chunks) for p in batch)
         self.chunks_written += total
@@ -369,8 +357,7 @@ class _Run:
             self.added += 1
         else:
             self.changed += 1
-            hashes = [chunk.content_hash for chunk in prepared.chunks]
-            conn.execute(MARK_CHANGED_FILE_FACTS_STALE, {"file_id": row.id, "chunk_hashes": hashes})
+            mark_changed_file_facts_stale(conn, row.id, [chunk.content_hash for chunk in prepared.chunks])
         return row.id
 
     def _embed(self, texts: dict[str, str]) -> dict[str, np.ndarray]:
@@ -405,7 +392,7 @@ class _Run:
         for offset in range(0, len(file_ids), DELETE_BATCH):
             part = file_ids[offset : offset + DELETE_BATCH]
             with self.db.connection() as conn:
-                conn.execute(MARK_DELETED_FILES_FACTS_STALE, {"file_ids": part})
+                mark_deleted_files_facts_stale(conn, part)
                 self.deleted += delete_files_by_id(conn, part)
         self.seconds["write"] += time.perf_counter() - clock
 
@@ -474,8 +461,6 @@ def _chunk_rows(
 
 
 __all__ = [
-    "MARK_CHANGED_FILE_FACTS_STALE",
-    "MARK_DELETED_FILES_FACTS_STALE",
     "PopulateProgress",
     "PopulateReport",
     "PopulateTimings",

@@ -36,38 +36,21 @@ from knowledgebase.store import (
     activate_model,
     active_model,
     chunk_vectors_by_hash,
+    chunks_to_embed,
+    create_missing_hnsw_indexes,
+    embedding_backlog,
+    knowledge_to_embed,
+    retype_vector_columns,
+    set_chunk_embeddings,
+    set_knowledge_embeddings,
     upsert_model,
     vector_column_dimension,
 )
 
 if TYPE_CHECKING:
-    import psycopg
-
     from knowledgebase.db import Database
 
 BATCH = 256
-VECTOR_TABLES = ("file_chunks", "knowledge")
-HNSW_INDEXES = {"file_chunks": "file_chunks_embedding_hnsw", "knowledge": "knowledge_embedding_hnsw"}
-CHUNKS_TO_EMBED = """
-SELECT c.id, f.file_path, c.symbol, c.content, c.content_hash
-  FROM file_chunks c JOIN project_files f ON f.id = c.file_id
- WHERE c.id > %(after)s AND (c.embedding IS NULL OR c.embedding_model_id IS DISTINCT FROM %(model_id)s)
- ORDER BY c.id
- LIMIT %(limit)s
-"""
-FACTS_TO_EMBED = """
-SELECT id, label, value FROM knowledge
- WHERE id > %(after)s AND (embedding IS NULL OR embedding_model_id IS DISTINCT FROM %(model_id)s)
- ORDER BY id
- LIMIT %(limit)s
-"""
-COUNT_TO_EMBED = """
-SELECT (SELECT count(*) FROM file_chunks WHERE embedding IS NULL OR embedding_model_id IS DISTINCT FROM %(model_id)s),
-       (SELECT count(*) FROM knowledge WHERE embedding IS NULL OR embedding_model_id IS DISTINCT FROM %(model_id)s)
-"""
-UPDATE_CHUNK = "UPDATE file_chunks SET embedding = %s, embedding_model_id = %s WHERE id = %s"
-UPDATE_FACT = "UPDATE knowledge SET embedding = %s, embedding_model_id = %s WHERE id = %s"
-INDEX_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -105,10 +88,10 @@ def reembed_store(
             previous = active_model(conn)
             retyped = vector_column_dimension(conn) != embedder.dimension
             if retyped:
-                _retype(conn, embedder.dimension)
+                retype_vector_columns(conn, embedder.dimension)
             model_id = activate_model(conn, upsert_model(conn, embedder.name, embedder.dimension).id).id
-            row = conn.execute(COUNT_TO_EMBED, {"model_id": model_id}).fetchone()
-            total = int(row[0]) + int(row[1]) if row else 0
+            backlog = embedding_backlog(conn, model_id)
+            total = backlog.chunks + backlog.facts
         counts = _Counts(total=total, notify=notify)
         _reembed_chunks(db, embedder, model_id, counts)
         _reembed_facts(db, embedder, model_id, counts)
@@ -142,70 +125,44 @@ class _Counts:
         self.notify(ReembedProgress(phase, self.done, self.total))
 
 
-def _retype(conn: psycopg.Connection, dimension: int) -> None:
-    """Give both vector columns the new dimension (emptying them) and drop their HNSW indexes."""
-    from psycopg import sql
-
-    vector_type = sql.SQL("vector({})").format(sql.Literal(int(dimension)))
-    for table in VECTOR_TABLES:
-        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(HNSW_INDEXES[table])))
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ALTER COLUMN embedding TYPE {} USING NULL").format(
-                sql.Identifier(table), vector_type
-            )
-        )
-        conn.execute(sql.SQL("UPDATE {} SET embedding_model_id = NULL").format(sql.Identifier(table)))
-
-
 def _reembed_chunks(db: Database, embedder: Embedder, model_id: int, counts: _Counts) -> None:
     after = 0
     while True:
         with db.connection() as conn:
-            rows = conn.execute(CHUNKS_TO_EMBED, {"after": after, "model_id": model_id, "limit": BATCH}).fetchall()
+            rows = chunks_to_embed(conn, model_id, after=after, limit=BATCH)
             if not rows:
                 return
-            texts = {
-                content_hash: embedding_text(path, symbol, content) for _, path, symbol, content, content_hash in rows
-            }
+            texts = {row.content_hash: embedding_text(row.file_path, row.symbol, row.content) for row in rows}
             vectors = chunk_vectors_by_hash(conn, list(texts), model_id)
         missing = [content_hash for content_hash in texts if content_hash not in vectors]
         if missing:
             vectors.update(zip(missing, embedder.embed_documents([texts[h] for h in missing]), strict=True))
-        with db.connection() as conn, conn.cursor() as cur:
-            cur.executemany(UPDATE_CHUNK, [(vectors[row[4]], model_id, row[0]) for row in rows])
+        with db.connection() as conn:
+            set_chunk_embeddings(conn, model_id, [(row.id, vectors[row.content_hash]) for row in rows])
         counts.chunks_embedded += len(missing)
         counts.chunks_reused += len(rows) - len(missing)
         counts.add("chunks", len(rows))
-        after = rows[-1][0]
+        after = rows[-1].id
 
 
 def _reembed_facts(db: Database, embedder: Embedder, model_id: int, counts: _Counts) -> None:
     after = 0
     while True:
         with db.connection() as conn:
-            rows = conn.execute(FACTS_TO_EMBED, {"after": after, "model_id": model_id, "limit": BATCH}).fetchall()
+            rows = knowledge_to_embed(conn, model_id, after=after, limit=BATCH)
         if not rows:
             return
-        vectors: np.ndarray = embedder.embed_documents([fact_embedding_text(label, value) for _, label, value in rows])
-        with db.connection() as conn, conn.cursor() as cur:
-            cur.executemany(
-                UPDATE_FACT, [(vector, model_id, row[0]) for row, vector in zip(rows, vectors, strict=True)]
+        vectors: np.ndarray = embedder.embed_documents([fact_embedding_text(row.label, row.value) for row in rows])
+        with db.connection() as conn:
+            set_knowledge_embeddings(
+                conn, model_id, [(row.id, vector) for row, vector in zip(rows, vectors, strict=True)]
             )
         counts.facts_embedded += len(rows)
         counts.add("facts", len(rows))
-        after = rows[-1][0]
+        after = rows[-1].id
 
 
 def _ensure_indexes(db: Database) -> None:
     """Create any missing HNSW index (after a retype, or a run interrupted before this step)."""
-    from psycopg import sql
-
     with db.connection() as conn:
-        for table, index in HNSW_INDEXES.items():
-            row = conn.execute(INDEX_EXISTS, (index,)).fetchone()
-            if not (row and row[0]):
-                conn.execute(
-                    sql.SQL("CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops)").format(
-                        sql.Identifier(index), sql.Identifier(table)
-                    )
-                )
+        create_missing_hnsw_indexes(conn)

@@ -206,6 +206,14 @@ SELECT c.id AS chunk_id, f.file_path, c.start_line, c.end_line, c.kind, c.symbol
  LIMIT %(limit)s
 """
 ITERATIVE_SCAN = "SET LOCAL hnsw.iterative_scan = strict_order"
+MARK_FILES_CHUNKED = "UPDATE project_files SET chunked_hash = content_hash WHERE id = %s"
+DELETE_CHUNKS_OF_FILES = "DELETE FROM file_chunks WHERE file_id = ANY(%s::bigint[])"
+CHUNK_BY_HASH = "SELECT content_hash FROM file_chunks WHERE file_id = %s AND content_hash = %s LIMIT 1"
+CHUNK_AT_LINE = """
+SELECT content_hash FROM file_chunks
+ WHERE file_id = %s AND start_line <= %s AND end_line >= %s
+ ORDER BY end_line - start_line, chunk_index LIMIT 1
+"""
 
 
 def list_file_states(conn: psycopg.Connection, project_id: int) -> list[FileState]:
@@ -237,3 +245,59 @@ def nearest_chunks(conn: psycopg.Connection, project_id: int, vector: np.ndarray
     """The ``limit`` chunks of a project most similar to ``vector`` (cosine, through the HNSW index)."""
     conn.execute(ITERATIVE_SCAN)
     return fetch_all(conn, ChunkMatch, NEAREST_CHUNKS, {"vector": vector, "project_id": project_id, "limit": limit})
+
+
+def mark_files_chunked(conn: psycopg.Connection, file_ids: Sequence[int]) -> None:
+    """Record that the chunks of these files are complete for their current content hash."""
+    if file_ids:
+        with conn.cursor() as cur:
+            cur.executemany(MARK_FILES_CHUNKED, [(file_id,) for file_id in file_ids])
+
+
+def delete_chunks_of_files(conn: psycopg.Connection, file_ids: Sequence[int]) -> int:
+    """Delete every chunk of these files (the files stay)."""
+    return conn.execute(DELETE_CHUNKS_OF_FILES, (list(file_ids),)).rowcount if file_ids else 0
+
+
+def chunk_hash_in_file(conn: psycopg.Connection, file_id: int, content_hash: str) -> str | None:
+    """``content_hash`` if a chunk of ``file_id`` has it, else None."""
+    row = conn.execute(CHUNK_BY_HASH, (file_id, content_hash)).fetchone()
+    return row[0] if row else None
+
+
+def chunk_hash_at_line(conn: psycopg.Connection, file_id: int, line: int) -> str | None:
+    """The content hash of the smallest chunk of ``file_id`` that covers ``line``, or None."""
+    row = conn.execute(CHUNK_AT_LINE, (file_id, line, line)).fetchone()
+    return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class ChunkText:
+    """What a chunk's embedding text is rebuilt from (``chunking.embedding_text``)."""
+
+    id: int
+    file_path: str
+    symbol: str | None
+    content: str
+    content_hash: str
+
+
+CHUNKS_TO_EMBED = """
+SELECT c.id, f.file_path, c.symbol, c.content, c.content_hash
+  FROM file_chunks c JOIN project_files f ON f.id = c.file_id
+ WHERE c.id > %(after)s AND (c.embedding IS NULL OR c.embedding_model_id IS DISTINCT FROM %(model_id)s)
+ ORDER BY c.id
+ LIMIT %(limit)s
+"""
+SET_CHUNK_EMBEDDING = "UPDATE file_chunks SET embedding = %s, embedding_model_id = %s WHERE id = %s"
+
+
+def chunks_to_embed(conn: psycopg.Connection, model_id: int, *, after: int, limit: int) -> list[ChunkText]:
+    """Up to ``limit`` chunks with an id above ``after`` that hold no vector of ``model_id``, by id."""
+    return fetch_all(conn, ChunkText, CHUNKS_TO_EMBED, {"after": after, "model_id": model_id, "limit": limit})
+
+
+def set_chunk_embeddings(conn: psycopg.Connection, model_id: int, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
+    """Store ``(chunk_id, vector)`` pairs as vectors of ``model_id``, in one batched round trip."""
+    with conn.cursor() as cur:
+        cur.executemany(SET_CHUNK_EMBEDDING, [(vector, model_id, chunk_id) for chunk_id, vector in vectors])
