@@ -377,7 +377,7 @@ def task_history(conn_or_db: ConnOrDb, task_id: str, *, limit: int | None = None
     Raises NotFound when the task neither exists nor has log entries.
     """
     if limit is not None and limit < 1:
-        raise InputError("--limit must be at least 1")
+        raise InputError(f"limit {limit} must be at least 1")
     with transaction(conn_or_db) as conn:
         rows = list_task_history(conn, task_id, limit=limit)
         if not rows and not task_exists(conn, task_id):

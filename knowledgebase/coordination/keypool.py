@@ -118,7 +118,7 @@ def add_key(
     """Add (or update) a key by reference: the variable ``env_var`` holds it; its fingerprint is kept if set."""
     if not _ENV_NAME.match(env_var or "") or redact_text(env_var).count:
         raise InputError(
-            f"--env takes the NAME of the environment variable that holds the key (like GEMINI_API_KEY_2), "
+            f"env_var is the NAME of the environment variable that holds the key (like GEMINI_API_KEY_2), "
             f"not {'the key itself' if redact_text(env_var or '').count else repr(env_var)}"
         )
     secret = _environ(environ).get(env_var)
@@ -295,7 +295,7 @@ def acquire_key(
         if retry_at is None:
             raise CapacityExhausted(
                 f"no {provider} API key can ever take a request of {estimated_tokens} tokens "
-                "(it is over every key's tokens-per-minute limit): split the request or raise --tpm"
+                "(it is over every key's tokens-per-minute limit): split the request or raise a key's tpm limit"
             )
         wait = max(0.0, (retry_at - db_now).total_seconds())
         remaining = deadline - time.monotonic()

@@ -180,7 +180,7 @@ def populate_project(
     root_path = resolve_root(root)
     name = root_path.name if project is None else project.strip()
     if not name:
-        raise InputError("the project name must not be empty: pass --project NAME")
+        raise InputError("the project name must not be empty")
     with db.connection() as conn:
         record = ensure_project(conn, name, str(root_path))
         _check_model_name(conn, embedder)
