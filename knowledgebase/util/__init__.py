@@ -1,1 +1,1 @@
-"""Small helpers with no knowledgebase dependencies: redaction, lexical text, path globs, processes."""
+"""Small helpers with no knowledgebase dependencies: redaction, lexical text, path globs, processes, JSON values."""
