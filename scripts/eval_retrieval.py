@@ -62,7 +62,8 @@ from knowledgebase.embedding import Embedder, embedder_from_settings
 from knowledgebase.index.ingest import populate_project
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights
 from knowledgebase.search.context import build_context
-from knowledgebase.search.retrieval import EF_SEARCH, Hit, rerank, search_candidates
+from knowledgebase.search.hits import ChunkHit, Hit
+from knowledgebase.search.retrieval import EF_SEARCH, rerank, search_candidates
 from knowledgebase.util.lexical import identifier_parts
 
 SITE = Path(np.__file__).resolve().parent.parent
@@ -257,7 +258,7 @@ def metrics(ranks: Sequence[int | None]) -> dict[str, float]:
 
 
 def spans(hits: Sequence[Hit]) -> list[tuple[str, int, int]]:
-    return [(h.path or "", h.start_line or 0, h.end_line or 0) for h in hits]
+    return [(h.path, h.start_line, h.end_line) if isinstance(h, ChunkHit) else ("", 0, 0) for h in hits]
 
 
 def rrf(vector: Sequence[Hit], text: Sequence[Hit]) -> list[tuple[str, int, int]]:

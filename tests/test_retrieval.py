@@ -13,7 +13,8 @@ from knowledgebase import store
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, ModelMismatch, NotFound
 from knowledgebase.facts import FactSource, add_fact
-from knowledgebase.ranking import DEFAULT_WEIGHTS
+from knowledgebase.ranking import DEFAULT_WEIGHTS, score
+from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit
 from knowledgebase.search.retrieval import rerank, search, search_candidates
 from knowledgebase.util.lexical import code_identifiers, tsquery_text
 from knowledgebase.util.pathglob import glob_matches, glob_to_regex
@@ -69,6 +70,67 @@ def test_hit_fields_and_explanation(db: Database, fake_embedder: HashingEmbedder
     assert hit.score == hit.parts.score
     explained = hit.explain()
     assert explained.startswith("chunk src/text.py:6-8: similarity") and "score" in explained
+
+
+def test_every_kind_of_hit_as_json() -> None:
+    """One JSON shape per kind (the ``kb search --json`` contract), with the hit's citation."""
+    parts = score(similarity=0.5)
+    common = {"score": 0.1234567, "parts": parts, "project": "alpha", "created_at": datetime(2025, 1, 2, tzinfo=UTC)}
+    chunk = ChunkHit(
+        id=1,
+        text="x = 1",
+        path="src/x.py",
+        start_line=3,
+        end_line=4,
+        symbol="x",
+        language="python",
+        content_hash="h",
+        **common,
+    )
+    assert chunk.to_json() == {
+        "kind": "chunk",
+        "id": 1,
+        "project": "alpha",
+        "score": 0.123457,
+        "path": "src/x.py",
+        "start_line": 3,
+        "end_line": 4,
+        "symbol": "x",
+        "language": "python",
+        "text": "x = 1",
+        "citation": "src/x.py:3-4",
+    }
+    fact = FactHit(
+        id=2,
+        text="db port: 5432",
+        label="db port",
+        value="5432",
+        confidence_score=0.9,
+        effective_confidence=0.8123,
+        is_stale=True,
+        pinned=False,
+        source_path=None,
+        task_id=None,
+        **common,
+    )
+    assert list(fact.to_json()) == [
+        "kind", "id", "project", "score", "label", "value", "confidence_score", "effective_confidence",
+        "is_stale", "source_path", "text", "citation",
+    ]  # fmt: skip
+    assert fact.to_json()["citation"] == "fact #2, confidence 0.81, stale"
+    command = CommandHit(
+        id=3,
+        text="make test\n(exit code 2)",
+        command="make test",
+        success=False,
+        return_code=2,
+        task_id="T-1",
+        **common,
+    )
+    data = command.to_json(explain=True)
+    assert data["created_at"] == "2025-01-02T00:00:00+00:00" and data["citation"] == "command #3, exit 2"
+    assert data["parts"]["similarity"] == 0.5 and data["explain"] == parts.explain()
+    assert "parts" not in command.to_json()
 
 
 def test_filters_never_leak_another_projects_rows(db: Database, fake_embedder: HashingEmbedder) -> None:

@@ -62,6 +62,37 @@ def test_files_and_chunks(conn: psycopg.Connection) -> None:
         store.get_file(conn, p.id, "src/a.py")
 
 
+def test_search_candidates(conn: psycopg.Connection) -> None:
+    p = store.ensure_project(conn, "alpha")
+    f = store.upsert_file(conn, store.NewFile(p.id, "src/pool.py", "def open_pool(): ...\n", "h1", 21, "python", 1))
+    vec = np.ones(384, dtype=np.float32) / np.sqrt(384)
+    model_id = store.activate_model(conn, store.upsert_model(conn, "m", 384).id).id
+    store.insert_chunks(
+        conn, [store.NewChunk(f.id, p.id, 0, 1, 1, "code", "open_pool", "def open_pool(): ...", "c1", 5, vec, model_id)]
+    )
+    fact = store.insert_knowledge(
+        conn,
+        store.NewKnowledge(label="pool", value="size 4", project_id=p.id, embedding=vec, embedding_model_id=model_id),
+    )
+    logged = store.insert_command_log(
+        conn, store.NewCommandLog(kind="shell", project_id=p.id, task_id=None, proposed_command="pytest pool")
+    )
+    store.insert_command_output(conn, store.NewCommandOutput(command_log_id=logged.id, success=False, return_code=1))
+    store.set_search_options(conn, ef_search=100)
+    assert conn.execute("SELECT current_setting('hnsw.ef_search')").fetchone() == ("100",)
+    query = store.CandidateQuery(
+        query_vector=vec, tsquery="pool", limit=5, scan_rows=100, recent_commands=0, project_id=p.id, with_vectors=True
+    )
+    (chunk,) = store.chunk_candidates(conn, query)
+    assert (chunk.name, chunk.file_path, chunk.symbol) == ("alpha", "src/pool.py", "open_pool")
+    assert chunk.similarity == pytest.approx(1.0) and chunk.text_rank > 0 and chunk.embedding is not None
+    (fact_row,) = store.fact_candidates(conn, query)
+    assert (fact_row.id, fact_row.label, fact_row.file_path) == (fact.id, "pool", None) and fact_row.text_rank > 0
+    (command,) = store.command_candidates(conn, query)
+    assert (command.id, command.command, command.success, command.return_code) == (logged.id, "pytest pool", False, 1)
+    assert store.common_terms(conn, ["pool"], share=0.05, min_rows=0) == set()  # no statistics before ANALYZE
+
+
 def test_knowledge(conn: psycopg.Connection) -> None:
     p = store.ensure_project(conn, "alpha")
     fact = store.insert_knowledge(

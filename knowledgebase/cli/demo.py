@@ -40,8 +40,8 @@ def demo(path: str | None, prompt: str | None, as_json: bool, database_url: str 
 
 
 def _result_json(result: DemoResult) -> dict[str, Any]:
-    from knowledgebase.cli._output import to_jsonable
     from knowledgebase.cli.retrieval import pack_json
+    from knowledgebase.util.jsonable import to_jsonable
 
     seeded = result.seeded
     context = pack_json(result.context)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from knowledgebase.db import Database
     from knowledgebase.embedding import Embedder
     from knowledgebase.search.context import ContextPack
-    from knowledgebase.search.retrieval import Hit
 
 KIND_CHOICES = ("chunk", "fact", "command", "all")
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -72,45 +71,6 @@ def parse_age(value: str | None) -> timedelta | None:
     return timedelta(**{_AGE_UNITS[match.group(2)]: int(match.group(1))})
 
 
-def hit_json(hit: Hit, *, explain: bool) -> dict[str, Any]:
-    """A hit as the JSON documented for ``kb search --json``."""
-    from knowledgebase.cli._output import to_jsonable
-
-    common: dict[str, Any] = {"kind": hit.kind, "id": hit.id, "project": hit.project, "score": round(hit.score, 6)}
-    if hit.kind == "chunk":
-        data = common | {
-            "path": hit.path,
-            "start_line": hit.start_line,
-            "end_line": hit.end_line,
-            "symbol": hit.symbol,
-            "language": hit.language,
-            "text": hit.text,
-        }
-    elif hit.kind == "fact":
-        data = common | {
-            "label": hit.label,
-            "value": hit.value,
-            "confidence_score": hit.confidence_score,
-            "effective_confidence": round(hit.effective_confidence or 0.0, 6),
-            "is_stale": hit.is_stale,
-            "source_path": hit.source_path,
-            "text": hit.text,
-        }
-    else:
-        data = common | {
-            "command": hit.command,
-            "success": hit.success,
-            "return_code": hit.return_code,
-            "task_id": hit.task_id,
-            "created_at": to_jsonable(hit.created_at),
-            "text": hit.text,
-        }
-    if explain:
-        data["parts"] = to_jsonable(hit.parts)
-        data["explain"] = hit.parts.explain()
-    return data
-
-
 @click.command()
 @click.argument("query")
 @project_option
@@ -141,6 +101,7 @@ def search(
     database_url: str | None,
 ) -> None:
     """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin)."""
+    from knowledgebase.search.hits import ChunkHit
     from knowledgebase.search.retrieval import DEFAULT_KINDS, KINDS
     from knowledgebase.search.retrieval import search as run_search
 
@@ -160,13 +121,13 @@ def search(
             limit=limit,
         )
     if as_json:
-        print_json([hit_json(hit, explain=explain) for hit in hits])
+        print_json([hit.to_json(explain=explain) for hit in hits])
         return
     if not hits:
         click.echo("No hits.", err=True)
         return
     for rank, hit in enumerate(hits, start=1):
-        title = hit.citation() + (f"  {hit.symbol}" if hit.symbol else "")
+        title = hit.citation() + (f"  {hit.symbol}" if isinstance(hit, ChunkHit) and hit.symbol else "")
         click.echo(click.style(f"{rank:>2}. {hit.score:.3f}  {title}", bold=True))
         if explain:
             click.echo(f"    {hit.parts.explain()}")
@@ -178,7 +139,7 @@ def search(
 
 
 def pack_json(pack: ContextPack) -> dict[str, Any]:
-    from knowledgebase.cli._output import to_jsonable
+    from knowledgebase.util.jsonable import to_jsonable
 
     return {
         "text": pack.text,

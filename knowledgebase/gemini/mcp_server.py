@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from knowledgebase.db import Database
     from knowledgebase.embedding import Embedder
     from knowledgebase.facts import Fact
-    from knowledgebase.search.retrieval import Hit
+    from knowledgebase.search.hits import Hit
 
 log = logging.getLogger("knowledgebase.mcp")
 
@@ -283,17 +283,12 @@ def _clip(text: str | None, limit: int = MAX_HIT_CHARS) -> str | None:
 
 
 def _hit_json(hit: Hit) -> dict[str, Any]:
-    data: dict[str, Any] = {"kind": hit.kind, "id": hit.id, "citation": hit.citation(), "score": round(hit.score, 3)}
-    if hit.kind == "chunk":
-        data.update(path=hit.path, start_line=hit.start_line, end_line=hit.end_line, symbol=hit.symbol)
-        data["text"] = _clip(hit.text)
-    elif hit.kind == "fact":
-        data.update(label=hit.label, value=_clip(hit.value), confidence=round(hit.effective_confidence or 0, 3))
-        data["stale"] = bool(hit.is_stale)
-    else:
-        data.update(command=hit.command, return_code=hit.return_code, success=hit.success)
-        data["text"] = _clip(hit.text)
-    return {k: v for k, v in data.items() if v is not None}
+    """The hit as ``kb search --json`` prints it, with long texts clipped for the model."""
+    data = hit.to_json()
+    for key in ("text", "value"):
+        if key in data:
+            data[key] = _clip(data[key])
+    return data
 
 
 def _fact_json(fact: Fact) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder
 from knowledgebase.errors import InputError
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
-from knowledgebase.search.retrieval import Hit, search
+from knowledgebase.search.hits import ChunkHit, FactHit, Hit
+from knowledgebase.search.retrieval import search
 from knowledgebase.util.redact import redact
 
 DEFAULT_BUDGET = DEFAULT_CONTEXT_BUDGET
@@ -157,8 +158,8 @@ def _pack(hits: list[Hit], embedder: Embedder, budget: int, project: str | None)
             break
         block = _block(hit, embedder)
         # a section heading costs a few tokens the first time a kind appears
-        heading = 0 if any(b.hit.kind == hit.kind for b in chosen) else embedder.count_tokens(_heading(hit.kind))
-        if block.item.tokens + heading > remaining and hit.kind == "chunk":
+        heading = 0 if any(b.hit.kind == hit.kind for b in chosen) else embedder.count_tokens(_heading(hit))
+        if block.item.tokens + heading > remaining and isinstance(hit, ChunkHit):
             cut = _cut_chunk(hit, embedder, remaining - heading)
             if cut is None:
                 continue
@@ -173,8 +174,8 @@ def _pack(hits: list[Hit], embedder: Embedder, budget: int, project: str | None)
     return chosen
 
 
-def _heading(kind: str) -> str:
-    return FACTS_HEADING if kind == "fact" else CODE_HEADING
+def _heading(hit: Hit) -> str:
+    return FACTS_HEADING if isinstance(hit, FactHit) else CODE_HEADING
 
 
 def _render(blocks: list[_Block], project: str | None, *, force_header: bool = False) -> str:
@@ -182,8 +183,8 @@ def _render(blocks: list[_Block], project: str | None, *, force_header: bool = F
         return ""
     scope = f"project {project}" if project else "all projects"
     lines = [HEADER, "", INTRO.format(scope=scope)]
-    facts = [b for b in blocks if b.hit.kind == "fact"]
-    code = [b for b in blocks if b.hit.kind != "fact"]
+    facts = [b for b in blocks if isinstance(b.hit, FactHit)]
+    code = [b for b in blocks if not isinstance(b.hit, FactHit)]
     if facts:
         lines += ["", FACTS_HEADING, ""]
         lines += [b.text for b in facts]
@@ -208,23 +209,26 @@ def _fence(content: str) -> str:
     return "`" * (longest + 1)
 
 
-def _chunk_text(hit: Hit, content: str, end_line: int) -> str:
+def _chunk_text(hit: ChunkHit, content: str, end_line: int) -> str:
     symbol = f" `{hit.symbol}`" if hit.symbol else ""
     fence = _fence(content)
     return f"### {hit.path}:{hit.start_line}-{end_line}{symbol}\n\n{fence}{hit.language or ''}\n{content}\n{fence}"
 
 
 def _block(hit: Hit, embedder: Embedder) -> _Block:
-    if hit.kind == "fact":
-        text = f"- **{_inline(hit.label or '')}**: {_inline(hit.value or '')} ({hit.citation()})"
-    elif hit.kind == "chunk":
-        text = _chunk_text(hit, hit.text.rstrip("\n"), hit.end_line or 0)
+    if isinstance(hit, FactHit):
+        text = f"- **{_inline(hit.label)}**: {_inline(hit.value)} ({hit.citation()})"
+    elif isinstance(hit, ChunkHit):
+        text = _chunk_text(hit, hit.text.rstrip("\n"), hit.end_line)
     else:
         text = f"### {hit.citation()}\n\n{_fence(hit.text)}\n{hit.text}\n{_fence(hit.text)}"
-    return _Block(hit, text, _item(hit, embedder.count_tokens(text), hit.citation(), hit.end_line))
+    return _Block(hit, text, _item(hit, embedder.count_tokens(text), hit.citation()))
 
 
-def _item(hit: Hit, tokens: int, citation: str, end_line: int | None, truncated: bool = False) -> ContextItem:
+def _item(hit: Hit, tokens: int, citation: str, *, cut_at: int | None = None) -> ContextItem:
+    """The item of ``hit``; ``cut_at`` is the last line shown of a chunk cut to fit."""
+    if not isinstance(hit, ChunkHit):
+        return ContextItem(kind=hit.kind, id=hit.id, citation=citation, score=hit.score, parts=hit.parts, tokens=tokens)
     return ContextItem(
         kind=hit.kind,
         id=hit.id,
@@ -234,14 +238,14 @@ def _item(hit: Hit, tokens: int, citation: str, end_line: int | None, truncated:
         tokens=tokens,
         path=hit.path,
         start_line=hit.start_line,
-        end_line=end_line,
-        truncated=truncated,
+        end_line=hit.end_line if cut_at is None else cut_at,
+        truncated=cut_at is not None,
     )
 
 
-def _cut_chunk(hit: Hit, embedder: Embedder, room: int) -> _Block | None:
+def _cut_chunk(hit: ChunkHit, embedder: Embedder, room: int) -> _Block | None:
     """The longest leading part of a chunk (whole lines) whose block fits in ``room`` tokens."""
-    if room < MIN_PARTIAL_TOKENS or hit.start_line is None:
+    if room < MIN_PARTIAL_TOKENS:
         return None
     lines = hit.text.rstrip("\n").split("\n")
     best: _Block | None = None
@@ -253,7 +257,7 @@ def _cut_chunk(hit: Hit, embedder: Embedder, room: int) -> _Block | None:
         tokens = embedder.count_tokens(text)
         if tokens <= room:
             citation = f"{hit.path}:{hit.start_line}-{end_line}"
-            best = _Block(hit, text, _item(hit, tokens, citation, end_line, truncated=True))
+            best = _Block(hit, text, _item(hit, tokens, citation, cut_at=end_line))
             low = middle + 1
         else:
             high = middle - 1

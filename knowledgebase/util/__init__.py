@@ -1,1 +1,2 @@
-"""Small helpers with no knowledgebase dependencies: redaction, lexical text, path globs, paths, processes."""
+"""Small helpers with no knowledgebase dependencies: redaction, lexical text, path globs, paths, processes,
+JSON values."""
