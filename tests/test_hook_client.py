@@ -206,7 +206,8 @@ def test_the_hook_entry_imports_only_the_standard_library() -> None:
     package_root = Path(__file__).resolve().parents[1]
     probe = (
         "import sys, knowledgebase.gemini.hook_client, knowledgebase.hook_client\n"
-        "third_party = {m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'knowledgebase', '__main__'}\n"
+        "top = {m.split('.')[0] for m in sys.modules}\n"
+        "third_party = top - set(sys.stdlib_module_names) - {'knowledgebase', '__main__'}\n"
         "print(sorted(third_party))"
     )
     done = subprocess.run(
