@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._store import database_url_option, settings_from
 
 
 @click.group()

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._store import database_url_option, settings_from
 
 if TYPE_CHECKING:
     from knowledgebase.tools.demo import DemoResult

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from knowledgebase.cli._output import database_url_option, settings_from
+from knowledgebase.cli._store import database_url_option, settings_from
 
 
 @click.command(

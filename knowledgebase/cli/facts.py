@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
 
-from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
-from knowledgebase.cli.retrieval import default_project, open_store, project_option
+from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._store import (
+    database_url_option,
+    default_project,
+    open_db,
+    open_store,
+    project_option,
+)
 
 if TYPE_CHECKING:
-    from knowledgebase.db import Database
     from knowledgebase.facts import Fact, FactSource
-
-
-@contextmanager
-def _database(database_url: str | None) -> Iterator[Database]:
-    from knowledgebase.db import open_database
-
-    with open_database(settings_from(database_url)) as db:
-        yield db
 
 
 def _source(
@@ -172,7 +167,7 @@ def list_(
     """List facts, newest first."""
     from knowledgebase.facts import list_facts
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         facts = list_facts(
             db,
             project=default_project(db, project),
@@ -199,7 +194,7 @@ def show(fact_id: int, as_json: bool, database_url: str | None) -> None:
     """Show one fact with its source and history."""
     from knowledgebase.facts import get_fact
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         stored = get_fact(db, fact_id)
     if as_json:
         print_json(stored)
@@ -216,7 +211,7 @@ def confirm(fact_id: int, confidence: float | None, as_json: bool, database_url:
     """Confirm that a fact still holds (raises its confidence and clears a stale flag)."""
     from knowledgebase.facts import confirm_fact
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         stored = confirm_fact(db, fact_id, confidence=confidence)
     if as_json:
         print_json(stored)
@@ -232,7 +227,7 @@ def forget(fact_id: int, as_json: bool, database_url: str | None) -> None:
     """Stop returning a fact (it stays on record as forgotten)."""
     from knowledgebase.facts import forget_fact
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         stored = forget_fact(db, fact_id)
     if as_json:
         print_json(stored)

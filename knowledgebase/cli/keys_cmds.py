@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
 
-from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._store import database_url_option, open_db
 
 if TYPE_CHECKING:
-    from knowledgebase.db import Database
     from knowledgebase.store.api_keys import ApiKey
-
-
-@contextmanager
-def _database(database_url: str | None) -> Iterator[Database]:
-    from knowledgebase.db import open_database
-
-    with open_database(settings_from(database_url)) as db:
-        yield db
 
 
 def _limit(value: int | None) -> str:
@@ -74,7 +64,7 @@ def add(
     """
     from knowledgebase.coordination.keypool import add_key
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         key = add_key(db, name, env_var=env_var, rpm=rpm, tpm=tpm, rpd=rpd, provider=provider)
     _print(key, as_json)
 
@@ -89,7 +79,7 @@ def list_(database_url: str | None, as_json: bool) -> None:
 
     from knowledgebase.coordination.keypool import key_usage
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         rows = key_usage(db)
     if as_json:
         print_json(rows)
@@ -120,7 +110,7 @@ def disable(name: str, reason: str | None, database_url: str | None, as_json: bo
     """Stop handing out a key (it stays on record; `kb keys enable` brings it back)."""
     from knowledgebase.coordination.keypool import disable_key
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         key = disable_key(db, name, reason)
     _print(key, as_json)
 
@@ -133,6 +123,6 @@ def enable(name: str, database_url: str | None, as_json: bool) -> None:
     """Hand out a disabled key again."""
     from knowledgebase.coordination.keypool import enable_key
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         key = enable_key(db, name)
     _print(key, as_json)

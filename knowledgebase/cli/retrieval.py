@@ -4,55 +4,20 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._store import database_url_option, default_project, open_store, project_option
 
 if TYPE_CHECKING:
-    from knowledgebase.config import Settings
-    from knowledgebase.db import Database
-    from knowledgebase.embedding import Embedder
     from knowledgebase.search.context import ContextPack
 
 KIND_CHOICES = ("chunk", "fact", "command", "all")
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-project_option = click.option(
-    "--project",
-    metavar="NAME",
-    help="Project to search (default: the indexed project containing the current directory, else all projects).",
-)
-
-
-@contextmanager
-def open_store(database_url: str | None) -> Iterator[tuple[Settings, Database, Embedder]]:
-    """Settings, an open database and the configured embedder, for one command."""
-    from knowledgebase.db import open_database
-    from knowledgebase.embedding import embedder_from_settings
-
-    settings = settings_from(database_url)
-    with open_database(settings) as db:
-        yield settings, db, embedder_from_settings(settings)
-
-
-def default_project(db: Database, explicit: str | None) -> str | None:
-    """``explicit``, else the indexed project whose root contains the current directory, else None."""
-    import os
-
-    from knowledgebase import store
-
-    if explicit is not None:
-        return explicit
-    with db.connection() as conn:
-        project = store.project_for_path(conn, os.path.realpath(os.getcwd()))
-    return project.name if project is not None else None
-
 
 def read_text_argument(text: str) -> str:
     """The argument, or standard input when it is ``-``."""

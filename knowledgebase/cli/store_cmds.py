@@ -6,7 +6,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._store import database_url_option, settings_from
 
 
 @click.command()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from knowledgebase.cli._output import database_url_option, json_option, print_json, settings_from
+from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._store import database_url_option, open_db, settings_from
 
 if TYPE_CHECKING:
     from knowledgebase.db import Database
@@ -27,14 +26,6 @@ owner_option = click.option(
 context_option = click.option(
     "--context", "context_json", metavar="JSON", help="A JSON object merged into the context."
 )
-
-
-@contextmanager
-def _database(database_url: str | None) -> Iterator[Database]:
-    from knowledgebase.db import open_database
-
-    with open_database(settings_from(database_url)) as db:
-        yield db
 
 
 def _context(raw: str | None) -> dict[str, Any] | None:
@@ -106,7 +97,7 @@ def create(
     from knowledgebase.coordination.taskqueue import create_task
 
     context = _context(context_json)
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         task = create_task(
             db,
             task_id,
@@ -131,7 +122,7 @@ def list_(status: str | None, project: str | None, limit: int, database_url: str
     """List tasks, newest first."""
     from knowledgebase.store.tasks import list_tasks
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         project_id = _project_id(db, project, create=False)
         with db.connection() as conn:
             rows = list_tasks(conn, status=status, project_id=project_id, limit=limit)
@@ -167,7 +158,7 @@ def claim(
     from knowledgebase.coordination.taskqueue import claim_next_task
 
     settings = settings_from(database_url)
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         task = claim_next_task(
             db,
             owner=owner or settings.agent_id,
@@ -192,7 +183,7 @@ def show(task_id: str, database_url: str | None, as_json: bool) -> None:
     """Show one task with its status changes (`kb tasks history` has what was done in it)."""
     from knowledgebase.coordination.taskqueue import get_task
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         _show(get_task(db, task_id), as_json)
 
 
@@ -205,7 +196,7 @@ def history(task_id: str, limit: int | None, database_url: str | None, as_json: 
     """The task's log in order: prompts, responses, commands and their outcomes (to resume it)."""
     from knowledgebase.coordination.audit import task_history
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         items = task_history(db, task_id, limit=limit)
     if as_json:
         print_json(items)
@@ -262,7 +253,7 @@ def done(
     from knowledgebase.coordination.taskqueue import complete_task
 
     context = _context(context_json)
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         _show(complete_task(db, task_id, owner=owner, result=result, context=context), as_json)
 
 
@@ -277,7 +268,7 @@ def fail(task_id: str, reason: str, requeue: bool, owner: str | None, database_u
     """Mark a task failed (or give it back with --requeue)."""
     from knowledgebase.coordination.taskqueue import fail_task
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         _show(fail_task(db, task_id, owner=owner, reason=reason, requeue=requeue), as_json)
 
 
@@ -291,7 +282,7 @@ def cancel(task_id: str, reason: str | None, owner: str | None, database_url: st
     """Cancel a pending or running task for good: nobody will claim it again."""
     from knowledgebase.coordination.taskqueue import cancel_task
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         _show(cancel_task(db, task_id, owner=owner, reason=reason), as_json)
 
 
@@ -304,7 +295,7 @@ def release(task_id: str, owner: str | None, database_url: str | None, as_json: 
     """Give a claimed task back to the queue at once."""
     from knowledgebase.coordination.taskqueue import release_task
 
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         _show(release_task(db, task_id, owner=owner), as_json)
 
 
@@ -326,5 +317,5 @@ def heartbeat(
     if not owner:
         raise InputError("heartbeat needs --owner (or KB_AGENT_ID): the name the task was claimed with")
     settings = settings_from(database_url)
-    with _database(database_url) as db:
+    with open_db(database_url) as db:
         _show(renew(db, task_id, owner=owner, lease_seconds=lease_seconds or settings.task_lease_seconds), as_json)

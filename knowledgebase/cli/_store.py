@@ -1,0 +1,70 @@
+"""What every command that touches the store needs: the settings, the open database, the project.
+
+``--database-url`` (or KB_DATABASE_URL) picks the database; ``--project`` the project, defaulting to
+the indexed project whose root contains the current directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import click
+
+from knowledgebase.config import Settings, get_settings
+
+if TYPE_CHECKING:
+    from knowledgebase.db import Database
+    from knowledgebase.embedding import Embedder
+
+database_url_option = click.option(
+    "--database-url",
+    envvar="KB_DATABASE_URL",
+    default=None,
+    metavar="URL",
+    help="PostgreSQL URL (default: KB_DATABASE_URL, else the embedded server under KB_HOME).",
+)
+project_option = click.option(
+    "--project",
+    metavar="NAME",
+    help="Project to search (default: the indexed project containing the current directory, else all projects).",
+)
+
+
+def settings_from(database_url: str | None = None) -> Settings:
+    """The process settings, with a ``--database-url`` option applied when given."""
+    return get_settings().with_overrides(database_url=database_url)
+
+
+@contextmanager
+def open_db(database_url: str | None) -> Iterator[Database]:
+    """The configured database, checked (reachable, pgvector, schema revision) and open for one command."""
+    from knowledgebase.db import open_database
+
+    with open_database(settings_from(database_url)) as db:
+        yield db
+
+
+@contextmanager
+def open_store(database_url: str | None) -> Iterator[tuple[Settings, Database, Embedder]]:
+    """Settings, an open database and the configured embedder, for one command."""
+    from knowledgebase.db import open_database
+    from knowledgebase.embedding import embedder_from_settings
+
+    settings = settings_from(database_url)
+    with open_database(settings) as db:
+        yield settings, db, embedder_from_settings(settings)
+
+
+def default_project(db: Database, explicit: str | None) -> str | None:
+    """``explicit``, else the indexed project whose root contains the current directory, else None."""
+    import os
+
+    from knowledgebase import store
+
+    if explicit is not None:
+        return explicit
+    with db.connection() as conn:
+        project = store.project_for_path(conn, os.path.realpath(os.getcwd()))
+    return project.name if project is not None else None
