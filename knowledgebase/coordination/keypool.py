@@ -34,6 +34,7 @@ from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted, ConfigError, InputError
 from knowledgebase.store.api_keys import (
     ApiKey,
+    ApiKeyUsage,
     CandidateKey,
     LockedKey,
     WindowUsage,
@@ -74,24 +75,9 @@ class Lease:
 
 
 @dataclass(frozen=True)
-class KeyUsage:
+class KeyUsage(ApiKeyUsage):
     """A key with its limits and what it used in the last minute and day (``kb keys list``)."""
 
-    name: str
-    provider: str
-    env_var: str
-    fingerprint: str | None
-    rpm_limit: int | None
-    tpm_limit: int | None
-    rpd_limit: int | None
-    minute_requests: int
-    minute_tokens: int
-    day_requests: int
-    day_tokens: int
-    cooldown_until: datetime | None
-    disabled: bool
-    disabled_reason: str | None
-    last_used_at: datetime | None
     available_here: str  # "yes", or why not: "variable not set", "different key"
 
 
