@@ -22,8 +22,8 @@ from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.facts import add_fact
 from knowledgebase.gemini import serve
-from knowledgebase.gemini.hook_client import server_address
 from knowledgebase.gemini.warm_embedder import WarmProcessEmbedder
+from knowledgebase.gemini.warm_protocol import server_address
 
 BIN = Path(sys.executable).parent
 SESSION = "5e55-10n"
@@ -190,7 +190,7 @@ def test_concurrent_cold_hooks_share_one_warm_process_which_exits_when_idle(
 
 def test_the_warm_process_address_depends_on_the_store_not_on_spelling(tmp_path: Path) -> None:
     from knowledgebase.config import DEFAULT_EMBED_MODEL
-    from knowledgebase.gemini.hook_client import DEFAULT_EMBED_MODEL as HOOK_DEFAULT
+    from knowledgebase.gemini.warm_protocol import DEFAULT_EMBED_MODEL as HOOK_DEFAULT
 
     assert HOOK_DEFAULT == DEFAULT_EMBED_MODEL
     home = {"KB_HOME": str(tmp_path)}

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
-import zlib
 from collections.abc import Mapping
+
+from knowledgebase.gemini.warm_protocol import PROTOCOL, HookFailure, connect_warm_process, exchange, log_path
 
 HOOK_EVENTS = ("SessionStart", "BeforeAgent", "AfterTool", "AfterAgent", "SessionEnd")
 # The timeout `kb gemini install` writes for each hook (ms). Events that need the embedding model
@@ -31,52 +31,6 @@ HOOK_TIMEOUTS_MS = {
     "SessionEnd": 15_000,
 }
 MARGIN_MS = 1_500  # answer this long before Gemini CLI's own timeout would kill us
-POLL_S = 0.02
-PROTOCOL = 1
-# knowledgebase.config.DEFAULT_EMBED_MODEL, repeated so this module imports only the standard library
-DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
-_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
-
-
-def home_dir(env: Mapping[str, str]) -> str:
-    """KB_HOME as an absolute path (the platform default only when unset, which `kb gemini install` avoids)."""
-    raw = env.get("KB_HOME")
-    if raw:
-        return os.path.realpath(os.path.expanduser(raw))
-    from knowledgebase.config import Settings
-
-    return str(Settings.from_env(env).home)
-
-
-def server_address(env: Mapping[str, str]) -> str:
-    """The Unix socket of the warm process for this store (home, database and model) and code version.
-
-    Processes configured for different stores or models never share a warm process.
-    """
-    from knowledgebase import __version__
-
-    home = home_dir(env)
-    model = env.get("KB_EMBED_MODEL") or DEFAULT_EMBED_MODEL
-    key = "|".join((env.get("KB_DATABASE_URL") or "", model, __version__, str(PROTOCOL)))
-    name = f"serve-{zlib.crc32(key.encode()):08x}.sock"
-    path = os.path.join(home, "run", name)
-    if len(path.encode()) <= _MAX_SOCKET_PATH:
-        return path
-    # a deep KB_HOME would overflow sun_path: fall back to a per-user name in the temp dir
-    tag = zlib.crc32(f"{home}|{key}".encode())
-    return os.path.join("/tmp", f"kb-{os.getuid()}-{tag:08x}.sock")
-
-
-def log_path(env: Mapping[str, str]) -> str:
-    return os.path.join(home_dir(env), "logs", "hooks.log")
-
-
-class HookFailure(Exception):
-    """Why a hook answered ``{}`` (logged, never raised to Gemini CLI); ``cold`` if it had to start the warm process."""
-
-    def __init__(self, message: str, *, cold: bool = False) -> None:
-        super().__init__(message)
-        self.cold = cold
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,85 +98,6 @@ def _budget_ms(event: str, env: Mapping[str, str]) -> float:
     except ValueError:
         timeout = HOOK_TIMEOUTS_MS[event]
     return max(timeout - MARGIN_MS, timeout / 2)
-
-
-def _try_connect(address: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        return None
-    return sock
-
-
-def connect_warm_process(env: Mapping[str, str], deadline: float) -> tuple[socket.socket, bool]:
-    """A connection to the warm process of this store, and whether it had to be started first (cold).
-
-    Raises HookFailure when it does not listen by ``deadline`` (a ``time.monotonic()`` value).
-    """
-    address = server_address(env)
-    sock = _try_connect(address)
-    if sock is not None:
-        return sock, False
-    start_server(env)
-    while time.monotonic() < deadline:
-        time.sleep(POLL_S)
-        sock = _try_connect(address)
-        if sock is not None:
-            return sock, True
-    logs = os.path.dirname(log_path(env))
-    raise HookFailure(f"the warm process did not come up in time (see {logs}/serve.log)", cold=True)
-
-
-def start_server(env: Mapping[str, str]) -> None:
-    """Start ``kb serve`` detached, logging to ``KB_HOME/logs/serve.log``; it exits when idle."""
-    import subprocess
-
-    logs = os.path.dirname(log_path(env))
-    os.makedirs(logs, exist_ok=True)
-    with open(os.path.join(logs, "serve.log"), "ab") as log:
-        subprocess.Popen(
-            # -P: the hook runs in the user's project, whose files must not shadow modules
-            [sys.executable, "-P", "-m", "knowledgebase", "serve"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=dict(env),
-            cwd=home_dir(env),
-            start_new_session=True,
-            close_fds=True,
-        )
-
-
-def exchange(sock: socket.socket, header: dict, raw: bytes, deadline: float) -> dict:
-    """Send the request (a JSON header line, then the hook's stdin verbatim) and read the JSON answer."""
-    with sock:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise HookFailure("timed out before the request was sent")
-        sock.settimeout(remaining)
-        try:
-            sock.sendall(json.dumps(header).encode() + b"\n" + raw)
-            sock.shutdown(socket.SHUT_WR)
-            chunks = []
-            while True:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        except TimeoutError:
-            raise HookFailure("timed out waiting for the warm process") from None
-        except OSError as exc:
-            raise HookFailure(f"lost the connection to the warm process: {exc}") from None
-    try:
-        answer = json.loads(b"".join(chunks))
-    except ValueError:
-        raise HookFailure("the warm process sent an answer that is not JSON") from None
-    if not isinstance(answer, dict):
-        raise HookFailure("the warm process sent an answer that is not an object")
-    return answer
 
 
 def _log(env: Mapping[str, str], event: str, session: str, state: str, status: str, started: float, note: str) -> None:

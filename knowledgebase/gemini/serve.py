@@ -1,7 +1,7 @@
 """The warm process behind the hooks (``kb serve``): the embedding model and a connection pool, kept loaded.
 
 One process per store (KB_HOME, database, model) listens on a Unix socket (see
-``hook_client.server_address``). The first hook that finds none starts it detached; it exits after
+``warm_protocol.server_address``). The first hook that finds none starts it detached; it exits after
 ``KB_SERVE_IDLE_TIMEOUT`` seconds without a request, or on ``kb serve --stop``. A lock file makes
 sure two hooks starting it at once end up with one process.
 
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from knowledgebase.config import Settings
 from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError, first_line
-from knowledgebase.gemini.hook_client import PROTOCOL, server_address
+from knowledgebase.gemini.warm_protocol import PROTOCOL, server_address
 
 if TYPE_CHECKING:
     from knowledgebase.db import Database

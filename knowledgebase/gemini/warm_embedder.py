@@ -20,7 +20,7 @@ import numpy as np
 from knowledgebase.config import Settings
 from knowledgebase.embedding import count_tokens
 from knowledgebase.errors import EmbeddingError
-from knowledgebase.gemini.hook_client import PROTOCOL, HookFailure, connect_warm_process, exchange
+from knowledgebase.gemini.warm_protocol import PROTOCOL, HookFailure, connect_warm_process, exchange
 
 if TYPE_CHECKING:
     from knowledgebase.embedding import Embedder
