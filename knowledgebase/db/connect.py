@@ -49,16 +49,26 @@ def is_connection_failure(exc: BaseException) -> bool:
 
 
 @contextmanager
-def database_errors(url: str) -> Iterator[None]:
-    """Turn a connection-level psycopg failure inside the block into ``DatabaseUnavailable``
-    (``url``: the database it concerns, for the message; a password in it is masked)."""
+def database_errors(target: str | psycopg.Connection) -> Iterator[None]:
+    """Turn a connection-level psycopg failure inside the block into ``DatabaseUnavailable``.
+
+    ``target``: the URL or the connection concerned, named in the message (without its password);
+    a connection is described only when it failed, which keeps the block free on the way through.
+    """
     try:
         yield
     except Exception as exc:
         if not is_connection_failure(exc):
             raise
-        reason = first_line(exc)
-        raise DatabaseUnavailable(f"cannot use the database at {redact_url(url)}: {reason}. {_RECOVERY_HINT}") from exc
+        where = redact_url(target) if isinstance(target, str) else _describe(target)
+        raise DatabaseUnavailable(f"cannot use the database at {where}: {first_line(exc)}. {_RECOVERY_HINT}") from exc
+
+
+def _describe(conn: psycopg.Connection) -> str:
+    try:
+        return conn.info.dsn  # the connection string without its password
+    except Exception:  # a connection that is gone may not say any more
+        return "the configured server"
 
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:

@@ -79,7 +79,7 @@ def transaction(target: psycopg.Connection | Database) -> Iterator[psycopg.Conne
         with target.connection() as conn:
             yield conn
     else:
-        with database_errors(target.info.dsn):  # the connection string without its password
+        with database_errors(target):
             yield target
 
 
