@@ -133,10 +133,9 @@ def build_server(services: McpServices) -> MCPServer:
 
         def run() -> list[dict[str, Any]]:
             from knowledgebase.search.retrieval import DEFAULT_KINDS
-
-            scope = services.scope()
             from knowledgebase.search.retrieval import search as run_search
 
+            scope = services.scope()
             hits = run_search(
                 services.database(),
                 services.embedder(),

@@ -104,7 +104,6 @@ VALUES (%(file_id)s, %(project_id)s, %(chunk_index)s, %(start_line)s, %(end_line
 """
 LIST_CHUNKS = f"SELECT {_CHUNK_COLS} FROM file_chunks WHERE file_id = %s ORDER BY chunk_index"
 GET_CHUNK = f"SELECT {_CHUNK_COLS} FROM file_chunks WHERE id = %s"
-DELETE_CHUNKS = "DELETE FROM file_chunks WHERE file_id = %s"
 
 
 def upsert_file(conn: psycopg.Connection, new: NewFile) -> ProjectFile:
@@ -159,7 +158,8 @@ def get_chunk(conn: psycopg.Connection, chunk_id: int) -> StoredChunk:
 
 
 def delete_chunks(conn: psycopg.Connection, file_id: int) -> int:
-    return conn.execute(DELETE_CHUNKS, (file_id,)).rowcount
+    """Delete every chunk of ``file_id``; how many there were."""
+    return delete_chunks_of_files(conn, [file_id])
 
 
 @dataclass(frozen=True)
