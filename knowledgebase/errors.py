@@ -14,6 +14,7 @@ Adapters (CLI, hooks, MCP) turn these into one clean line; any other exception i
     │   └── BackendUnavailable   a faster embedding backend cannot run here (callers fall back to torch)
     ├── InputError               bad input from a user or caller (empty query, bad path, bad glob...)
     │   ├── ProjectPathError     a path to scan that does not exist or is not a directory
+    │   ├── ProjectRootConflict  a project name already bound to another root folder
     │   └── GeminiSettingsError  a Gemini CLI settings.json that cannot be merged into (nothing changed)
     ├── NotFound                 a task, fact, key or project that does not exist
     ├── LeaseError               a task lease that is not (or no longer) held by the caller
@@ -68,6 +69,10 @@ class InputError(KnowledgebaseError):
 
 class ProjectPathError(InputError):
     """A project path that does not exist or is not a directory."""
+
+
+class ProjectRootConflict(InputError):
+    """A project name that is bound to another root folder than the one given (nothing changed)."""
 
 
 class GeminiSettingsError(InputError):

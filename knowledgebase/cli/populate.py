@@ -20,9 +20,14 @@ if TYPE_CHECKING:
 @click.command()
 @click.argument("path", default=".", required=False)
 @click.option("--project", metavar="NAME", help="Project name (default: the directory's name).")
+@click.option(
+    "--move-root",
+    is_flag=True,
+    help="Move the project to PATH when it was indexed from another folder (files not in PATH leave it).",
+)
 @database_url_option
 @json_option
-def populate(path: str, project: str | None, database_url: str | None, as_json: bool) -> None:
+def populate(path: str, project: str | None, move_root: bool, database_url: str | None, as_json: bool) -> None:
     """Index PATH (default: here) for agents: scan, chunk and embed its files.
 
     Honours .gitignore and .kbignore; skips binary, huge, vendored, lock and secret files; redacts
@@ -38,10 +43,12 @@ def populate(path: str, project: str | None, database_url: str | None, as_json: 
     embedder = embedder_from_settings(settings)
     with open_database(settings) as db:
         if as_json:
-            report = populate_project(db, embedder, root, project=project, settings=settings)
+            report = populate_project(db, embedder, root, project=project, settings=settings, move_root=move_root)
         else:
             with _progress_bar() as update:
-                report = populate_project(db, embedder, root, project=project, settings=settings, progress=update)
+                report = populate_project(
+                    db, embedder, root, project=project, settings=settings, progress=update, move_root=move_root
+                )
     if as_json:
         print_json(report)
     else:

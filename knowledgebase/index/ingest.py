@@ -67,10 +67,10 @@ from knowledgebase.store import (
     NewChunk,
     NewFile,
     active_model,
+    bind_project,
     chunk_vectors_by_hash,
     delete_chunks_of_files,
     delete_files_by_id,
-    ensure_project,
     insert_chunks,
     list_file_states,
     mark_changed_file_facts_stale,
@@ -170,11 +170,15 @@ def populate_project(
     project: str | None = None,
     settings: Settings,
     progress: ProgressCallback | None = None,
+    move_root: bool = False,
 ) -> PopulateReport:
     """Index the directory ``root`` as project ``project`` (default: the directory's name).
 
-    Raises ProjectPathError for a path that is not a directory, ModelMismatch when ``embedder`` is not
-    the store's model; an error half-way keeps every batch committed before it.
+    A project is bound to the root it was first indexed from: ``move_root`` moves it to ``root``
+    (its files are compared by relative path; vectors of unchanged chunks are reused), otherwise
+    another root raises ProjectRootConflict before anything changes. Raises ProjectPathError for a
+    path that is not a directory, ModelMismatch when ``embedder`` is not the store's model; an error
+    half-way keeps every batch committed before it.
     """
     started = time.perf_counter()
     root_path = resolve_root(root)
@@ -182,7 +186,7 @@ def populate_project(
     if not name:
         raise InputError("the project name must not be empty")
     with db.connection() as conn:
-        record = ensure_project(conn, name, str(root_path))
+        record = bind_project(conn, name, str(root_path), move_root=move_root)
         _check_model_name(conn, embedder)
     run = _Run(db, embedder, settings, record.id, progress or (lambda _: None))
     locks = [Lock(REEMBED_LOCK, 0, shared=True), Lock(POPULATE_LOCK, record.id)]

@@ -97,6 +97,9 @@ LANGUAGES = {
 LANGUAGE_BY_NAME = {"Makefile": "make", "Dockerfile": "dockerfile", "CMakeLists.txt": "cmake", "Justfile": "just"}
 
 SNIFF_BYTES = 8192
+# Longest relative path indexed, in UTF-8 bytes: PostgreSQL cannot index a btree key over 2704 bytes
+# (``project_files (project_id, file_path)``), and deeper paths near PATH_MAX cannot be opened anyway.
+MAX_PATH_BYTES = 2048
 _Spec = tuple[str, GitIgnoreSpec]  # an ignore file's patterns and the directory (relative) it sits in
 READ_ATTEMPTS = 3
 
@@ -116,6 +119,8 @@ class SkipReason(StrEnum):
     SYMLINK_OUTSIDE = "symlink out of the project root"
     BROKEN_SYMLINK = "dangling symlink or symlink loop"
     UNREADABLE = "unreadable"
+    BAD_NAME = "name is not valid UTF-8"
+    PATH_TOO_LONG = "path too long"
     VANISHED = "vanished while scanning"
     CHANGING = "kept changing while being read"
 
@@ -158,9 +163,28 @@ def resolve_root(root: Path | str) -> Path:
     if not path.is_dir():
         raise ProjectPathError(f"cannot index {str(root)!r}: not a directory (give the project's root folder)")
     try:
-        return path.resolve(strict=True)
+        resolved = path.resolve(strict=True)
     except (OSError, RuntimeError) as exc:
         raise ProjectPathError(f"cannot index {str(root)!r}: {exc}") from None
+    if _name_problem(str(resolved)) is not None:
+        raise ProjectPathError(
+            f"cannot index {printable_path(str(resolved))!r}: its path is not valid UTF-8 (rename the folder)"
+        )
+    return resolved
+
+
+def printable_path(path: str) -> str:
+    """``path`` safe to print and store: bytes that are not UTF-8 (surrogate escapes) shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _name_problem(rel: str) -> SkipReason | None:
+    """Why ``rel`` cannot be stored as a path: not valid UTF-8, or longer than ``MAX_PATH_BYTES``."""
+    try:
+        size = len(rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        return SkipReason.BAD_NAME
+    return SkipReason.PATH_TOO_LONG if size > MAX_PATH_BYTES else None
 
 
 def language_for(rel_path: str) -> str | None:
@@ -193,6 +217,10 @@ def scan_project(root: Path, settings: Settings) -> Iterator[ScannedFile | Skipp
         subdirs: list[tuple[Path, str, list[_Spec]]] = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            problem = _name_problem(rel)
+            if problem is not None:  # reported, never stored: the database could not hold it
+                yield _bad_path_skip(entry, rel, problem)
+                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -217,6 +245,17 @@ def scan_project(root: Path, settings: Settings) -> Iterator[ScannedFile | Skipp
                 yield _classify_file(Path(entry.path), rel, st, settings.max_file_bytes)
         # depth-first in name order: push in reverse so the first name is walked first
         stack.extend(reversed(subdirs))
+
+
+def _bad_path_skip(entry: os.DirEntry[str], rel: str, problem: SkipReason) -> SkippedFile:
+    try:
+        is_dir = entry.is_dir(follow_symlinks=False)
+    except OSError:
+        is_dir = False
+    shown = printable_path(rel) + ("/" if is_dir else "")
+    if problem is SkipReason.BAD_NAME:
+        return SkippedFile(shown, problem, "rename it to index it")
+    return SkippedFile(shown[:200] + "...", problem, f"more than {MAX_PATH_BYTES} bytes")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -249,7 +288,7 @@ def _ignored(specs: list[_Spec], rel: str) -> bool:
 def _vendored_dir(path: Path, name: str) -> bool:
     if name in VENDORED_DIRS or name.endswith(VENDORED_DIR_SUFFIXES):
         return True
-    return (path / "pyvenv.cfg").exists()  # a virtualenv under any name
+    return os.path.exists(path / "pyvenv.cfg")  # a virtualenv under any name (False when unreachable)
 
 
 def _symlink_skip(root: Path, link: Path, rel: str) -> SkippedFile:

@@ -117,6 +117,7 @@ from knowledgebase.store.models import (
 )
 from knowledgebase.store.projects import (
     Project,
+    bind_project,
     delete_project,
     ensure_project,
     find_project,
@@ -218,6 +219,7 @@ __all__ = [
     "activate_model",
     "active_knowledge_with_label",
     "active_model",
+    "bind_project",
     "chunk_candidates",
     "chunk_hash_at_line",
     "chunk_hash_in_file",

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import psycopg
 
-from knowledgebase.errors import InputError
+from knowledgebase.errors import InputError, ProjectRootConflict
 from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
 
 
@@ -30,6 +30,17 @@ ON CONFLICT (name) DO UPDATE
                          THEN now() ELSE projects.updated_at END
 RETURNING {_COLS}
 """
+# a project keeps the root it was first indexed from (a name without a root takes the given one)
+BIND_PROJECT = f"""
+INSERT INTO projects (name, root_path) VALUES (%(name)s, %(root_path)s)
+ON CONFLICT (name) DO UPDATE
+   SET root_path = COALESCE(projects.root_path, EXCLUDED.root_path),
+       updated_at = CASE WHEN projects.root_path IS NULL THEN now() ELSE projects.updated_at END
+RETURNING {_COLS}
+"""
+MOVE_PROJECT_ROOT = (
+    f"UPDATE projects SET root_path = %(root_path)s, updated_at = now() WHERE id = %(id)s RETURNING {_COLS}"
+)
 GET_PROJECT = f"SELECT {_COLS} FROM projects WHERE name = %s"
 GET_PROJECT_BY_ID = f"SELECT {_COLS} FROM projects WHERE id = %s"
 LIST_PROJECTS = f"SELECT {_COLS} FROM projects ORDER BY name"
@@ -50,6 +61,30 @@ def ensure_project(conn: psycopg.Connection, name: str, root_path: str | None = 
     row = fetch_one(conn, Project, ENSURE_PROJECT, {"name": name.strip(), "root_path": root_path})
     assert row is not None
     return row
+
+
+def bind_project(conn: psycopg.Connection, name: str, root_path: str, *, move_root: bool = False) -> Project:
+    """The project ``name`` indexed from ``root_path``, created if new.
+
+    A project is bound to the root it was first indexed from: another root is refused with
+    ProjectRootConflict (so two folders with the same name never share, and delete, each other's
+    files) unless ``move_root`` moves the project there.
+    """
+    if not name or not name.strip():
+        raise InputError("a project name must not be empty")
+    row = fetch_one(conn, Project, BIND_PROJECT, {"name": name.strip(), "root_path": root_path})
+    assert row is not None
+    if row.root_path == root_path:
+        return row
+    if not move_root:
+        raise ProjectRootConflict(
+            f"project {row.name!r} is indexed from {row.root_path}, not {root_path}: index this folder under "
+            f"another name with `kb populate {root_path} --project NAME`, or move the project here with "
+            f"`kb populate {root_path} --move-root` (files not in the new folder leave the index)"
+        )
+    moved = fetch_one(conn, Project, MOVE_PROJECT_ROOT, {"id": row.id, "root_path": root_path})
+    assert moved is not None
+    return moved
 
 
 def get_project(conn: psycopg.Connection, name: str) -> Project:
