@@ -11,7 +11,7 @@ from psycopg import sql
 
 from knowledgebase import store
 from knowledgebase.coordination import audit, taskqueue
-from knowledgebase.coordination.spool import flush_spool, load_spooled, pending_files, spool_command
+from knowledgebase.coordination.spool import flush_spool, load_spooled, pending_files, spool_entry
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, NotFound
 
@@ -165,8 +165,8 @@ def test_spooled_entries_keep_their_time_and_are_flushed_once(db: Database, tmp_
                                kind="shell"),
         audit.prepare_output(stdout="deployed", return_code=0),
     )
-    first = spool_command(spool, record)
-    second = spool_command(spool, record)
+    first = spool_entry(spool, record)
+    second = spool_entry(spool, record)
     assert GITHUB_TOKEN not in first.read_text()  # redacted before it touches the disk
     assert oct(first.stat().st_mode & 0o777) == oct(0o600)
     written_at = load_spooled(first).exchange.created_at
@@ -185,7 +185,7 @@ def test_spooled_entries_keep_their_time_and_are_flushed_once(db: Database, tmp_
 def test_flushing_into_an_unreachable_database_keeps_the_spool(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     record = audit.CommandRecord(audit.prepare_exchange(task_id=None, prompt="p"), audit.prepare_output(return_code=1))
-    path = spool_command(spool, record)
+    path = spool_entry(spool, record)
     with Database("postgresql://kb@127.0.0.1:1/kb", max_size=1, timeout=2) as unreachable:
         report = flush_spool(unreachable, spool)
     assert report.flushed == 0 and report.remaining == 1 and report.error

@@ -16,7 +16,7 @@ from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.coordination import audit
 from knowledgebase.db import Database
-from knowledgebase.errors import DatabaseUnavailable, InputError
+from knowledgebase.errors import InputError
 from knowledgebase.facts import add_fact, list_facts
 from knowledgebase.gemini import session as gemini_session
 from knowledgebase.gemini.hooks import HookCall, handle_hook
@@ -356,8 +356,6 @@ def test_a_shell_command_is_spooled_while_the_database_is_down_and_written_when_
         ),
     )
     assert result.output == {} and "spooled" in result.note
-    with pytest.raises(DatabaseUnavailable):
-        handle_hook(down, call("BeforeAgent", project_dir, prompt="hi"))  # nothing to spool: fails (open, upstream)
     assert len(list(settings.spool_dir.glob("*.json"))) == 1
     assert log_rows(db) == []
 

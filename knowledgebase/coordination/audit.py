@@ -44,6 +44,7 @@ from knowledgebase.store.audit import (
 )
 from knowledgebase.store.tasks import task_exists
 from knowledgebase.util.redact import redact, redact_value
+from knowledgebase.util.text import storable_text
 
 ConnOrDb = psycopg.Connection | Database
 
@@ -74,11 +75,11 @@ def clip_text(text: str, limit: int) -> tuple[str, bool]:
 
 
 def _storable(text: str | None, limit: int = MAX_TEXT_CHARS) -> str | None:
-    """Redacted, clipped and without NUL characters (PostgreSQL text cannot hold them)."""
+    """Redacted, clipped, without NUL characters or lone surrogates (PostgreSQL text cannot hold them)."""
     if text is None:
         return None
-    clipped, _ = clip_text(text, limit)
-    return (redact(clipped) or "").replace("\x00", "\ufffd")
+    clipped, _ = clip_text(storable_text(text), limit)
+    return redact(clipped) or ""
 
 
 def _storable_json(value: Any) -> Any:
@@ -87,7 +88,7 @@ def _storable_json(value: Any) -> Any:
     if isinstance(value, str):
         return _storable(value)
     if isinstance(value, dict):
-        return {str(k).replace("\x00", "\ufffd"): _storable_json(v) for k, v in value.items()}
+        return {storable_text(str(k)): _storable_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_storable_json(v) for v in value]
     return redact_value(value)
@@ -286,8 +287,7 @@ def log_command(
     return store_command(conn_or_db, CommandRecord(exchange, prepare_output(**outcome)))
 
 
-def log_usage(
-    conn_or_db: ConnOrDb,
+def prepare_usage(
     *,
     request_type: str,
     model: str | None = None,
@@ -300,11 +300,11 @@ def log_usage(
     latency_ms: int | None = None,
     success: bool = True,
     error: str | None = None,
-) -> UsageEntry:
-    """Record the token usage of one model request (``total_tokens`` defaults to prompt + response)."""
+) -> NewUsage:
+    """A ``usage_log`` row ready to insert (``total_tokens`` defaults to prompt + response)."""
     if prompt_tokens < 0 or response_tokens < 0 or (total_tokens is not None and total_tokens < 0):
         raise InputError("token counts cannot be negative")
-    new = NewUsage(
+    return NewUsage(
         request_type=request_type,
         model=model,
         prompt_tokens=prompt_tokens,
@@ -317,10 +317,33 @@ def log_usage(
         success=success,
         error=_storable(error),
     )
+
+
+def log_usage(conn_or_db: ConnOrDb, **usage: Any) -> UsageEntry:
+    """Record the token usage of one model request; keyword arguments as ``prepare_usage``."""
+    new = prepare_usage(**usage)
     with transaction(conn_or_db) as conn:
-        if task_id is not None:
-            open_task_if_missing(conn, task_id)
+        if new.task_id is not None:
+            open_task_if_missing(conn, new.task_id)
         return insert_usage(conn, new)
+
+
+@dataclass(frozen=True)
+class ExchangeRecord:
+    """A prompt or response exchange and the token usage of its model calls, redacted: stored by
+    ``store_exchange``, or spooled. The usage rows get the exchange's id when stored."""
+
+    exchange: NewCommandLog
+    usage: tuple[NewUsage, ...] = ()
+
+
+def store_exchange(conn_or_db: ConnOrDb, record: ExchangeRecord) -> CommandLogEntry:
+    """Insert a prepared exchange and its usage rows in one transaction."""
+    with transaction(conn_or_db) as conn:
+        entry = _insert_exchange(conn, record.exchange)
+        for usage in record.usage:
+            insert_usage(conn, replace(usage, command_log_id=entry.id, task_id=usage.task_id or entry.task_id))
+    return entry
 
 
 # --------------------------------------------------------------------------------------------------

@@ -405,7 +405,7 @@ def log_or_spool(
     record: CommandRecord, result: CommandResult, *, settings: Settings, db: Database | None = None
 ) -> ExecutionRecord:
     """Store ``record``, then replay anything spooled earlier; if the database is unreachable, spool it."""
-    from knowledgebase.coordination.spool import flush_spool, spool_command
+    from knowledgebase.coordination.spool import flush_spool, spool_entry
 
     own = db is None
     try:
@@ -417,7 +417,7 @@ def log_or_spool(
             entry, _ = store_command(db, record)
         except DatabaseError as exc:
             reason = first_line(exc)
-            path = spool_command(settings.spool_dir, record)
+            path = spool_entry(settings.spool_dir, record)
             warning = (
                 f"the command ran, but its log entry could not be written ({reason}); it was saved to {path} "
                 "and will be written by `kb audit flush` or the next `kb exec` that reaches the database"

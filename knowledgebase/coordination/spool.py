@@ -1,11 +1,19 @@
 """Audit entries kept on local disk while the database is unreachable, and written to it later.
 
 ``kb exec`` runs the command and exits with its code even when the database is down, and does not
-drop the log entry: the entry (already redacted, with the time it happened) is written as one JSON
-file under ``KB_HOME/spool/`` and a warning on stderr says so. ``kb audit flush``, and every later
-``kb exec`` that reaches the database, writes the spooled entries in the order they happened and
-removes the files. Delivery is at least once: a crash between the commit and the removal of a file
-replays that entry. Concurrent flushers do not double-write: each claims a file by renaming it.
+drop the log entry; the Gemini CLI hooks do the same for every event they log. The entry (already
+redacted, with the time it happened) is written as one JSON file under ``KB_HOME/spool/`` and a
+warning says so. ``kb audit flush``, every later ``kb exec`` that reaches the database and the hooks'
+warm process when it reconnects write the spooled entries in the order they happened, with their
+original times, and remove the files. Delivery is at least once: a crash between the commit and the
+removal of a file replays that entry. Concurrent flushers do not double-write: each claims a file by
+renaming it.
+
+An entry is one of (``SpoolEntry``):
+
+- ``CommandRecord``: a command or tool call with its outcome (``kb exec``, AfterTool);
+- ``ExchangeRecord``: a prompt or a response with the token usage of its model calls (BeforeAgent, AfterAgent);
+- ``SessionOpening``: a session's task opened with its context (SessionStart).
 """
 
 from __future__ import annotations
@@ -14,17 +22,19 @@ import contextlib
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from knowledgebase.coordination.audit import CommandRecord, store_command
-from knowledgebase.db import Database
-from knowledgebase.errors import DatabaseError, first_line
-from knowledgebase.store.audit import NewCommandLog, NewCommandOutput
+from knowledgebase.coordination import taskqueue
+from knowledgebase.coordination.audit import CommandRecord, ExchangeRecord, store_command, store_exchange
+from knowledgebase.db import Database, transaction
+from knowledgebase.errors import DatabaseError, LeaseError, first_line
+from knowledgebase.store.audit import NewCommandLog, NewCommandOutput, NewUsage
 from knowledgebase.util.processes import pid_alive
 
 SPOOL_VERSION = 1
@@ -41,6 +51,20 @@ class FlushReport:
     error: str | None = None  # why flushing stopped early (the database went away again)
 
 
+@dataclass(frozen=True)
+class SessionOpening:
+    """A session's task opened (or resumed) by ``owner`` outside the queue, and context merged into it."""
+
+    task_id: str
+    owner: str
+    title: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None  # when it happened (the task's context records it as ``opened_at``)
+
+
+SpoolEntry = CommandRecord | ExchangeRecord | SessionOpening
+
+
 def _jsonable(entry: Any) -> dict[str, Any]:
     data = asdict(entry)
     if isinstance(data.get("created_at"), datetime):
@@ -54,17 +78,24 @@ def _timestamped(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def spool_command(spool_dir: Path, record: CommandRecord) -> Path:
-    """Write ``record`` to the spool (atomically, private to the user); returns the file."""
+def _payload(entry: SpoolEntry, now: datetime) -> dict[str, Any]:
+    """The JSON of ``entry``, every time left open set to ``now`` (the entry is written later)."""
+    if isinstance(entry, CommandRecord):
+        exchange = replace(entry.exchange, created_at=entry.exchange.created_at or now)
+        outcome = replace(entry.outcome, created_at=entry.outcome.created_at or now)
+        return {"type": "command", "exchange": _jsonable(exchange), "outcome": _jsonable(outcome)}
+    if isinstance(entry, ExchangeRecord):
+        exchange = replace(entry.exchange, created_at=entry.exchange.created_at or now)
+        usage = [_jsonable(replace(u, created_at=u.created_at or now)) for u in entry.usage]
+        return {"type": "exchange", "exchange": _jsonable(exchange), "usage": usage}
+    return {"type": "session", "session": _jsonable(replace(entry, created_at=entry.created_at or now))}
+
+
+def spool_entry(spool_dir: Path, record: SpoolEntry) -> Path:
+    """Write ``record`` (a command, an exchange or a session opening) to the spool, atomically and
+    private to the user; returns the file."""
     now = datetime.now(UTC)
-    exchange = replace(record.exchange, created_at=record.exchange.created_at or now)
-    outcome = replace(record.outcome, created_at=record.outcome.created_at or now)
-    payload = {
-        "version": SPOOL_VERSION,
-        "type": "command",
-        "exchange": _jsonable(exchange),
-        "outcome": _jsonable(outcome),
-    }
+    payload = {"version": SPOOL_VERSION, **_payload(record, now)}
     spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     tmp = spool_dir / f".{name}.tmp"
@@ -78,17 +109,45 @@ def spool_command(spool_dir: Path, record: CommandRecord) -> Path:
     return final
 
 
-def load_spooled(path: Path) -> CommandRecord:
-    """The record in a spool file (ValueError if the file is not one)."""
+def load_spooled(path: Path) -> SpoolEntry:
+    """The entry in a spool file (ValueError if the file is not one)."""
     payload = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(payload, dict) or payload.get("version") != SPOOL_VERSION or payload.get("type") != "command":
-        raise ValueError(f"{path.name} is not a spooled command (version {SPOOL_VERSION})")
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or payload.get("version") != SPOOL_VERSION or kind not in _LOADERS:
+        raise ValueError(f"{path.name} is not a spooled entry (version {SPOOL_VERSION})")
     try:
-        exchange = NewCommandLog(**_timestamped(payload["exchange"]))
-        outcome = NewCommandOutput(**_timestamped(payload["outcome"]))
-    except (KeyError, TypeError) as exc:
+        return _LOADERS[kind](payload)
+    except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path.name} is incomplete: {exc}") from None
-    return CommandRecord(exchange, outcome)
+
+
+_LOADERS: dict[str, Callable[[dict[str, Any]], SpoolEntry]] = {
+    "command": lambda p: CommandRecord(
+        NewCommandLog(**_timestamped(p["exchange"])), NewCommandOutput(**_timestamped(p["outcome"]))
+    ),
+    "exchange": lambda p: ExchangeRecord(
+        NewCommandLog(**_timestamped(p["exchange"])), tuple(NewUsage(**_timestamped(u)) for u in p["usage"])
+    ),
+    "session": lambda p: SessionOpening(**_timestamped(p["session"])),
+}
+
+
+def store_entry(conn_or_db: psycopg.Connection | Database, entry: SpoolEntry) -> int | None:
+    """Write ``entry`` to the database (in one transaction); the id of its ``command_log`` row, if it has one.
+
+    A session whose task another owner holds is left to that owner: its log rows are written all the same.
+    """
+    if isinstance(entry, CommandRecord):
+        return store_command(conn_or_db, entry)[0].id
+    if isinstance(entry, ExchangeRecord):
+        return store_exchange(conn_or_db, entry).id
+    context = dict(entry.context)
+    if entry.created_at is not None:
+        context["opened_at"] = entry.created_at.isoformat()
+    with contextlib.suppress(LeaseError), transaction(conn_or_db) as conn:
+        taskqueue.open_task(conn, entry.task_id, owner=entry.owner, title=entry.title)
+        taskqueue.update_context(conn, entry.task_id, context, owner=entry.owner)
+    return None
 
 
 def pending_files(spool_dir: Path) -> list[Path]:
@@ -125,14 +184,14 @@ def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> F
         except FileNotFoundError:
             continue  # another flusher took it
         try:
-            record = load_spooled(claimed)
+            entry = load_spooled(claimed)
         except (OSError, ValueError) as exc:
             os.replace(claimed, path.with_name(path.name + ".bad"))
             rejected += 1
             error = f"{path.name}: {exc}"
             continue
         try:
-            store_command(conn_or_db, record)
+            store_entry(conn_or_db, entry)
         except DatabaseError as exc:
             os.replace(claimed, path)
             error = first_line(exc)
@@ -145,4 +204,3 @@ def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> F
         claimed.unlink()
         flushed += 1
     return FlushReport(flushed, rejected, len(pending_files(spool_dir)), error)
-

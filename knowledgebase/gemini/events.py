@@ -16,14 +16,19 @@ is tested on its own. Formats, as Gemini CLI writes them:
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SESSION_TASK_PREFIX = "gemini-"
 MAX_TRANSCRIPT_BYTES = 16 * 1024 * 1024  # only the tail of a larger transcript is read
+TRANSCRIPT_DEADLINE_S = 3.0  # reading a transcript never takes more of a hook's budget than this
 
 _HOOK_CONTEXT = re.compile(r"\A\s*<hook_context>.*?</hook_context>\s*", re.S)
 _UNTRUSTED = re.compile(r"\A\s*<untrusted_context>\n?(?P<body>.*?)\n?</untrusted_context>\s*\Z", re.S)
@@ -122,7 +127,8 @@ def parse_shell_outcome(tool_response: Any) -> ShellOutcome:
 def turn_model_calls(transcript_path: str | Path) -> list[ModelCall]:
     """The model responses of the session's latest turn (after its last typed user message).
 
-    Raises FileNotFoundError / OSError when the transcript cannot be read.
+    Raises FileNotFoundError / OSError when the transcript cannot be read: only a regular file is
+    read (a FIFO or a device would block the hook), and within ``TRANSCRIPT_DEADLINE_S``.
     """
     messages = _transcript_messages(Path(transcript_path))
     start = 0
@@ -148,13 +154,37 @@ def turn_model_calls(transcript_path: str | Path) -> list[ModelCall]:
     return calls
 
 
+def _read_tail(path: Path, limit: int) -> tuple[bytes, bool]:
+    """The last ``limit`` bytes of the regular file ``path``, and whether the file was longer.
+
+    Opened without blocking (a FIFO would wait for a writer), refused unless regular, and read
+    against a deadline (a file on a hung network mount).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        start = max(0, info.st_size - limit)
+        os.lseek(fd, start, os.SEEK_SET)
+        deadline = time.monotonic() + TRANSCRIPT_DEADLINE_S
+        parts: list[bytes] = []
+        remaining = limit
+        while remaining > 0:
+            part = os.read(fd, min(remaining, 1 << 20))
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+            if time.monotonic() > deadline:
+                raise OSError(errno.ETIMEDOUT, f"not read within {TRANSCRIPT_DEADLINE_S:g} s", str(path))
+    finally:
+        os.close(fd)
+    return b"".join(parts), start > 0
+
+
 def _transcript_messages(path: Path) -> list[dict[str, Any]]:
-    with path.open("rb") as handle:
-        handle.seek(0, 2)
-        size = handle.tell()
-        skip_partial = size > MAX_TRANSCRIPT_BYTES
-        handle.seek(max(0, size - MAX_TRANSCRIPT_BYTES))
-        data = handle.read()
+    data, skip_partial = _read_tail(path, MAX_TRANSCRIPT_BYTES)
     lines = data.splitlines()
     if skip_partial and lines:
         lines = lines[1:]

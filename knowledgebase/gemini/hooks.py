@@ -31,6 +31,7 @@ from knowledgebase.coordination import audit, spool, taskqueue
 from knowledgebase.errors import DatabaseError, InputError, LeaseError, NotFound, first_line
 from knowledgebase.gemini import events as gemini_events
 from knowledgebase.gemini import session as gemini_session
+from knowledgebase.util.text import storable_text
 
 if TYPE_CHECKING:
     from knowledgebase.config import Settings
@@ -156,24 +157,56 @@ def _additional_context(event: str, text: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Logged:
+    """Where an event's log entry went: the database (``db`` set) or, during an outage, the spool."""
+
+    session: _Session
+    db: Database | None
+    entry_id: int | None
+    note: str
+
+
+def _log_or_spool(services: HookServices, call: HookCall, prepare: Callable[[_Session], spool.SpoolEntry]) -> _Logged:
+    """Store the entry ``prepare`` makes for the call's session; with the database unreachable (or not
+    migrated), spool it with the time it happened, to be written when the database is back."""
+    try:
+        db = services.database()
+        session = _session(db, call)
+        entry_id = spool.store_entry(db, prepare(session))
+    except DatabaseError as exc:
+        session = _offline_session(call)
+        path = spool.spool_entry(services.settings.spool_dir, prepare(session))
+        return _Logged(session, None, None, f"database unavailable, spooled to {path.name}: {first_line(exc)}")
+    return _Logged(session, db, entry_id, f"log={entry_id}")
+
+
 def session_start(services: HookServices, call: HookCall) -> HookResult:
     """Open or resume the session's task; return the project digest as additional context."""
-    db = services.database()
-    session = _session(db, call)
     source = str(call.payload.get("source") or "startup")
-    title = f"Gemini CLI session {session.session_id[:8]}" + (f" in {session.cwd}" if session.cwd else "")
     held = ""
+
+    def opening(session: _Session) -> spool.SessionOpening:
+        title = f"Gemini CLI session {session.session_id[:8]}" + (f" in {session.cwd}" if session.cwd else "")
+        context = {"cwd": session.cwd, "transcript_path": call.payload.get("transcript_path"), "source": source}
+        return spool.SessionOpening(session.task_id, session.owner, title, context)
+
     try:
+        db = services.database()
+        session = _session(db, call)
+        opened = opening(session)
         with db.connection() as conn:
-            taskqueue.open_task(conn, session.task_id, owner=session.owner, project_id=session.project_id, title=title)
-            taskqueue.update_context(
-                conn,
-                session.task_id,
-                {"cwd": session.cwd, "transcript_path": call.payload.get("transcript_path"), "source": source},
-                owner=session.owner,
+            taskqueue.open_task(
+                conn, session.task_id, owner=session.owner, project_id=session.project_id, title=opened.title
             )
+            taskqueue.update_context(conn, session.task_id, opened.context, owner=session.owner)
     except LeaseError as exc:  # another holder (an operator, a queue worker): log under it all the same
         held = f" not-reopened({exc})"
+    except DatabaseError as exc:  # down: the opening is written when the database is back
+        session = _offline_session(call)
+        path = spool.spool_entry(services.settings.spool_dir, opening(session))
+        _register(services, call, session)
+        return HookResult({}, note=f"database unavailable, session spooled to {path.name}: {first_line(exc)}")
     _register(services, call, session)
     digest = session_digest(db, session.project)
     return HookResult(
@@ -186,37 +219,34 @@ def before_agent(services: HookServices, call: HookCall) -> HookResult:
     """Log the prompt and return the ranked context for it."""
     from knowledgebase.search.context import build_context
 
-    db = services.database()
-    session = _session(db, call)
     raw = call.payload.get("prompt")
-    prompt = gemini_events.strip_hook_context(raw if isinstance(raw, str) else "")
-    entry = audit.log_exchange(
-        db,
-        task_id=session.task_id,
-        prompt=prompt,
-        session_id=session.session_id,
-        project_id=session.project_id,
-        kind="prompt",
-        agent_id=session.agent_id,
-        agent_mode=AGENT_MODE,
+    prompt = storable_text(gemini_events.strip_hook_context(raw if isinstance(raw, str) else ""))
+    logged = _log_or_spool(
+        services,
+        call,
+        lambda session: audit.ExchangeRecord(
+            audit.prepare_exchange(prompt=prompt, kind="prompt", **_session_fields(session))
+        ),
     )
-    _register(services, call, session)
-    if not prompt:
-        return HookResult({}, note=f"log={entry.id} empty prompt")
+    _register(services, call, logged.session)
+    if logged.db is None:
+        return HookResult({}, note=f"{logged.note}; no context")
+    if not prompt.strip():
+        return HookResult({}, note=f"{logged.note} empty prompt")
     embedder = services.embedder()
     started = time.perf_counter()
     pack = build_context(
-        db,
+        logged.db,
         embedder,
         prompt[:MAX_QUERY_CHARS],
-        project=session.project,
-        task_id=session.task_id,
+        project=logged.session.project,
+        task_id=logged.session.task_id,
         budget=services.settings.context_budget,
     )
     context_ms = (time.perf_counter() - started) * 1000
     return HookResult(
         _additional_context("BeforeAgent", pack.text),
-        note=f"log={entry.id} context={len(pack.items)} items/{pack.token_count} tokens in {context_ms:.0f}ms",
+        note=f"{logged.note} context={len(pack.items)} items/{pack.token_count} tokens in {context_ms:.0f}ms",
     )
 
 
@@ -227,53 +257,49 @@ def after_tool(services: HookServices, call: HookCall) -> HookResult:
     tool_input = tool_input if isinstance(tool_input, dict) else {"value": tool_input}
     response = call.payload.get("tool_response")
     if tool_name == SHELL_TOOL:
-        return _after_shell(services, call, tool_input, response)
-    db = services.database()
-    session = _session(db, call)
-    summary, error = _tool_summary(response)
-    entry = audit.log_exchange(
-        db, prompt=None, response=summary, kind="tool", **_tool_fields(session, call, tool_input)
-    )
-    audit.log_command_output(db, entry.id, success=error is None, error=error)
-    return HookResult({}, note=f"log={entry.id} tool={tool_name}")
-
-
-def _after_shell(services: HookServices, call: HookCall, tool_input: dict[str, Any], response: Any) -> HookResult:
-    """Store the shell command and its outcome; with the database unreachable, spool them for later."""
-    outcome = gemini_events.parse_shell_outcome(response)
-
-    def record(session: _Session) -> audit.CommandRecord:
-        exchange = audit.prepare_exchange(
-            prompt=None,
-            proposed_command=str(tool_input.get("command") or ""),
-            kind="shell",
-            **_tool_fields(session, call, tool_input),
-        )
+        outcome = gemini_events.parse_shell_outcome(response)
         output = audit.prepare_output(
             stdout=outcome.output,
             return_code=outcome.exit_code,
             success=outcome.success,
             error=_join(outcome.error, f"signal {outcome.signal}" if outcome.signal else None),
         )
+        command: str | None = str(tool_input.get("command") or "")
+        summary: str | None = None
+        note = f" exit={outcome.exit_code} truncated={output.truncated}"
+    else:
+        summary, error = _tool_summary(response)
+        output = audit.prepare_output(success=error is None, error=error)
+        command = None
+        note = f" tool={tool_name}"
+
+    def record(session: _Session) -> audit.CommandRecord:
+        exchange = audit.prepare_exchange(
+            prompt=None,
+            response=summary if command is None else None,
+            proposed_command=command,
+            kind="tool" if command is None else "shell",
+            **_tool_fields(session, call, tool_input),
+        )
         return audit.CommandRecord(exchange, output)
 
-    try:
-        db = services.database()
-        session = _session(db, call)
-        entry, output = audit.store_command(db, record(session))
-    except DatabaseError as exc:  # down (or not migrated): keep the entry on disk
-        path = spool.spool_command(services.settings.spool_dir, record(_offline_session(call)))
-        return HookResult({}, note=f"database unavailable, command spooled to {path.name}: {first_line(exc)}")
-    return HookResult({}, note=f"log={entry.id} exit={outcome.exit_code} truncated={output.truncated}")
+    logged = _log_or_spool(services, call, record)
+    return HookResult({}, note=logged.note + ("" if logged.db is None else note))
 
 
-def _tool_fields(session: _Session, call: HookCall, tool_input: dict[str, Any]) -> dict[str, Any]:
+def _session_fields(session: _Session) -> dict[str, Any]:
     return {
         "task_id": session.task_id,
         "session_id": session.session_id,
         "project_id": session.project_id,
         "agent_id": session.agent_id,
         "agent_mode": AGENT_MODE,
+    }
+
+
+def _tool_fields(session: _Session, call: HookCall, tool_input: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_session_fields(session),
         "tool_name": str(call.payload.get("tool_name") or "unknown"),
         "tool_input": _shrink(tool_input),
     }
@@ -281,35 +307,28 @@ def _tool_fields(session: _Session, call: HookCall, tool_input: dict[str, Any]) 
 
 def after_agent(services: HookServices, call: HookCall) -> HookResult:
     """Log the turn's response and the token usage of its model calls (from the transcript)."""
-    db = services.database()
-    session = _session(db, call)
-    response = call.payload.get("prompt_response")
-    entry = audit.log_exchange(
-        db,
-        task_id=session.task_id,
-        prompt=None,
-        response=response if isinstance(response, str) else gemini_events.text_of(response),
-        session_id=session.session_id,
-        project_id=session.project_id,
-        kind="prompt",
-        agent_id=session.agent_id,
-        agent_mode=AGENT_MODE,
-    )
+    raw = call.payload.get("prompt_response")
+    response = raw if isinstance(raw, str) else gemini_events.text_of(raw)
     calls, problem = _turn_usage(call.payload.get("transcript_path"))
-    with db.connection() as conn:
-        for model_call in calls:
-            audit.log_usage(
-                conn,
+
+    def record(session: _Session) -> audit.ExchangeRecord:
+        usage = tuple(
+            audit.prepare_usage(
                 request_type=USAGE_REQUEST_TYPE,
                 model=model_call.model,
                 prompt_tokens=model_call.input_tokens,
                 response_tokens=model_call.output_tokens + model_call.thoughts_tokens,
                 total_tokens=model_call.total_tokens,
                 task_id=session.task_id,
-                command_log_id=entry.id,
             )
+            for model_call in calls
+        )
+        exchange = audit.prepare_exchange(prompt=None, response=response, kind="prompt", **_session_fields(session))
+        return audit.ExchangeRecord(exchange, usage)
+
+    logged = _log_or_spool(services, call, record)
     tokens = sum(c.total_tokens for c in calls)
-    return HookResult({}, note=f"log={entry.id} model_calls={len(calls)} tokens={tokens}{problem}")
+    return HookResult({}, note=f"{logged.note} model_calls={len(calls)} tokens={tokens}{problem}")
 
 
 def session_end(services: HookServices, call: HookCall) -> HookResult:
