@@ -19,6 +19,7 @@ Adapters (CLI, hooks, MCP) turn these into one clean line; any other exception i
     ├── NotFound                 a task, fact, key or project that does not exist
     ├── LeaseError               a task lease that is not (or no longer) held by the caller
     ├── CapacityExhausted        no API key has headroom; says when capacity returns
+    ├── SearchTimeout            a search that did not finish within its time limit
     └── ModelCallError           a Gemini request (CLI or API) failed for a reason other than a rate limit
 """
 
@@ -93,6 +94,10 @@ class CapacityExhausted(KnowledgebaseError):
     def __init__(self, message: str, retry_at: datetime | None = None) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+
+
+class SearchTimeout(KnowledgebaseError):
+    """A search ran past its statement timeout, even without its full-text part."""
 
 
 class ModelCallError(KnowledgebaseError):

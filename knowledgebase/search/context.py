@@ -31,6 +31,7 @@ from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
 from knowledgebase.search.hits import ChunkHit, FactHit, Hit
 from knowledgebase.search.retrieval import search
 from knowledgebase.util.redact import redact
+from knowledgebase.util.text import storable_text
 
 DEFAULT_BUDGET = DEFAULT_CONTEXT_BUDGET
 # hits considered for one block; more than fit in any usual budget
@@ -114,6 +115,7 @@ def build_context(
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise InputError(f"the context budget must be a positive number of tokens, not {budget!r}")
     weights = weights or DEFAULT_WEIGHTS
+    prompt = storable_text(prompt) if isinstance(prompt, str) else prompt  # recorded as given, minus NUL
     hits = search(db, embedder, prompt, project=project, limit=CANDIDATE_HITS, weights=weights)
     hits = [h for h in hits if h.score >= weights.min_score]
     blocks = _pack(hits, embedder, budget, project)

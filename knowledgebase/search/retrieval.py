@@ -28,7 +28,7 @@ from pgvector import Vector
 from knowledgebase import store
 from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder, bind_model
-from knowledgebase.errors import InputError
+from knowledgebase.errors import InputError, SearchTimeout
 from knowledgebase.ranking import (
     DEFAULT_WEIGHTS,
     RankingWeights,
@@ -41,6 +41,7 @@ from knowledgebase.ranking import (
 from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit, Hit
 from knowledgebase.util.lexical import code_identifiers, search_terms, tsquery_from_terms
 from knowledgebase.util.pathglob import glob_to_regex
+from knowledgebase.util.text import storable_text
 
 KINDS = ("chunk", "fact", "command")
 DEFAULT_KINDS = ("chunk", "fact")
@@ -63,6 +64,15 @@ COMMON_TERMS_MIN_ROWS = 10_000
 # Full-text candidates are ranked among at most this many matching rows, which bounds the work of one
 # search whatever the size of the store.
 LEXICAL_SCAN_ROWS = 2000
+# What of a query is read. The model embeds its first ~256 tokens (about 1000 characters) anyway; the
+# full-text query ORs the first distinct terms (a pasted megabyte must not become a 100,000-term
+# query: PostgreSQL cannot even parse one, and ranking rows against thousands of terms takes minutes).
+MAX_EMBED_CHARS = 4000
+MAX_QUERY_TERMS = 32
+MAX_QUERY_IDENTIFIERS = 16
+# Every statement of a search is cancelled after this long; the full-text part is then dropped and
+# the search answered by vector similarity alone: at most 2 + 3 statements, within a hook's 15 s budget.
+SEARCH_TIMEOUT_MS = 2000
 
 
 def search(
@@ -118,13 +128,14 @@ def search_candidates(
     ``limit``), scored but in no particular order and with overlapping spans kept; ``rerank`` orders
     them. Arguments as for ``search``; item vectors are fetched only when ``weights.diversity`` > 0."""
     weights = weights or DEFAULT_WEIGHTS
+    query = storable_text(query) if isinstance(query, str) else query
     plan = _plan(query, kinds, path_glob, since, limit, weights)
-    qvec = embedder.embed_query(query.strip())
+    qvec = embedder.embed_query(query.strip()[:MAX_EMBED_CHARS])
     with db.connection() as conn:
         project_id = store.get_project(conn, project).id if project is not None else None
         if store.active_model(conn) is not None:
             bind_model(conn, embedder)  # refuses a model other than the one that made the stored vectors
-        store.set_search_options(conn, ef_search=max(EF_SEARCH, plan.k))
+        store.set_search_options(conn, ef_search=max(EF_SEARCH, plan.k), timeout_ms=SEARCH_TIMEOUT_MS)
         single = [t for t in plan.terms if "_" not in t]
         common = store.common_terms(conn, single, share=COMMON_TERM_SHARE, min_rows=COMMON_TERMS_MIN_ROWS)
         candidates = store.CandidateQuery(
@@ -140,14 +151,37 @@ def search_candidates(
             # item vectors are only needed to keep near-duplicates apart (MMR)
             with_vectors=weights.diversity > 0,
         )
-        hits: list[Hit] = []
-        if "chunk" in plan.kinds:
-            hits += _chunk_hits(conn, candidates, plan)
-        if "fact" in plan.kinds:
-            hits += _fact_hits(conn, candidates, plan)
-        if "command" in plan.kinds:
-            hits += _command_hits(conn, candidates, plan, embedder, qvec)
+        try:
+            with conn.transaction():  # a savepoint: a cancelled statement leaves the connection usable
+                hits = _candidate_hits(conn, candidates, plan, embedder, qvec)
+        except psycopg.errors.QueryCanceled:
+            if candidates.tsquery is None:
+                raise SearchTimeout(_TIMEOUT_MESSAGE) from None
+            try:  # the full-text part is what grows with the store and the query: answer without it
+                with conn.transaction():
+                    hits = _candidate_hits(conn, replace(candidates, tsquery=None), plan, embedder, qvec)
+            except psycopg.errors.QueryCanceled:
+                raise SearchTimeout(_TIMEOUT_MESSAGE) from None
     return [_scored(hit, weights, plan.now) for hit in hits]
+
+
+_TIMEOUT_MESSAGE = (
+    f"the search did not finish within {SEARCH_TIMEOUT_MS} ms: narrow it (--project, --glob, --kind) "
+    "or try again when the database is less busy"
+)
+
+
+def _candidate_hits(
+    conn: psycopg.Connection, candidates: store.CandidateQuery, plan: _Plan, embedder: Embedder, qvec: np.ndarray
+) -> list[Hit]:
+    hits: list[Hit] = []
+    if "chunk" in plan.kinds:
+        hits += _chunk_hits(conn, candidates, plan)
+    if "fact" in plan.kinds:
+        hits += _fact_hits(conn, candidates, plan)
+    if "command" in plan.kinds:
+        hits += _command_hits(conn, candidates, plan, embedder, qvec)
+    return hits
 
 
 def rerank(
@@ -224,8 +258,8 @@ def _plan(
         kinds=tuple(dict.fromkeys(kinds)),
         path_regex=glob_to_regex(path_glob) if path_glob is not None else None,
         since=since,
-        terms=search_terms(query),
-        identifiers=tuple(code_identifiers(query)),
+        terms=search_terms(query, MAX_QUERY_TERMS),
+        identifiers=tuple(code_identifiers(query, MAX_QUERY_IDENTIFIERS)),
         k=max(weights.candidates, limit),
         now=now,
     )

@@ -99,7 +99,8 @@ SELECT e.term FROM pg_stats s,
 
 SET_SEARCH_OPTIONS = """
 SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
-       set_config('hnsw.ef_search', %(ef_search)s, true)
+       set_config('hnsw.ef_search', %(ef_search)s, true),
+       set_config('statement_timeout', %(timeout_ms)s, true)
 """
 
 # Chunk candidates: nearest by vector (HNSW) and best by full text, then both signals for each.
@@ -214,10 +215,11 @@ def _params(query: CandidateQuery) -> dict[str, Any]:
     }
 
 
-def set_search_options(conn: psycopg.Connection, *, ef_search: int) -> None:
+def set_search_options(conn: psycopg.Connection, *, ef_search: int, timeout_ms: int = 0) -> None:
     """For the rest of the transaction: HNSW scans go on past filtered-out rows (``relaxed_order``),
-    with a candidate list of ``ef_search``."""
-    conn.execute(SET_SEARCH_OPTIONS, {"ef_search": str(ef_search)})
+    with a candidate list of ``ef_search``, and a statement running longer than ``timeout_ms``
+    (0: no limit) is cancelled (``psycopg.errors.QueryCanceled``)."""
+    conn.execute(SET_SEARCH_OPTIONS, {"ef_search": str(ef_search), "timeout_ms": str(int(timeout_ms))})
 
 
 def common_terms(conn: psycopg.Connection, terms: Sequence[str], *, share: float, min_rows: int) -> set[str]:

@@ -38,14 +38,17 @@ def search_text(text: str) -> str:
     return text if not extra else text + "\n" + " ".join(extra)
 
 
-def query_terms(query: str) -> list[str]:
-    """The lower-cased terms of a query: whole identifiers and their parts, without duplicates."""
-    terms: list[str] = []
-    for ident in _IDENTIFIER.findall(query):
+def query_terms(query: str, limit: int | None = None) -> list[str]:
+    """The lower-cased terms of a query: whole identifiers and their parts, without duplicates, in
+    order of appearance; only the first ``limit`` when given (the rest of the query is not read)."""
+    terms: dict[str, None] = {}
+    for match in _IDENTIFIER.finditer(query):
+        ident = match.group(0)
         for term in [ident.lower(), *identifier_parts(ident)]:
-            if term not in terms:
-                terms.append(term)
-    return terms
+            terms.setdefault(term, None)
+            if limit is not None and len(terms) >= limit:
+                return list(terms)
+    return list(terms)
 
 
 # Words too common in prompts and docstrings to say anything about a match. The ``simple`` text
@@ -61,9 +64,17 @@ STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 _CAMEL_INNER = re.compile(r"[a-z0-9][A-Z]")
 
 
-def search_terms(query: str) -> list[str]:
-    """The terms of ``query`` worth a full-text search: ``query_terms`` without stop words."""
-    return [t for t in query_terms(query) if t not in STOP_WORDS and t.strip("_")]
+def search_terms(query: str, limit: int | None = None) -> list[str]:
+    """The terms of ``query`` worth a full-text search: ``query_terms`` without stop words (the first
+    ``limit`` of them when given)."""
+    terms: dict[str, None] = {}
+    for match in _IDENTIFIER.finditer(query):
+        for term in query_terms(match.group(0)):
+            if term not in STOP_WORDS and term.strip("_"):
+                terms.setdefault(term, None)
+                if limit is not None and len(terms) >= limit:
+                    return list(terms)
+    return list(terms)
 
 
 def tsquery_from_terms(terms: list[str]) -> str | None:
@@ -82,8 +93,9 @@ def tsquery_text(query: str) -> str | None:
     return tsquery_from_terms(search_terms(query))
 
 
-def code_identifiers(query: str) -> list[str]:
-    """The identifiers in ``query`` that are written as code (``snake_case``, ``CamelCase``, ``a.b``)."""
+def code_identifiers(query: str, limit: int | None = None) -> list[str]:
+    """The identifiers in ``query`` that are written as code (``snake_case``, ``CamelCase``, ``a.b``),
+    the first ``limit`` of them when given."""
     found: list[str] = []
     for match in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", query):
         ident = match.group(0)
@@ -92,4 +104,6 @@ def code_identifiers(query: str) -> list[str]:
         looks_like_code = "_" in inner or dotted or bool(_CAMEL_INNER.search(ident))
         if looks_like_code and ident not in found:
             found.append(ident)
+            if limit is not None and len(found) >= limit:
+                break
     return found
