@@ -19,6 +19,9 @@ from knowledgebase.errors import ConfigError
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 # tokens of context handed to an agent per prompt, counted in the embedding model's tokenizer
 DEFAULT_CONTEXT_BUDGET = 1500
+# Bounds of numbers users hand in, checked before they reach the database (INTEGER columns, intervals).
+MAX_DB_INT = 2**31 - 1
+MAX_LEASE_SECONDS = 366 * 86400  # a year: longer leases are renewed with heartbeats
 EMBED_BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16")
 
 

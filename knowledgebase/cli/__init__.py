@@ -7,6 +7,7 @@ path stay fast. Every ``KnowledgebaseError`` becomes one line on stderr and exit
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import click
@@ -64,6 +65,8 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point of the ``kb`` console script."""
+    # the pool logs every connection it drops or fails to open; a lost server is reported once, below
+    logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -8,6 +8,7 @@ import click
 
 from knowledgebase.cli._output import json_option, print_json
 from knowledgebase.cli._store import database_url_option, open_db
+from knowledgebase.config import MAX_DB_INT
 
 if TYPE_CHECKING:
     from knowledgebase.store.api_keys import ApiKey
@@ -41,9 +42,9 @@ def keys() -> None:
 @keys.command()
 @click.argument("name")
 @click.option("--env", "env_var", required=True, metavar="VAR", help="The environment variable that holds the key.")
-@click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute (sliding 60 s).")
-@click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute (sliding 60 s).")
-@click.option("--rpd", type=click.IntRange(min=1), help="Requests per day (sliding 24 h).")
+@click.option("--rpm", type=click.IntRange(1, MAX_DB_INT), help="Requests per minute (sliding 60 s).")
+@click.option("--tpm", type=click.IntRange(1, MAX_DB_INT), help="Tokens per minute (sliding 60 s).")
+@click.option("--rpd", type=click.IntRange(1, MAX_DB_INT), help="Requests per day (sliding 24 h).")
 @click.option("--provider", default="gemini", show_default=True)
 @database_url_option
 @json_option

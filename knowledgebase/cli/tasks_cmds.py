@@ -10,6 +10,7 @@ import click
 
 from knowledgebase.cli._output import json_option, print_json
 from knowledgebase.cli._store import database_url_option, open_db, settings_from
+from knowledgebase.config import MAX_DB_INT, MAX_LEASE_SECONDS
 
 if TYPE_CHECKING:
     from knowledgebase.db import Database
@@ -81,7 +82,13 @@ def tasks() -> None:
 @click.option("--title", default="", help="What the task is about.")
 @context_option
 @click.option("--project", metavar="NAME", help="The project the task belongs to (created if new).")
-@click.option("--priority", type=int, default=0, show_default=True, help="Higher is claimed first.")
+@click.option(
+    "--priority",
+    type=click.IntRange(-MAX_DB_INT - 1, MAX_DB_INT),
+    default=0,
+    show_default=True,
+    help="Higher is claimed first.",
+)
 @database_url_option
 @json_option
 def create(
@@ -115,7 +122,7 @@ def create(
 @tasks.command("list")
 @click.option("--status", help="pending, running, done, failed or cancelled.")
 @click.option("--project", metavar="NAME")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, MAX_DB_INT), default=50, show_default=True)
 @database_url_option
 @json_option
 def list_(status: str | None, project: str | None, limit: int, database_url: str | None, as_json: bool) -> None:
@@ -139,7 +146,7 @@ def list_(status: str | None, project: str | None, limit: int, database_url: str
 @click.option(
     "--lease",
     "lease_seconds",
-    type=click.FloatRange(min=0, min_open=True),
+    type=click.FloatRange(min=0, min_open=True, max=MAX_LEASE_SECONDS),
     metavar="SECONDS",
     help="Lease length in seconds.",
 )
@@ -189,7 +196,7 @@ def show(task_id: str, database_url: str | None, as_json: bool) -> None:
 
 @tasks.command()
 @click.argument("task_id")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the last N entries.")
+@click.option("--limit", type=click.IntRange(1, MAX_DB_INT), help="Only the last N entries.")
 @database_url_option
 @json_option
 def history(task_id: str, limit: int | None, database_url: str | None, as_json: bool) -> None:
@@ -303,7 +310,11 @@ def release(task_id: str, owner: str | None, database_url: str | None, as_json: 
 @click.argument("task_id")
 @owner_option
 @click.option(
-    "--lease", "lease_seconds", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="New lease length."
+    "--lease",
+    "lease_seconds",
+    type=click.FloatRange(min=0, min_open=True, max=MAX_LEASE_SECONDS),
+    metavar="SECONDS",
+    help="New lease length.",
 )
 @database_url_option
 @json_option

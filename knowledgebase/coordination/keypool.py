@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from knowledgebase.config import MAX_DB_INT
 from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted, ConfigError, InputError
 from knowledgebase.store.api_keys import (
@@ -107,6 +108,11 @@ def add_key(
             f"env_var is the NAME of the environment variable that holds the key (like GEMINI_API_KEY_2), "
             f"not {'the key itself' if redact_text(env_var or '').count else repr(env_var)}"
         )
+    for flag, limit in (("rpm", rpm), ("tpm", tpm), ("rpd", rpd)):
+        if limit is not None and not 1 <= limit <= MAX_DB_INT:
+            raise InputError(
+                f"the {flag} limit must be positive and at most {MAX_DB_INT} (got {limit}); leave it out for no limit"
+            )
     secret = _environ(environ).get(env_var)
     with db.connection() as conn:
         return upsert_api_key(

@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 
+from knowledgebase.config import MAX_DB_INT, MAX_LEASE_SECONDS
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import InputError, LeaseError, NotFound
 from knowledgebase.store.tasks import (
@@ -53,9 +54,18 @@ DEFAULT_MAX_ATTEMPTS = 5
 
 
 def _check_lease_seconds(lease_seconds: float) -> float:
-    if not lease_seconds > 0:
-        raise InputError(f"a lease must last more than 0 seconds (got {lease_seconds})")
+    if not 0 < lease_seconds <= MAX_LEASE_SECONDS:
+        raise InputError(
+            f"a lease must last more than 0 seconds and at most {MAX_LEASE_SECONDS} (got {lease_seconds}); "
+            "renew a long one with `kb tasks heartbeat`"
+        )
     return float(lease_seconds)
+
+
+def _check_priority(priority: int) -> int:
+    if not -MAX_DB_INT - 1 <= priority <= MAX_DB_INT:
+        raise InputError(f"a priority must lie between {-MAX_DB_INT - 1} and {MAX_DB_INT} (got {priority})")
+    return priority
 
 
 def _patch(context: dict[str, Any] | None) -> dict[str, Any]:
@@ -83,7 +93,7 @@ def create_task(
     task_id = new_task_id() if task_id is None else task_id
     if not task_id.strip():
         raise InputError("a task id must not be empty (leave it out to get a generated one)")
-    title, patch = redact_text(title).text, _patch(context)
+    title, patch, priority = redact_text(title).text, _patch(context), _check_priority(priority)
     with transaction(conn_or_db) as conn:
         task = insert_task_if_missing(
             conn, task_id, project_id=project_id, title=title, context=patch, priority=priority

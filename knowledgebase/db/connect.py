@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from knowledgebase.errors import DatabaseUnavailable, ExtensionMissing, first_line
+from knowledgebase.errors import DatabaseUnavailable, ExtensionMissing, InputError, first_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -48,9 +48,20 @@ def is_connection_failure(exc: BaseException) -> bool:
     return False
 
 
+# numeric_value_out_of_range, datetime_field_overflow, interval_field_overflow: a number too large for its column
+_OUT_OF_RANGE_STATES = frozenset({"22003", "22008", "22015"})
+
+
+def _out_of_range(exc: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(exc, psycopg.DataError) and exc.sqlstate in _OUT_OF_RANGE_STATES
+
+
 @contextmanager
 def database_errors(target: str | psycopg.Connection) -> Iterator[None]:
-    """Turn a connection-level psycopg failure inside the block into ``DatabaseUnavailable``.
+    """Turn a connection-level psycopg failure inside the block into ``DatabaseUnavailable``, and a
+    number out of range for its column (a value no check caught) into ``InputError``.
 
     ``target``: the URL or the connection concerned, named in the message (without its password);
     a connection is described only when it failed, which keeps the block free on the way through.
@@ -58,6 +69,10 @@ def database_errors(target: str | psycopg.Connection) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        if _out_of_range(exc):
+            raise InputError(
+                f"a value is out of range for the database: {first_line(exc)}; give a smaller one"
+            ) from exc
         if not is_connection_failure(exc):
             raise
         where = redact_url(target) if isinstance(target, str) else _describe(target)
