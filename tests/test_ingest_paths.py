@@ -141,3 +141,43 @@ def test_move_root_moves_the_project_and_embeds_no_chunk_again(
         assert [(p.name, p.root_path) for p in store.list_projects(conn)] == [("click", str(moved))]
         assert sorted(file_rows(conn)) == ["README.md", "app/main.py", "app/util.py"]
         assert_consistent(conn)
+
+
+def test_moving_a_project_away_and_back_embeds_nothing_again(
+    db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path
+) -> None:
+    first, other = two_clicks(tmp_path)
+    populate(db, fake_embedder, first, settings)
+    embedded = fake_embedder.embedded
+    away = populate(db, fake_embedder, other, settings, move_root=True, project="click")
+    assert away.deleted == 4 and away.added == 1  # every file of the first folder left the index
+    embedded_away = fake_embedder.embedded
+    back = populate(db, fake_embedder, first, settings, move_root=True, project="click")
+    assert back.added == 4 and back.deleted == 1
+    assert back.chunks_embedded == 0 and back.chunks_reused == back.chunks_written > 0
+    assert fake_embedder.embedded == embedded_away > embedded
+    with db.connection() as conn:
+        assert_consistent(conn)
+
+
+def test_a_deleted_file_restored_later_reuses_its_vectors_until_they_age_out(
+    db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path
+) -> None:
+    root = make_project(tmp_path / "demo")
+    util = (root / "app" / "util.py").read_text()
+    populate(db, fake_embedder, root, settings)
+    (root / "app" / "util.py").unlink()
+    assert populate(db, fake_embedder, root, settings).deleted == 1
+    (root / "app" / "util.py").write_text(util)
+    restored = populate(db, fake_embedder, settle(root), settings)
+    assert restored.added == 1 and restored.chunks_embedded == 0 and restored.chunks_reused > 0
+
+    (root / "app" / "util.py").unlink()
+    populate(db, fake_embedder, root, settings)
+    with db.connection() as conn:  # a month and a day later
+        conn.execute("UPDATE chunk_vector_cache SET released_at = now() - interval '31 days'")
+    (root / "README.md").write_text("# Demo\n\nStill a demo.\n")
+    populate(db, fake_embedder, settle(root), settings)  # any populate prunes what aged out
+    (root / "app" / "util.py").write_text(util)
+    late = populate(db, fake_embedder, settle(root), settings)
+    assert late.added == 1 and late.chunks_embedded == late.chunks_written > 0

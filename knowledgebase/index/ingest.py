@@ -13,7 +13,9 @@ in line with the directory:
   embedded are redacted), chunked, and only chunks whose content hash has no stored vector of the
   active model (in any project) are embedded; the others reuse the stored vector.
 - Files that disappeared, or are now skipped (ignored, binary, too large...), leave the index with
-  their chunks. A file that kept changing while being read keeps its previous version until the next run.
+  their chunks. The vectors of deleted or replaced chunks are kept for ``RELEASED_VECTOR_DAYS``
+  (``chunk_vector_cache``), so indexing the same text again in that time embeds nothing. A file
+  that kept changing while being read keeps its previous version until the next run.
 - Facts read from a chunk that changed or disappeared are marked stale (``store.mark_changed_file_facts_stale``,
   ``store.mark_deleted_files_facts_stale``), in the same transaction as the chunk change.
 
@@ -76,6 +78,7 @@ from knowledgebase.store import (
     mark_changed_file_facts_stale,
     mark_deleted_files_facts_stale,
     mark_files_chunked,
+    prune_released_vectors,
     update_file_stats,
     upsert_file,
 )
@@ -89,6 +92,9 @@ if TYPE_CHECKING:
 MAX_FILES_PER_BATCH = 500
 RACY_WINDOW_NS = 2_000_000_000  # coarsest common timestamp granularity (FAT: 2 s)
 DELETE_BATCH = 1000
+# Vectors of deleted chunks are reused by a later populate for this long (a file restored, a branch
+# switched back, a project moved back to its root), then forgotten.
+RELEASED_VECTOR_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,8 @@ class _Run:
             update_file_stats(conn, touched)
         self.seconds["write"] += time.perf_counter() - clock
         self._delete([state.id for path, state in stored.items() if path not in kept])
+        with self.db.connection() as conn:
+            prune_released_vectors(conn, RELEASED_VECTOR_DAYS)
         self.files_indexed = len(kept)
         self.notify(self._progress("done"))
 

@@ -192,10 +192,25 @@ _STATE_COLS = columns(FileState)
 LIST_FILE_STATES = f"SELECT {_STATE_COLS} FROM project_files WHERE project_id = %s"
 UPDATE_FILE_STAT = "UPDATE project_files SET size_bytes = %s, mtime_ns = %s WHERE id = %s"
 DELETE_FILES_BY_ID = "DELETE FROM project_files WHERE id = ANY(%s::bigint[])"
+# a vector by content hash: from any stored chunk, or released by a deleted one (chunk_vector_cache)
 CHUNK_VECTORS_BY_HASH = """
-SELECT DISTINCT ON (content_hash) content_hash, embedding FROM file_chunks
- WHERE content_hash = ANY(%s::text[]) AND embedding_model_id = %s AND embedding IS NOT NULL
+SELECT DISTINCT ON (content_hash) content_hash, embedding FROM (
+    SELECT content_hash, embedding FROM file_chunks
+     WHERE content_hash = ANY(%(hashes)s::text[]) AND embedding_model_id = %(model_id)s AND embedding IS NOT NULL
+    UNION ALL
+    SELECT content_hash, embedding FROM chunk_vector_cache
+     WHERE content_hash = ANY(%(hashes)s::text[]) AND embedding_model_id = %(model_id)s
+) AS known
 """
+# keep the vectors of chunks about to be deleted (the files', or the files' chunks only)
+RELEASE_VECTORS_OF_FILES = """
+INSERT INTO chunk_vector_cache (content_hash, embedding_model_id, embedding)
+SELECT DISTINCT ON (content_hash, embedding_model_id) content_hash, embedding_model_id, embedding
+  FROM file_chunks
+ WHERE file_id = ANY(%s::bigint[]) AND embedding IS NOT NULL AND embedding_model_id IS NOT NULL
+ON CONFLICT (content_hash, embedding_model_id) DO UPDATE SET released_at = now()
+"""
+PRUNE_RELEASED_VECTORS = "DELETE FROM chunk_vector_cache WHERE released_at < now() - make_interval(days => %s)"
 # strict_order keeps the cosine order exact while the project filter makes HNSW scan further
 NEAREST_CHUNKS = """
 SELECT c.id AS chunk_id, f.file_path, c.start_line, c.end_line, c.kind, c.symbol, c.content,
@@ -229,16 +244,25 @@ def update_file_stats(conn: psycopg.Connection, stats: Sequence[tuple[int, int, 
 
 
 def delete_files_by_id(conn: psycopg.Connection, file_ids: Sequence[int]) -> int:
-    """Delete files (and by cascade their chunks) by id."""
-    return conn.execute(DELETE_FILES_BY_ID, (list(file_ids),)).rowcount if file_ids else 0
+    """Delete files (and by cascade their chunks) by id; their chunks' vectors stay reusable for a while."""
+    if not file_ids:
+        return 0
+    conn.execute(RELEASE_VECTORS_OF_FILES, (list(file_ids),))
+    return conn.execute(DELETE_FILES_BY_ID, (list(file_ids),)).rowcount
 
 
 def chunk_vectors_by_hash(conn: psycopg.Connection, hashes: Sequence[str], model_id: int) -> dict[str, np.ndarray]:
-    """Stored vectors of ``model_id`` for any chunk (of any project) with one of these content hashes."""
+    """Stored vectors of ``model_id`` for any chunk (of any project) with one of these content hashes,
+    or released by a chunk deleted recently (see ``prune_released_vectors``)."""
     if not hashes:
         return {}
-    rows = conn.execute(CHUNK_VECTORS_BY_HASH, (list(hashes), model_id)).fetchall()
+    rows = conn.execute(CHUNK_VECTORS_BY_HASH, {"hashes": list(hashes), "model_id": model_id}).fetchall()
     return {content_hash: vector.to_numpy() for content_hash, vector in rows}
+
+
+def prune_released_vectors(conn: psycopg.Connection, older_than_days: int) -> int:
+    """Forget vectors of deleted chunks released more than ``older_than_days`` ago; how many."""
+    return conn.execute(PRUNE_RELEASED_VECTORS, (older_than_days,)).rowcount
 
 
 def nearest_chunks(conn: psycopg.Connection, project_id: int, vector: np.ndarray, limit: int) -> list[ChunkMatch]:
@@ -255,8 +279,11 @@ def mark_files_chunked(conn: psycopg.Connection, file_ids: Sequence[int]) -> Non
 
 
 def delete_chunks_of_files(conn: psycopg.Connection, file_ids: Sequence[int]) -> int:
-    """Delete every chunk of these files (the files stay)."""
-    return conn.execute(DELETE_CHUNKS_OF_FILES, (list(file_ids),)).rowcount if file_ids else 0
+    """Delete every chunk of these files (the files stay); their vectors stay reusable for a while."""
+    if not file_ids:
+        return 0
+    conn.execute(RELEASE_VECTORS_OF_FILES, (list(file_ids),))
+    return conn.execute(DELETE_CHUNKS_OF_FILES, (list(file_ids),)).rowcount
 
 
 def chunk_hash_in_file(conn: psycopg.Connection, file_id: int, content_hash: str) -> str | None:
