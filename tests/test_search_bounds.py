@@ -89,3 +89,36 @@ def test_a_search_stuck_past_its_timeout_is_one_line(db: Database, db_url: str, 
         "kb: error: the search did not finish within 2000 ms: narrow it (--project, --glob, --kind) "
         "or try again when the database is less busy"
     ]
+
+
+def test_a_search_whose_full_text_runs_past_the_timeout_is_answered_by_vectors(
+    indexed: Database, db_url: str, fake_embedder: HashingEmbedder
+) -> None:
+    """The first attempt waits on a lock until it is cancelled; the lock is released once the retry
+    (without full text) waits in its turn, so the retry answers."""
+    locker = psycopg.connect(db_url)
+    locker.execute("LOCK TABLE file_chunks IN ACCESS EXCLUSIVE MODE")
+    found: list[list[object]] = []
+    worker = threading.Thread(
+        target=lambda: found.append(search(indexed, fake_embedder, "send_invoice_email", project="alpha")), daemon=True
+    )
+    worker.start()
+    waits: set[object] = set()
+    try:
+        with psycopg.connect(db_url, autocommit=True) as watcher:
+            while len(waits) < 2 and worker.is_alive():  # two statements of the search have waited on the lock
+                waits.update(
+                    row[0]
+                    for row in watcher.execute(
+                        "SELECT query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+                        (locker.info.dbname,),
+                    )
+                )
+    finally:
+        locker.rollback()
+        locker.close()
+    worker.join(60)
+    (hits,) = found
+    assert hits and all(hit.parts.text_rank == 0 for hit in hits)  # type: ignore[attr-defined]
+    top = hits[0]
+    assert isinstance(top, ChunkHit) and top.path == "src/mail.py"  # still found, by similarity
