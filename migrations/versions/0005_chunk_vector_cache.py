@@ -9,7 +9,8 @@ reuse lookup: the chunk's ``content_hash`` (the SHA-256 of its embedded text) an
 next populate that needs one of those hashes takes the vector from there instead of the model; rows
 are pruned by ``released_at`` after ``knowledgebase.index.ingest.RELEASED_VECTOR_DAYS``. The column
 has no fixed dimension, so moving the store to another model (``kb reembed``) leaves it alone: rows of
-another model are never read, and age out.
+another model are never read, and age out. The agents' role (``kb_agent``, 0004) may refresh and
+prune it: it holds copies of vectors, nothing of the audit trail.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ CREATE TABLE chunk_vector_cache (
 );
 CREATE INDEX chunk_vector_cache_released_at_idx ON chunk_vector_cache (released_at);
 CREATE INDEX chunk_vector_cache_embedding_model_id_idx ON chunk_vector_cache (embedding_model_id);
+-- kb populate runs as the agents' role (0004): it refreshes and prunes this cache
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'kb_agent') THEN
+        GRANT SELECT, INSERT, UPDATE, DELETE ON chunk_vector_cache TO kb_agent;
+    END IF;
+END
+$$;
 """
 
 DOWNGRADE = "DROP TABLE IF EXISTS chunk_vector_cache;"
