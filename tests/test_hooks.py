@@ -170,7 +170,7 @@ def test_after_tool_logs_a_shell_command_with_output_and_exit_code(
     )
     assert result.output == {}
     (row,) = log_rows(db)
-    assert row.kind == "shell" and row.proposed_command == "echo hello; echo err >&2; exit 3"
+    assert row.kind == "shell" and row.command == "echo hello; echo err >&2; exit 3"
     assert row.tool_name == "run_shell_command" and row.tool_input["description"] == "try"
     with db.connection() as conn:
         (output,) = store.list_command_output(conn, row.id)
@@ -336,7 +336,7 @@ def test_project_resolution_by_root_then_repository_name(db: Database, project_d
         assert found is not None and found.name == "inner"
         explicit = gemini_session.resolve_project(conn, str(tmp_path), "named")
         assert explicit is not None and explicit.name == "named"
-    assert [f.label for f in list_facts(db)] == []
+    assert [f.fact_label for f in list_facts(db)] == []
 
 
 def test_a_shell_command_is_spooled_while_the_database_is_down_and_written_when_it_is_back(
@@ -370,7 +370,7 @@ def test_a_shell_command_is_spooled_while_the_database_is_down_and_written_when_
     finally:
         up.close()
     (row,) = log_rows(db)
-    assert row.kind == "shell" and row.proposed_command == "make deploy" and row.session_id == SESSION
+    assert row.kind == "shell" and row.command == "make deploy" and row.session_id == SESSION
     with db.connection() as conn:
         (output,) = store.list_command_output(conn, row.id)
     assert output.stdout == "deployed" and output.return_code == 3

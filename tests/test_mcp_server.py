@@ -83,7 +83,7 @@ def test_remember_stores_a_fact_in_the_sessions_project_and_task(services: McpSe
     assert fact["project"] == "shop" and fact["source"] == "prompt" and fact["confirmations"] == 1
     (stored,) = list_facts(db, project="shop")
     assert stored.task_id == TASK and stored.extracted_from == "the user said: tests run with make test"
-    assert stored.confidence == pytest.approx(0.9)
+    assert stored.confidence_score == pytest.approx(0.9)
 
     _, again = call(services, "remember", label="test command", value="run `make test` from the repo root")
     assert again["id"] == fact["id"] and again["confirmations"] == 2

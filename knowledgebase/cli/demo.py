@@ -75,7 +75,7 @@ def _print_result(result: DemoResult) -> None:
         + f": {len(seeded.facts)} recorded ({seeded.facts_added} new this run), with their sources:"
     )
     for fact in seeded.facts:
-        click.echo(f"  #{fact.id} {fact.label} (confidence {fact.confidence:.2f}): {fact.source_file_path}")
+        click.echo(f"  #{fact.id} {fact.fact_label} (confidence {fact.confidence_score:.2f}): {fact.source_file_path}")
     for skipped in seeded.skipped_facts:
         click.echo(f"  skipped {skipped.label!r}: {skipped.reason}")
     click.echo(click.style("\nPrompt", bold=True) + f": {result.prompt}\n")

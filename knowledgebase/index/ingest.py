@@ -235,7 +235,7 @@ class _Run:
         clock = time.perf_counter()
         entries = list(scan_project(root, self.settings))
         with self.db.connection() as conn:
-            stored = {state.file_path: state for state in list_file_states(conn, self.project_id)}
+            stored = {state.path: state for state in list_file_states(conn, self.project_id)}
         self.seconds["scan"] += time.perf_counter() - clock
         files = [entry for entry in entries if isinstance(entry, ScannedFile)]
         self.skipped.extend(entry for entry in entries if isinstance(entry, SkippedFile))
@@ -344,7 +344,7 @@ class _Run:
             conn,
             NewFile(
                 project_id=self.project_id,
-                file_path=file.rel_path,
+                path=file.rel_path,
                 content=prepared.content,
                 content_hash=prepared.text.content_hash,
                 size_bytes=file.size,

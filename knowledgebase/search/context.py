@@ -217,7 +217,7 @@ def _chunk_text(hit: ChunkHit, content: str, end_line: int) -> str:
 
 def _block(hit: Hit, embedder: Embedder) -> _Block:
     if isinstance(hit, FactHit):
-        text = f"- **{_inline(hit.label)}**: {_inline(hit.value)} ({hit.citation()})"
+        text = f"- **{_inline(hit.fact_label)}**: {_inline(hit.fact_value)} ({hit.citation()})"
     elif isinstance(hit, ChunkHit):
         text = _chunk_text(hit, hit.text.rstrip("\n"), hit.end_line)
     else:

@@ -103,8 +103,8 @@ class FactHit(Hit):
     was read from, if any."""
 
     kind: ClassVar[str] = "fact"
-    label: str
-    value: str
+    fact_label: str
+    fact_value: str
     confidence_score: float
     effective_confidence: float | None = None
     is_stale: bool
@@ -124,8 +124,8 @@ class FactHit(Hit):
 
     def to_json(self, *, explain: bool = False) -> dict[str, Any]:
         fields = {
-            "label": self.label,
-            "value": self.value,
+            "fact_label": self.fact_label,
+            "fact_value": self.fact_value,
             "confidence_score": self.confidence_score,
             "effective_confidence": round(self.effective_confidence or 0.0, 6),
             "is_stale": self.is_stale,
@@ -156,7 +156,7 @@ class CommandHit(Hit):
             "success": self.success,
             "return_code": self.return_code,
             "task_id": self.task_id,
-            "created_at": to_jsonable(self.created_at),
+            "executed_at": to_jsonable(self.created_at),
             "text": self.text,
         }
         return self._json(fields, explain)

@@ -246,7 +246,7 @@ def seed_project(
         if isinstance(line, SkippedFact):
             skipped.append(line)
             continue
-        same = [f for f in list_facts(db, project=report.project, label=fact.label) if f.value == fact.value]
+        same = [f for f in list_facts(db, project=report.project, label=fact.label) if f.fact_value == fact.value]
         if same:
             recorded.append(same[0])
             continue
