@@ -14,6 +14,9 @@ from knowledgebase.cli._store import database_url_option, settings_from
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
+    from knowledgebase.config import Settings
+    from knowledgebase.embedding import Embedder
+    from knowledgebase.index.backfill import BackfillProgress
     from knowledgebase.index.ingest import PopulateProgress, PopulateReport, ReembedProgress, ReembedReport
 
 
@@ -49,13 +52,22 @@ def populate(path: str, project: str | None, database_url: str | None, as_json: 
 
 
 @click.command()
+@click.option(
+    "--missing",
+    is_flag=True,
+    help="Only chunk and embed what has no vectors yet (rows written by plain SQL); keeps the store's model.",
+)
 @database_url_option
 @json_option
-def reembed(database_url: str | None, as_json: bool) -> None:
+def reembed(missing: bool, database_url: str | None, as_json: bool) -> None:
     """Re-embed every chunk and fact with KB_EMBED_MODEL and make it the store's model.
 
     When the new model's dimension differs, the vector columns are retyped and their HNSW indexes
     rebuilt. Safe to interrupt: running it again finishes the job.
+
+    With --missing, chunk and embed the project_files rows that have no chunks and embed the facts
+    that have no vector (what SQL written against the seed design inserts), redacting them first;
+    `kb status` shows how many wait. Example: kb reembed --missing
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -66,6 +78,9 @@ def reembed(database_url: str | None, as_json: bool) -> None:
 
     settings = settings_from(database_url)
     embedder = embedder_from_settings(settings)
+    if missing:
+        _index_missing(settings, embedder, as_json)
+        return
     with open_database(settings) as db:
         if as_json:
             report = reembed_store(db, embedder)
@@ -83,6 +98,33 @@ def reembed(database_url: str | None, as_json: bool) -> None:
         print_json(report)
     else:
         click.echo(_reembed_line(report))
+
+
+def _index_missing(settings: Settings, embedder: Embedder, as_json: bool) -> None:
+    from rich.console import Console
+
+    from knowledgebase.db import open_database
+    from knowledgebase.index.backfill import index_missing
+
+    with open_database(settings) as db:
+        if as_json:
+            report = index_missing(db, embedder, settings=settings)
+        else:
+            with Console(stderr=True).status("chunking and embedding rows written without kb...") as status:
+
+                def update(event: BackfillProgress) -> None:
+                    status.update(f"{event.phase}: {event.done} done")
+
+                report = index_missing(db, embedder, settings=settings, progress=update)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(
+        f"{report.files_chunked} files chunked ({report.chunks_written} chunks, {report.chunks_embedded} embedded), "
+        f"{report.facts_embedded} facts embedded, {report.secrets_redacted} secrets redacted"
+    )
+    for skip in report.skipped:
+        click.echo(f"skipped {skip.path} (file #{skip.file_id}): {skip.reason}")
 
 
 @contextmanager

@@ -51,6 +51,9 @@ def status(database_url: str | None, as_json: bool) -> None:
     table.add_row("stored model", model)
     table.add_row("configured model", report.configured_model)
     console.print(table)
+    if any(report.waiting.values()):
+        files, facts = report.waiting.get("files", 0), report.waiting.get("facts", 0)
+        click.echo(f"waiting: {files} files to chunk, {facts} facts to embed: run `kb reembed --missing`")
     if report.row_counts:
         counts = Table("table", "rows")
         for name, count in report.row_counts.items():

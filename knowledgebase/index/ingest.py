@@ -326,7 +326,7 @@ class _Run:
             for prepared in batch:
                 file_id = self._write_file(conn, prepared)
                 written.append(file_id)
-                rows.extend(_chunk_rows(prepared.chunks, file_id, self.project_id, vectors, model_id))
+                rows.extend(chunk_rows(prepared.chunks, file_id, self.project_id, vectors, model_id))
             replaced = [file_id for file_id, p in zip(written, batch, strict=True) if p.previous is not None]
             delete_chunks_of_files(conn, replaced)
             insert_chunks(conn, rows)
@@ -438,9 +438,10 @@ class _Run:
         )
 
 
-def _chunk_rows(
+def chunk_rows(
     chunks: list[Chunk], file_id: int, project_id: int, vectors: dict[str, np.ndarray], model_id: int
 ) -> list[NewChunk]:
+    """The rows to store for a file's chunks, each with its vector (``vectors``: by content hash)."""
     return [
         NewChunk(
             file_id=file_id,

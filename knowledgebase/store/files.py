@@ -304,3 +304,43 @@ def set_chunk_embeddings(conn: psycopg.Connection, model_id: int, vectors: Seque
     """Store ``(chunk_id, vector)`` pairs as vectors of ``model_id``, in one batched round trip."""
     with conn.cursor() as cur:
         cur.executemany(SET_CHUNK_EMBEDDING, [(vector, model_id, chunk_id) for chunk_id, vector in vectors])
+
+
+@dataclass(frozen=True)
+class WaitingFile:
+    """A ``project_files`` row whose chunks do not match its content (written by plain SQL, say)."""
+
+    id: int
+    project_id: int
+    path: str
+    content: str
+    size_bytes: int
+    language: str | None
+
+
+WAITING_FILES = """
+SELECT id, project_id, path, content, size_bytes, language FROM project_files
+ WHERE project_id = %(project_id)s AND id > %(after)s AND chunked_hash IS DISTINCT FROM content_hash
+ ORDER BY id
+ LIMIT %(limit)s
+"""
+PROJECTS_WITH_WAITING_FILES = """
+SELECT DISTINCT project_id FROM project_files WHERE chunked_hash IS DISTINCT FROM content_hash ORDER BY 1
+"""
+SET_FILE_CONTENT = "UPDATE project_files SET content = %s, language = COALESCE(language, %s) WHERE id = %s"
+
+
+def projects_with_waiting_files(conn: psycopg.Connection) -> list[int]:
+    """Ids of the projects that hold files waiting to be chunked."""
+    return [row[0] for row in conn.execute(PROJECTS_WITH_WAITING_FILES)]
+
+
+def waiting_files(conn: psycopg.Connection, project_id: int, *, after: int, limit: int) -> list[WaitingFile]:
+    """Up to ``limit`` files of a project, with an id above ``after``, whose chunks are missing or out of date."""
+    params = {"project_id": project_id, "after": after, "limit": limit}
+    return fetch_all(conn, WaitingFile, WAITING_FILES, params)
+
+
+def set_file_content(conn: psycopg.Connection, file_id: int, content: str, language: str | None) -> None:
+    """Replace a file's stored text (its hash and size follow, by trigger) and fill in its language if unknown."""
+    conn.execute(SET_FILE_CONTENT, (content, language, file_id))

@@ -337,3 +337,26 @@ def set_knowledge_embeddings(
     """Store ``(fact_id, vector)`` pairs as vectors of ``model_id``, in one batched round trip."""
     with conn.cursor() as cur:
         cur.executemany(SET_KNOWLEDGE_EMBEDDING, [(vector, model_id, fact_id) for fact_id, vector in vectors])
+
+
+SET_FACT_TEXT_AND_VECTOR = """
+UPDATE knowledge
+   SET fact_label = %(fact_label)s, fact_value = %(fact_value)s, tsv = to_tsvector('simple', %(search_text)s),
+       embedding = %(embedding)s, embedding_model_id = %(model_id)s
+ WHERE id = %(id)s
+"""
+
+
+def set_fact_text_and_vector(
+    conn: psycopg.Connection, fact_id: int, fact_label: str, fact_value: str, vector: np.ndarray, model_id: int
+) -> None:
+    """Store a fact's (redacted) text, its full-text vector and its embedding, as ``insert_knowledge`` would."""
+    params = {
+        "id": fact_id,
+        "fact_label": fact_label,
+        "fact_value": fact_value,
+        "search_text": search_text(f"{fact_label}\n{fact_value}"),
+        "embedding": vector,
+        "model_id": model_id,
+    }
+    conn.execute(SET_FACT_TEXT_AND_VECTOR, params)
