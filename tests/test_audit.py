@@ -212,6 +212,27 @@ def test_spooled_entries_keep_their_time_and_are_flushed_once(db: Database, tmp_
     assert not second.exists()
 
 
+def test_a_spool_file_from_before_the_design_names_is_still_flushed(db: Database, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    old = {  # version 1, as written before schema revision 0003
+        "version": 1,
+        "type": "command",
+        "exchange": {
+            "kind": "shell",
+            "task_id": "T-old",
+            "proposed_command": "make",
+            "created_at": "2026-01-02T03:04:05+00:00",
+        },
+        "outcome": {"command_log_id": 0, "success": True, "file_written": ["a.txt", "b.txt"], "created_at": None},
+    }
+    (spool / "20260102T030405000000Z-1-abcd.json").write_text(json.dumps(old))
+    assert flush_spool(db, spool).flushed == 1
+    (item,) = audit.task_history(db, "T-old")
+    assert item["command"] == "make" and item["executed_at"] == "2026-01-02T03:04:05+00:00"
+    assert item["output"] is not None and item["output"]["files_written"] == ["a.txt", "b.txt"]
+
+
 def test_flushing_into_an_unreachable_database_keeps_the_spool(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     record = audit.CommandRecord(audit.prepare_exchange(task_id=None, prompt="p"), audit.prepare_output(return_code=1))
