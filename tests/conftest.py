@@ -15,6 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `kb search` / `kb context` subprocesses would start a warm process that outlives the test; the tests
+# of that path (test_cli_warm.py) turn it on for themselves
+os.environ.setdefault("KB_WARM", "off")
 
 import psycopg
 import pytest

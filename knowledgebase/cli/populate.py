@@ -185,6 +185,7 @@ def _print_summary(report: PopulateReport) -> None:
     timings = report.timings
     rate = f" ({report.chunks_embedded / timings.embed:.1f} chunks/s)" if timings.embed else ""
     table.add_row("time", f"{timings.total:.1f} s, embedding {timings.embed:.1f} s{rate}")
+    table.add_row("embedding backend", report.backend)
     Console().print(table)
 
 

@@ -8,9 +8,11 @@ sure two hooks starting it at once end up with one process.
 Requests are one JSON header line followed by a body: for ``hook``, the hook's stdin verbatim (the
 answer is ``{"ok": bool, "output": {...}, "error": str, "note": str}``); for ``embed``, a JSON list of
 texts (the answer carries their ``vectors``: the MCP server borrows the model instead of loading its own);
-``status`` and ``shutdown`` have no body. The database is opened lazily
-and, after a failure, not retried for a few seconds, so a database that is down costs each hook
-milliseconds, not a connection timeout.
+for ``search`` and ``context``, a JSON object of the command's arguments (``kb search`` and ``kb context``
+as new processes ask here first, so they import neither the model nor psycopg: the answer carries the
+hits, ``hits.hit_to_wire``, or the pack, ``ContextPack.to_json``); ``status`` and ``shutdown`` have no
+body. The database is opened lazily and, after a failure, not retried for a few seconds, so a database
+that is down costs each hook milliseconds, not a connection timeout.
 """
 
 from __future__ import annotations
@@ -241,7 +243,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         if op == "shutdown":
             threading.Thread(target=self.shutdown, daemon=True).start()
             return {"ok": True}
-        if op not in ("hook", "embed"):
+        if op not in ("hook", "embed", "search", "context"):
             return {"ok": False, "error": f"unknown request {op!r}"}
         if header.get("protocol") != PROTOCOL:
             return {
@@ -252,7 +254,11 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self._active += 1
             self.requests += 1
         try:
-            return self._answer_embed(header, body) if op == "embed" else self._answer_hook(header, body)
+            if op == "embed":
+                return self._answer_embed(header, body)
+            if op in ("search", "context"):
+                return self._answer_query(op, body)
+            return self._answer_hook(header, body)
         finally:
             with self._lock:
                 self._active -= 1
@@ -273,6 +279,52 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "dimension": embedder.dimension,
             "vectors": [[float(x) for x in v] for v in vectors],
         }
+
+    def _answer_query(self, op: str, body: bytes) -> dict[str, Any]:
+        """``kb search`` or ``kb context`` for a command-line process (arguments as its options)."""
+        from datetime import timedelta
+
+        from knowledgebase import store
+        from knowledgebase.search.context import build_context
+        from knowledgebase.search.hits import hit_to_wire
+        from knowledgebase.search.retrieval import search
+
+        args = json.loads(body)
+        try:
+            db = self.store.database()
+            project = args.get("project")
+            if project is None and args.get("cwd"):
+                with db.connection() as conn:
+                    found = store.project_for_path(conn, str(args["cwd"]))
+                project = found.name if found is not None else None
+            if op == "context":
+                pack = build_context(
+                    db,
+                    self.store.embedder(),
+                    str(args["prompt"]),
+                    project=project,
+                    task_id=args.get("task_id"),
+                    budget=args.get("budget"),
+                    record=bool(args.get("record", True)),
+                )
+                return {"ok": True, "project": project, "pack": pack.to_json()}
+            since = args.get("since_s")
+            hits = search(
+                db,
+                self.store.embedder(),
+                str(args["query"]),
+                project=project,
+                task_id=args.get("task_id"),
+                kinds=tuple(args["kinds"]),
+                path_glob=args.get("path_glob"),
+                since=timedelta(seconds=since) if since is not None else None,
+                limit=int(args["limit"]),
+            )
+        except KnowledgebaseError as exc:  # the command then runs in its own process and reports it
+            if isinstance(exc, DatabaseUnavailable):
+                self.store.database_failed(exc)
+            return {"ok": False, "error": first_line(exc)}
+        return {"ok": True, "project": project, "hits": [hit_to_wire(hit) for hit in hits]}
 
     def _answer_hook(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
         from knowledgebase.gemini.hooks import HookCall, handle_hook

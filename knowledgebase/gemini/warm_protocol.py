@@ -51,6 +51,24 @@ def server_address(env: Mapping[str, str]) -> str:
     return os.path.join("/tmp", f"kb-{os.getuid()}-{tag:08x}.sock")
 
 
+def warm_enabled(env: Mapping[str, str]) -> bool:
+    """False when ``KB_WARM=off`` keeps command-line processes away from the warm process (hooks ignore it)."""
+    return env.get("KB_WARM", "on").strip().lower() not in ("off", "0", "no", "false")
+
+
+_STARTING: set[str] = set()
+
+
+def start_server_at_exit(env: Mapping[str, str]) -> None:
+    """Start the warm process when this process exits (once per address), for the next command."""
+    import atexit
+
+    address = server_address(env)
+    if address not in _STARTING:
+        _STARTING.add(address)
+        atexit.register(start_server, dict(env))
+
+
 def log_path(env: Mapping[str, str]) -> str:
     return os.path.join(home_dir(env), "logs", "hooks.log")
 
@@ -64,7 +82,8 @@ class HookFailure(Exception):
         self.cold = cold
 
 
-def _try_connect(address: str) -> socket.socket | None:
+def try_connect(address: str) -> socket.socket | None:
+    """A connection to the warm process at ``address``, or None when nothing listens there."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(address)
@@ -80,13 +99,13 @@ def connect_warm_process(env: Mapping[str, str], deadline: float) -> tuple[socke
     Raises HookFailure when it does not listen by ``deadline`` (a ``time.monotonic()`` value).
     """
     address = server_address(env)
-    sock = _try_connect(address)
+    sock = try_connect(address)
     if sock is not None:
         return sock, False
     start_server(env)
     while time.monotonic() < deadline:
         time.sleep(POLL_S)
-        sock = _try_connect(address)
+        sock = try_connect(address)
         if sock is not None:
             return sock, True
     logs = os.path.dirname(log_path(env))
