@@ -66,7 +66,7 @@ def reembed(database_url: str | None, as_json: bool) -> None:
 
     settings = settings_from(database_url)
     embedder = embedder_from_settings(settings)
-    with open_database(settings) as db:
+    with open_database(settings, owner=True) as db:  # retyping columns and building indexes: the owner's work
         if as_json:
             report = reembed_store(db, embedder)
         else:

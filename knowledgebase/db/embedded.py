@@ -19,6 +19,24 @@ from knowledgebase.errors import DatabaseUnavailable
 from knowledgebase.util.processes import pid_alive
 
 DATABASE_NAME = "knowledgebase"
+OWNER_ROLE = "postgres"  # the superuser initdb made: migrations, `kb reembed`, retention
+AGENT_ROLE = "kb_agent"  # the least-privilege group role (migration 0004 grants it its rights)
+AGENT_LOGIN = "kb_agent_login"  # what `kb` and the agents log in as: a member of kb_agent, nothing more
+
+# the server trusts connections on its Unix socket, which only this user can reach (KB_HOME/pgdata is
+# 0700): the login role needs no password, so none is stored anywhere
+ENSURE_ROLES = f"""
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{AGENT_ROLE}') THEN
+        CREATE ROLE {AGENT_ROLE} NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{AGENT_LOGIN}') THEN
+        CREATE ROLE {AGENT_LOGIN} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT IN ROLE {AGENT_ROLE};
+    END IF;
+END
+$$
+"""
 
 
 @dataclass(frozen=True)
@@ -31,7 +49,15 @@ class EmbeddedServer:
     port: int
 
     def url(self, database: str = DATABASE_NAME) -> str:
-        return f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
+        """The owner's URL (the superuser): for migrations and maintenance, never handed to agents."""
+        return self._url(OWNER_ROLE, database)
+
+    def agent_url(self, database: str = DATABASE_NAME) -> str:
+        """The URL `kb` and the agents use: the least-privilege ``kb_agent_login``."""
+        return self._url(AGENT_LOGIN, database)
+
+    def _url(self, user: str, database: str) -> str:
+        return f"postgresql://{user}@/{database}?host={quote(str(self.socket_dir))}&port={self.port}"
 
 
 def running_server(pgdata: Path) -> EmbeddedServer | None:
@@ -80,10 +106,18 @@ def _ensure_database(server: EmbeddedServer) -> None:
     from psycopg import errors, sql
 
     with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
-        if exists:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s),"
+            " EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)",
+            (DATABASE_NAME, AGENT_LOGIN),
+        ).fetchone()
+        if row is not None and row[0] and row[1]:
             return
-        # another process may create it at the same moment
+        # another process may create them at the same moment
+        with contextlib.suppress(errors.DuplicateObject, errors.UniqueViolation):
+            conn.execute(ENSURE_ROLES)
+        if row is not None and row[0]:
+            return
         with contextlib.suppress(errors.DuplicateDatabase, errors.UniqueViolation):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
 
