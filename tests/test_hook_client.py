@@ -104,6 +104,8 @@ def test_database_down_fails_open_quickly_after_a_cold_start(hook_env: dict[str,
     assert second.returncode == 0 and json.loads(second.stdout) == {}
     cold, warm = hook_log(hook_env)
     assert " cold fail-open " in cold and " warm fail-open " in warm
+    logs = Path(hook_env["KB_HOME"]) / "logs"
+    assert [oct(p.stat().st_mode & 0o777) for p in (logs / "hooks.log", logs / "serve.log")] == ["0o600", "0o600"]
 
 
 def test_cold_start_then_warm_calls_log_and_inject_context(

