@@ -66,6 +66,8 @@ def test_the_agent_role_cannot_change_delete_or_truncate_the_audit_log(agent: Da
         "TRUNCATE tasks CASCADE",  # would empty the log through the cascade
         "DELETE FROM context_log",
         "UPDATE context_log SET text = ''",
+        "DELETE FROM tasks",  # would detach the entries from their task (ON DELETE SET NULL)
+        "DELETE FROM api_keys",
     )
     with agent.connection() as conn:
         assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone() for t in AUDIT_TABLES] == [(1,)] * 3

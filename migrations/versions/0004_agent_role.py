@@ -9,7 +9,9 @@ login an operator gives the agents on an external server) may:
 - read every table;
 - add to the audit tables (``command_log``, ``command_output``, ``usage_log``) and ``context_log``,
   with no UPDATE, DELETE, TRUNCATE, REFERENCES or TRIGGER on them;
-- read and change the working tables (projects, files, chunks, knowledge, tasks, keys, models);
+- read and change the working tables (projects, files, chunks, knowledge, tasks, keys, models), and
+  delete what the code deletes (projects, files, chunks, key grants), never a task or a key, whose
+  deletion would detach log entries from it;
 - use the sequences behind the ids.
 
 It owns nothing, so it can neither disable a trigger nor prune in maintenance mode (the trigger lets
@@ -44,12 +46,15 @@ WORKING_TABLES = (
     "file_chunks",
     "knowledge",
 )
+# what the code deletes; not tasks or keys: deleting one would detach log entries from it (SET NULL)
+DELETABLE_TABLES = ("projects", "api_key_grants", "project_files", "file_chunks")
 
 GRANTS = f"""
     GRANT USAGE ON SCHEMA public TO kb_agent;
     GRANT SELECT ON alembic_version TO kb_agent;
     GRANT SELECT, INSERT ON {", ".join(APPEND_ONLY_TABLES)} TO kb_agent;
-    GRANT SELECT, INSERT, UPDATE, DELETE ON {", ".join(WORKING_TABLES)} TO kb_agent;
+    GRANT SELECT, INSERT, UPDATE ON {", ".join(WORKING_TABLES)} TO kb_agent;
+    GRANT DELETE ON {", ".join(DELETABLE_TABLES)} TO kb_agent;
     GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO kb_agent;"""
 
 UPGRADE = f"""
