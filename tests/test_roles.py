@@ -136,3 +136,15 @@ def test_an_agent_login_before_the_grants_is_told_to_run_kb_init(fresh_database_
     with psycopg.connect(as_agent(fresh_database_url)) as conn:
         verify_schema(conn)
         assert conn.execute("SELECT count(*) FROM command_log").fetchone() == (0,)
+
+
+def test_the_embedded_server_gives_the_login_its_role_back_after_a_downgrade_dropped_it(
+    test_home, admin_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    from knowledgebase.db.embedded import AGENT_ROLE, ensure_server
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"REVOKE {AGENT_ROLE} FROM {AGENT_LOGIN}")  # as if kb_agent had been dropped and made again
+    ensure_server(test_home / "pgdata")
+    with psycopg.connect(admin_url) as conn:
+        assert conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (AGENT_LOGIN, AGENT_ROLE)).fetchone() == (True,)

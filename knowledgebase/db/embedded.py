@@ -37,6 +37,8 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{AGENT_LOGIN}') THEN
         CREATE ROLE {AGENT_LOGIN} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT IN ROLE {AGENT_ROLE};
+    ELSIF NOT pg_has_role('{AGENT_LOGIN}', '{AGENT_ROLE}', 'MEMBER') THEN
+        GRANT {AGENT_ROLE} TO {AGENT_LOGIN};  -- kb_agent was dropped (a downgrade) and made again
     END IF;
 END
 $$
@@ -154,8 +156,9 @@ def _ensure_database(server: EmbeddedServer) -> None:
     with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
         row = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s),"
-            " EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)",
-            (DATABASE_NAME, AGENT_LOGIN),
+            " EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+            " JOIN pg_roles l ON l.oid = m.member WHERE g.rolname = %s AND l.rolname = %s)",
+            (DATABASE_NAME, AGENT_ROLE, AGENT_LOGIN),
         ).fetchone()
         if row is not None and row[0] and row[1]:
             return
