@@ -148,3 +148,16 @@ def test_the_embedded_server_gives_the_login_its_role_back_after_a_downgrade_dro
     ensure_server(test_home / "pgdata")
     with psycopg.connect(admin_url) as conn:
         assert conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (AGENT_LOGIN, AGENT_ROLE)).fetchone() == (True,)
+
+
+def test_a_table_a_later_migration_adds_is_readable_and_appendable_but_no_more(agent: Database, db: Database) -> None:
+    with db.connection() as conn:  # the owner, as a migration would
+        conn.execute("CREATE TABLE kb_test_later (id BIGSERIAL PRIMARY KEY, note TEXT)")
+    try:
+        with agent.connection() as conn:
+            conn.execute("INSERT INTO kb_test_later (note) VALUES ('x')")
+            assert conn.execute("SELECT note FROM kb_test_later").fetchall() == [("x",)]
+        _refused(agent, "UPDATE kb_test_later SET note = 'y'", "DELETE FROM kb_test_later")
+    finally:
+        with db.connection() as conn:
+            conn.execute("DROP TABLE kb_test_later")

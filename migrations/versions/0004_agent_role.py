@@ -12,7 +12,9 @@ login an operator gives the agents on an external server) may:
 - read and change the working tables (projects, files, chunks, knowledge, tasks, keys, models), and
   delete what the code deletes (projects, files, chunks, key grants), never a task or a key, whose
   deletion would detach log entries from it;
-- use the sequences behind the ids.
+- use the sequences behind the ids;
+- read and add to the tables later migrations create (default privileges of the migrating role;
+  such a migration grants UPDATE or DELETE itself where agents need them).
 
 It owns nothing, so it can neither disable a trigger nor prune in maintenance mode (the trigger lets
 only members of the tables' owner do that). Deleting a task, project or key clears the references to
@@ -55,7 +57,10 @@ GRANTS = f"""
     GRANT SELECT, INSERT ON {", ".join(APPEND_ONLY_TABLES)} TO kb_agent;
     GRANT SELECT, INSERT, UPDATE ON {", ".join(WORKING_TABLES)} TO kb_agent;
     GRANT DELETE ON {", ".join(DELETABLE_TABLES)} TO kb_agent;
-    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO kb_agent;"""
+    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO kb_agent;
+    -- tables later migrations add: readable and appendable (a migration grants UPDATE or DELETE itself)
+    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT ON TABLES TO kb_agent;
+    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO kb_agent;"""
 
 UPGRADE = f"""
 DO $$
@@ -113,6 +118,8 @@ BEGIN
         REVOKE ALL ON ALL TABLES IN SCHEMA public FROM kb_agent;
         REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM kb_agent;
         REVOKE ALL ON SCHEMA public FROM kb_agent;
+        ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM kb_agent;
+        ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON SEQUENCES FROM kb_agent;
         BEGIN
             DROP ROLE kb_agent;
         EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
