@@ -35,13 +35,14 @@ def ask_warm_process(op: str, args: dict[str, Any], database_url: str | None) ->
         env["KB_DATABASE_URL"] = database_url
     if not warm_enabled(env):
         return None
-    sock = try_connect(server_address(env))
-    if sock is None:
-        start_server_at_exit(env)
-        return None
-    header = {"op": op, "protocol": PROTOCOL}
     try:
-        answer = exchange(sock, header, json.dumps(args).encode(), time.monotonic() + WARM_TIMEOUT_S)
-    except HookFailure:
+        sock = try_connect(server_address(env))
+        if sock is None:
+            start_server_at_exit(env)
+            return None
+        answer = exchange(
+            sock, {"op": op, "protocol": PROTOCOL}, json.dumps(args).encode(), time.monotonic() + WARM_TIMEOUT_S
+        )
+    except HookFailure:  # e.g. a socket this user does not own: never used; the command works on its own
         return None
     return answer if answer.get("ok") else None

@@ -81,7 +81,7 @@ def reembed(missing: bool, database_url: str | None, as_json: bool) -> None:
     if missing:
         _index_missing(settings, embedder, as_json)
         return
-    with open_database(settings) as db:
+    with open_database(settings, owner=True) as db:  # retyping columns and building indexes: the owner's work
         if as_json:
             report = reembed_store(db, embedder)
         else:

@@ -20,7 +20,7 @@ def init(database_url: str | None, as_json: bool) -> None:
     from knowledgebase.db.schema import SCHEMA_REVISION, upgrade
 
     settings = settings_from(database_url)
-    url = resolve_url(settings)
+    url = resolve_url(settings, owner=True)
     upgrade(url)
     if as_json:
         print_json({"database_url": redact_url(url), "schema_revision": SCHEMA_REVISION})

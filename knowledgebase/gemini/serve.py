@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from knowledgebase.config import Settings
-from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError, first_line
-from knowledgebase.gemini.warm_protocol import PROTOCOL, server_address
+from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError, UnsafeSocket, first_line
+from knowledgebase.gemini.warm_protocol import PROTOCOL, check_peer, private_socket_dir, server_address
 
 if TYPE_CHECKING:
     from knowledgebase.db import Database
@@ -202,6 +202,11 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         self.server.touch()
         try:
+            check_peer(self.request)
+        except UnsafeSocket as exc:  # another user reached the socket: it learns nothing, not even the error
+            log.warning("refused a connection: %s", exc)
+            return
+        try:
             header = json.loads(self.rfile.readline())
             body = self.rfile.read()
             answer = self.server.answer(header, body)
@@ -368,7 +373,6 @@ def _single_instance(address: str) -> Iterator[bool]:
     """Hold the lock of ``address``; yields False when another process holds it."""
     import fcntl
 
-    os.makedirs(os.path.dirname(address), exist_ok=True)
     with open(address + ".lock", "a+") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -385,6 +389,7 @@ def serve(settings: Settings, env: Mapping[str, str], *, idle_timeout_s: float |
     """Run the warm process in the foreground until idle or stopped. Returns False if one runs already."""
     address = server_address(env)
     idle = settings.serve_idle_timeout if idle_timeout_s is None else idle_timeout_s
+    private_socket_dir(os.path.dirname(address), create=True)  # UnsafeSocket if someone else holds it
     with _single_instance(address) as acquired:
         if not acquired:
             log.info("a warm process for %s runs already", address)
@@ -426,6 +431,7 @@ def _watch_idle(server: WarmServer, stop: threading.Event) -> None:
 def request(env: Mapping[str, str], op: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """Send a control request (``status``, ``shutdown``) to the warm process; None if none runs."""
     address = server_address(env)
+    private_socket_dir(os.path.dirname(address), create=False)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
@@ -434,6 +440,7 @@ def request(env: Mapping[str, str], op: str, timeout_s: float = 5.0) -> dict[str
         sock.close()
         return None
     with sock:
+        check_peer(sock)
         sock.sendall(json.dumps({"op": op}).encode() + b"\n")
         sock.shutdown(socket.SHUT_WR)
         data = b""
