@@ -532,9 +532,27 @@ def test_progress_reports_phases_and_counts(
     events: list[PopulateProgress] = []
     report = populate(db, fake_embedder, root, settings, progress=events.append)
     phases = [e.phase for e in events]
-    assert phases[0] == "scanning" and phases[-1] == "done" and "indexing" in phases
+    assert phases[0] == "scanning" and phases[-1] == "done"
+    # every file is read before the model loads, so how much there is to embed is known up front
+    assert phases.index("loading") > max(i for i, phase in enumerate(phases) if phase == "reading")
+    embedding = [e for e in events if e.phase == "embedding"]
+    assert embedding and all(e.chunks_to_embed == report.chunks_embedded for e in embedding)
+    assert [e.chunks_embedded for e in embedding] == sorted(e.chunks_embedded for e in embedding)
     assert events[-1].files_done == events[-1].files_total == 4
     assert events[-1].chunks_embedded == report.chunks_embedded
+
+
+def test_what_is_to_embed_is_counted_without_what_can_be_reused(
+    db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path
+) -> None:
+    first = make_project(tmp_path / "one")
+    populate(db, fake_embedder, first, settings)
+    second = make_project(tmp_path / "two")  # the same files under another root: every vector is reused
+    (second / "new.py").write_text("def brand_new():\n    return 'never seen'\n")
+    events: list[PopulateProgress] = []
+    report = populate(db, fake_embedder, second, settings, progress=events.append)
+    assert report.chunks_embedded == 1 and report.chunks_reused > 0
+    assert {e.chunks_to_embed for e in events if e.phase == "embedding"} == {1}
 
 
 def test_a_second_populate_of_the_same_project_waits_for_the_first(

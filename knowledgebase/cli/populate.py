@@ -129,31 +129,58 @@ def _index_missing(settings: Settings, embedder: Embedder, as_json: bool) -> Non
 
 @contextmanager
 def _progress_bar() -> Iterator[Callable[[PopulateProgress], None]]:
-    """A rich progress bar on stderr (files, chunks embedded and reused, embedding rate) and its updater."""
+    """A rich progress bar on stderr and its updater: files while reading, then chunks while embedding,
+    with the rate and the time left, and one line saying how much there is to embed and how long it takes."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description:<9}"),
+        TextColumn("{task.description:<13}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("files"),
-        TextColumn("{task.fields[chunks]}"),
+        TextColumn("{task.fields[unit]}"),
+        TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as bar:
         tasks: list[TaskID] = []  # created on the first event, so an early error leaves no empty bar
+        told: list[bool] = []
 
         def update(event: PopulateProgress) -> None:
-            chunks = f"chunks: {event.chunks_embedded} embedded, {event.chunks_reused} reused"
-            if event.chunks_embedded:
-                chunks += f" ({event.chunks_per_second:.1f}/s)"
             if not tasks:
-                tasks.append(bar.add_task(event.phase, total=None, chunks=""))
-            total = event.files_total or None
-            bar.update(tasks[0], description=event.phase, completed=event.files_done, total=total, chunks=chunks)
+                tasks.append(bar.add_task(event.phase, total=None, unit="", detail=""))
+            task = tasks[0]
+            if event.phase == "reading":
+                bar.update(task, description="reading", completed=event.files_done, total=event.files_total or None,
+                           unit="files", detail="")  # fmt: skip
+            elif event.phase == "loading":
+                bar.update(task, description="loading model", completed=0, total=None, unit="", detail="")
+            elif event.phase == "embedding":
+                rate = f"{event.chunks_per_second:.1f} chunks/s" if event.chunks_embedded else ""
+                bar.update(task, description="embedding", completed=event.chunks_embedded,
+                           total=event.chunks_to_embed or None, unit="chunks", detail=rate)  # fmt: skip
+                if event.chunks_embedded and not told and event.chunks_to_embed > event.chunks_embedded:
+                    told.append(True)
+                    left = (event.chunks_to_embed - event.chunks_embedded) / max(event.chunks_per_second, 1e-9)
+                    console.print(
+                        f"{event.chunks_to_embed:,} chunks to embed ({event.chunks_reused:,} reused so far), "
+                        f"about {left:.0f} s more at {event.chunks_per_second:.0f} chunks/s",
+                        highlight=False,
+                    )
+            else:
+                bar.update(task, description=event.phase, detail="")
 
         yield update
 
