@@ -72,8 +72,8 @@ def test_every_event_is_spooled_during_an_outage_and_written_in_order_with_its_t
         ("prompt", None), ("tool", "read_file"), ("shell", "run_shell_command"), ("prompt", None)
     ]  # fmt: skip
     assert rows[0].prompt == "deploy the shop" and rows[1].response == "deploy: build"
-    assert rows[2].proposed_command == "make deploy" and rows[3].response == "Deployed, with exit code 3."
-    times = [r.created_at for r in rows]
+    assert rows[2].command == "make deploy" and rows[3].response == "Deployed, with exit code 3."
+    times = [r.executed_at for r in rows]
     assert times == sorted(times) and started <= times[0] and times[-1] < flushed_after
     with db.connection() as conn:
         task = store.get_task(conn, TASK)

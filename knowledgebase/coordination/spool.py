@@ -37,7 +37,12 @@ from knowledgebase.errors import DatabaseError, LeaseError, first_line
 from knowledgebase.store.audit import NewCommandLog, NewCommandOutput, NewUsage
 from knowledgebase.util.processes import pid_alive
 
-SPOOL_VERSION = 1
+SPOOL_VERSION = 2
+# version 1 (before schema revision 0003) used 0001's column names; they are renamed when read
+_V1_NAMES = {
+    "exchange": {"created_at": "executed_at", "proposed_command": "command"},
+    "outcome": {"file_written": "files_written"},
+}
 _CLAIMED = ".flushing."
 
 
@@ -65,27 +70,39 @@ class SessionOpening:
 SpoolEntry = CommandRecord | ExchangeRecord | SessionOpening
 
 
+_TIMES = ("created_at", "executed_at")
+
+
 def _jsonable(entry: Any) -> dict[str, Any]:
     data = asdict(entry)
-    if isinstance(data.get("created_at"), datetime):
-        data["created_at"] = data["created_at"].isoformat()
+    for key in _TIMES:
+        if isinstance(data.get(key), datetime):
+            data[key] = data[key].isoformat()
     return data
 
 
 def _timestamped(data: dict[str, Any]) -> dict[str, Any]:
-    if data.get("created_at"):
-        data["created_at"] = datetime.fromisoformat(data["created_at"])
+    for key in _TIMES:
+        if data.get(key):
+            data[key] = datetime.fromisoformat(data[key])
+    return data
+
+
+def _renamed(payload: dict[str, Any], part: str) -> dict[str, Any]:
+    data = dict(payload[part])
+    if payload.get("version") == 1:
+        data = {_V1_NAMES[part].get(key, key): value for key, value in data.items()}
     return data
 
 
 def _payload(entry: SpoolEntry, now: datetime) -> dict[str, Any]:
     """The JSON of ``entry``, every time left open set to ``now`` (the entry is written later)."""
     if isinstance(entry, CommandRecord):
-        exchange = replace(entry.exchange, created_at=entry.exchange.created_at or now)
+        exchange = replace(entry.exchange, executed_at=entry.exchange.executed_at or now)
         outcome = replace(entry.outcome, created_at=entry.outcome.created_at or now)
         return {"type": "command", "exchange": _jsonable(exchange), "outcome": _jsonable(outcome)}
     if isinstance(entry, ExchangeRecord):
-        exchange = replace(entry.exchange, created_at=entry.exchange.created_at or now)
+        exchange = replace(entry.exchange, executed_at=entry.exchange.executed_at or now)
         usage = [_jsonable(replace(u, created_at=u.created_at or now)) for u in entry.usage]
         return {"type": "exchange", "exchange": _jsonable(exchange), "usage": usage}
     return {"type": "session", "session": _jsonable(replace(entry, created_at=entry.created_at or now))}
@@ -113,7 +130,7 @@ def load_spooled(path: Path) -> SpoolEntry:
     """The entry in a spool file (ValueError if the file is not one)."""
     payload = json.loads(path.read_text(encoding="utf-8"))
     kind = payload.get("type") if isinstance(payload, dict) else None
-    if not isinstance(payload, dict) or payload.get("version") != SPOOL_VERSION or kind not in _LOADERS:
+    if not isinstance(payload, dict) or payload.get("version") not in (1, SPOOL_VERSION) or kind not in _LOADERS:
         raise ValueError(f"{path.name} is not a spooled entry (version {SPOOL_VERSION})")
     try:
         return _LOADERS[kind](payload)
@@ -123,7 +140,7 @@ def load_spooled(path: Path) -> SpoolEntry:
 
 _LOADERS: dict[str, Callable[[dict[str, Any]], SpoolEntry]] = {
     "command": lambda p: CommandRecord(
-        NewCommandLog(**_timestamped(p["exchange"])), NewCommandOutput(**_timestamped(p["outcome"]))
+        NewCommandLog(**_timestamped(_renamed(p, "exchange"))), NewCommandOutput(**_timestamped(_renamed(p, "outcome")))
     ),
     "exchange": lambda p: ExchangeRecord(
         NewCommandLog(**_timestamped(p["exchange"])), tuple(NewUsage(**_timestamped(u)) for u in p["usage"])

@@ -91,10 +91,21 @@ def head_revision() -> str:
 
 
 def current_revision(conn: psycopg.Connection) -> str | None:
-    """The revision the database is at, or None for an empty database."""
-    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    """The revision the database is at, or None for an empty database.
+
+    A login that may not read it (the agent role before revision 0004 granted it anything) gets
+    SchemaMismatch saying to run `kb init`."""
+    exists = conn.execute(
+        "SELECT to_regclass('alembic_version') IS NOT NULL,"
+        " has_table_privilege(to_regclass('alembic_version'), 'SELECT')"
+    ).fetchone()
     if not exists or not exists[0]:
         return None
+    if not exists[1]:
+        raise SchemaMismatch(
+            f"{conn.info.user} may not read this database's schema revision: run `kb init` (as the tables' owner) "
+            "to grant the agent role its rights (README, 'Running on your own server: roles and grants')"
+        )
     row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     return row[0] if row else None
 
