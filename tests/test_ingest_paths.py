@@ -130,7 +130,7 @@ def test_move_root_moves_the_project_and_embeds_no_chunk_again(
     moved = tmp_path / "elsewhere" / "click"
     shutil.copytree(first, moved)  # new mtimes: every file is read and hashed again
     (moved / "web" / "index.js").unlink()
-    monkeypatch.setattr(embedding, "embedder_from_settings", lambda _settings: counting)
+    monkeypatch.setattr(embedding, "embedder_from_settings", lambda *_args, **_kwargs: counting)
     result = CliRunner().invoke(cli, ["populate", str(moved), "--move-root", "--json", "--database-url", db_url])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)

@@ -50,7 +50,7 @@ def test_kb_search_of_a_huge_query_on_stdin_answers(
 ) -> None:
     import knowledgebase.embedding
 
-    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda _settings: fake_embedder)
+    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda *_args, **_kwargs: fake_embedder)
     result = CliRunner().invoke(
         cli, ["search", "-", "--project", "alpha", "--json", "--database-url", db_url], input=huge_query(size)
     )
