@@ -181,3 +181,22 @@ def test_a_deleted_file_restored_later_reuses_its_vectors_until_they_age_out(
     (root / "app" / "util.py").write_text(util)
     late = populate(db, fake_embedder, settle(root), settings)
     assert late.added == 1 and late.chunks_embedded == late.chunks_written > 0
+
+
+def test_the_agents_role_keeps_and_reuses_released_vectors(
+    agent_db_url: str, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path
+) -> None:
+    agent = Database(agent_db_url, max_size=2)  # as `kb populate` reaches the database by default
+    try:
+        first, other = two_clicks(tmp_path)
+        populate(agent, fake_embedder, first, settings)
+        populate(agent, fake_embedder, other, settings, move_root=True, project="click")
+        back = populate(agent, fake_embedder, first, settings, move_root=True, project="click")
+        assert back.added == 4 and back.chunks_embedded == 0
+        with agent.connection() as conn:  # and prunes what aged out
+            conn.execute("UPDATE chunk_vector_cache SET released_at = now() - interval '31 days'")
+        populate(agent, fake_embedder, settle(first), settings)
+        with agent.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM chunk_vector_cache").fetchone() == (0,)
+    finally:
+        agent.close()
