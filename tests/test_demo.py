@@ -10,7 +10,7 @@ import pytest
 
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.errors import InputError
+from knowledgebase.errors import InputError, ProjectRootConflict
 from knowledgebase.facts import list_facts
 from knowledgebase.tools import demo
 from knowledgebase.tools.demo import REPOSITORY_FACTS, SAMPLE_FACTS, DemoFact, sample_project, seed_project
@@ -183,3 +183,13 @@ def test_without_a_url_the_demo_database_is_a_throwaway_server() -> None:
     assert not Path(str(host)).exists()  # the folder with its data and socket is gone
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, connect_timeout=2)
+
+
+def test_a_fresh_copy_takes_the_project_over_only_when_asked(db: Database, settings: Settings, tmp_path: Path) -> None:
+    embedder = HashingEmbedder()
+    seed_project(db, embedder, _project(tmp_path / "one" / "shop"), settings=settings, facts=_facts_about())
+    again = _project(tmp_path / "two" / "shop")  # as a notebook run again makes its sample in a new folder
+    with pytest.raises(ProjectRootConflict):
+        seed_project(db, embedder, again, settings=settings, facts=_facts_about())
+    moved = seed_project(db, embedder, again, settings=settings, facts=_facts_about(), move_root=True)
+    assert moved.populate.root == str(again.resolve()) and moved.facts_added == 0

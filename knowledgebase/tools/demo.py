@@ -231,13 +231,17 @@ def seed_project(
     project: str | None = None,
     facts: Sequence[DemoFact] = REPOSITORY_FACTS,
     progress: ProgressCallback | None = None,
+    move_root: bool = False,
 ) -> SeededProject:
     """Index ``root`` (incrementally) and record each of ``facts`` whose source line is found, citing
-    that line; a fact already recorded with the same value is left as it is."""
+    that line; a fact already recorded with the same value is left as it is. ``move_root`` as for
+    ``populate_project`` (a fresh copy made by ``sample_project`` takes the project over)."""
     from knowledgebase.facts import FactSource, add_fact, list_facts
     from knowledgebase.index.ingest import populate_project
 
-    report = populate_project(db, embedder, root, project=project, settings=settings, progress=progress)
+    report = populate_project(
+        db, embedder, root, project=project, settings=settings, progress=progress, move_root=move_root
+    )
     recorded: list[Fact] = []
     skipped: list[SkippedFact] = []
     added = 0
