@@ -20,6 +20,7 @@ as running outside the queue (no lease, so no worker claims it): a log row is ne
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
@@ -65,32 +66,81 @@ def omission_marker(count: int, unit: str) -> str:
 
 
 def clip_text(text: str, limit: int) -> tuple[str, bool]:
-    """``text`` cut to about ``limit`` characters keeping its head and tail, and whether it was cut."""
+    """``text`` cut to about ``limit`` characters keeping its head and tail, and whether it was cut.
+
+    The cuts move back (head) and forward (tail) to a line break or space within a short distance, so
+    a token or a redaction marker is kept whole or not at all.
+    """
     if len(text) <= limit:
         return text, False
-    head = limit // 2
-    tail = limit - head
-    return text[:head] + omission_marker(len(text) - head - tail, "characters") + text[-tail:], True
+    head_end = _snap_back(text, limit // 2)
+    tail_start = _snap_forward(text, len(text) - (limit - limit // 2))
+    omitted = tail_start - head_end
+    return text[:head_end] + omission_marker(omitted, "characters") + text[tail_start:], True
+
+
+_SNAP = 256  # how far a cut may move to reach a space or line break
+
+
+def _snap_back(text: str, end: int) -> int:
+    cut = max(text.rfind("\n", max(0, end - _SNAP), end), text.rfind(" ", max(0, end - _SNAP), end))
+    return cut + 1 if cut >= 0 else end
+
+
+def _snap_forward(text: str, start: int) -> int:
+    found = [i for i in (text.find("\n", start, start + _SNAP), text.find(" ", start, start + _SNAP)) if i >= 0]
+    return min(found) if found else start
+
+
+_OMISSION = re.compile(r"\n\[\.\.\. \d+ (?:characters|bytes) omitted \.\.\.\]\n")
+
+
+def redact_clipped(text: str) -> str:
+    """Redact ``text`` piece by piece between omission markers (a private key's BEGIN kept in the head
+    is redacted to the cut, and the END kept in the tail back from it, never joined across)."""
+    pieces = _OMISSION.split(text)
+    if len(pieces) == 1:
+        return redact(text) or ""
+    markers = _OMISSION.findall(text)
+    out = [redact(pieces[0]) or ""]
+    for marker, piece in zip(markers, pieces[1:], strict=True):
+        out += [marker, redact(piece) or ""]
+    return "".join(out)
 
 
 def _storable(text: str | None, limit: int = MAX_TEXT_CHARS) -> str | None:
-    """Redacted, clipped and without NUL characters (PostgreSQL text cannot hold them)."""
+    """Redacted, then clipped, and without NUL characters (PostgreSQL text cannot hold them).
+
+    Redaction comes first, so no secret is cut in half; text far over the limit is first cut to
+    four times it (those cuts fall in the part the final clip drops), to bound the work.
+    """
     if text is None:
         return None
-    clipped, _ = clip_text(text, limit)
-    return (redact(clipped) or "").replace("\x00", "\ufffd")
+    return redact_and_clip(text, limit)[0].replace("\x00", "\ufffd")
 
 
-def _storable_json(value: Any) -> Any:
-    if value is None:
-        return None
+def redact_and_clip(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` redacted, then clipped to about ``limit`` characters (``clip_text``), and whether it was cut."""
+    cut = False
+    if len(text) > 4 * limit:
+        text, cut = clip_text(text, 4 * limit)
+    clipped, cut_again = clip_text(redact_clipped(text), limit)
+    return clipped, cut or cut_again
+
+
+def _storable_json(value: Any, limit: int = MAX_TEXT_CHARS) -> Any:
+    """A JSON-like value redacted as a whole (secret-named keys, argv flags: ``redact_value``), then clipped."""
+    return _clean_json(redact_value(value), limit)
+
+
+def _clean_json(value: Any, limit: int) -> Any:
     if isinstance(value, str):
-        return _storable(value)
+        return clip_text(value, limit)[0].replace("\x00", "\ufffd")
     if isinstance(value, dict):
-        return {str(k).replace("\x00", "\ufffd"): _storable_json(v) for k, v in value.items()}
+        return {str(k).replace("\x00", "\ufffd"): _clean_json(v, limit) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_storable_json(v) for v in value]
-    return redact_value(value)
+        return [_clean_json(v, limit) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,9 +257,9 @@ def prepare_output(
         if text is None:
             clipped.append(None)
             continue
-        short, cut = clip_text(text, max_chars)
+        short, cut = redact_and_clip(text, max_chars)
         truncated = truncated or cut
-        clipped.append(_storable(short, max_chars + 100))
+        clipped.append(short.replace("\x00", "\ufffd"))
     return NewCommandOutput(
         command_log_id=0,
         success=success if success is not None else (return_code == 0 and error is None),

@@ -35,6 +35,7 @@ from knowledgebase.coordination.audit import (
 )
 from knowledgebase.db import Database
 from knowledgebase.errors import DatabaseError, InputError, first_line
+from knowledgebase.util.redact import redact
 
 READ_SIZE = 65536
 # Folders not walked when looking for written files: version control, dependencies, caches.
@@ -128,16 +129,46 @@ class _HeadTail:
                 del self.tail[: len(self.tail) - self.tail_cap]
 
     def captured(self) -> CapturedOutput:
-        omitted = self.total - len(self.head) - len(self.tail)
-        if _looks_binary(bytes(self.head) or bytes(self.tail)):
-            preview = bytes(self.head[:32]).hex(" ")
-            text = f"[binary output: {self.total} bytes; first bytes: {preview}]"
+        head, tail = bytes(self.head), bytes(self.tail)
+        omitted = self.total - len(head) - len(tail)
+        if _looks_binary(head or tail):
+            text = f"[binary output: {self.total} bytes; first bytes: {_hex_preview(head)}]"
             return CapturedOutput(text, self.total, omitted > 0, True)
-        text = self.head.decode("utf-8", "replace")
+        if omitted:
+            # cut at a space or line break near the cut, so no token is kept in part; a private-key
+            # block cut in two is redacted on each side (``audit.redact_clipped``)
+            head, tail = _snap_head(head), _snap_tail(tail)
+            omitted = self.total - len(head) - len(tail)
+        text = head.decode("utf-8", "replace")
         if omitted:
             text += omission_marker(omitted, "bytes")
-        text += self.tail.decode("utf-8", "replace")
+        text += tail.decode("utf-8", "replace")
         return CapturedOutput(text, self.total, omitted > 0, False)
+
+
+_SNAP_BYTES = 256
+PREVIEW_BYTES = 32
+
+
+def _snap_head(head: bytes) -> bytes:
+    start = max(0, len(head) - _SNAP_BYTES)
+    cut = max(head.rfind(b"\n", start), head.rfind(b" ", start))
+    return head[: cut + 1] if cut >= 0 else head
+
+
+def _snap_tail(tail: bytes) -> bytes:
+    found = [i for i in (tail.find(b"\n", 0, _SNAP_BYTES), tail.find(b" ", 0, _SNAP_BYTES)) if i >= 0]
+    return tail[min(found) :] if found else tail
+
+
+def _hex_preview(head: bytes) -> str:
+    """The first bytes of binary output in hex, up to where a recognised secret starts."""
+    sample = head[:4096].decode("latin-1")  # one character per byte, so positions match
+    cleaned = redact(sample) or ""
+    same = next((i for i, (a, b) in enumerate(zip(sample, cleaned, strict=False)) if a != b), len(sample))
+    if cleaned == sample or same >= PREVIEW_BYTES:
+        return head[:PREVIEW_BYTES].hex(" ")
+    return (head[:same].hex(" ") + " [REDACTED]").strip()
 
 
 def _looks_binary(sample: bytes) -> bool:
@@ -351,8 +382,8 @@ def command_record(
         stderr_bytes=result.stderr.total_bytes,
         truncated=result.stdout.truncated or result.stderr.truncated,
         error=result.error,
-        # the capture already kept head and tail; leave room for the omission marker
-        max_chars=max(len(result.stdout.text), len(result.stderr.text), 1),
+        # the capture already kept head and tail; leave room for redaction markers, longer than short secrets
+        max_chars=2 * max(len(result.stdout.text), len(result.stderr.text)) + 1024,
     )
     return CommandRecord(exchange, outcome)
 
