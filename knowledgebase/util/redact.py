@@ -41,7 +41,9 @@ throughput.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +137,19 @@ def _value_only(kind: str, *, check: bool = False) -> Callable[[re.Match[str]], 
     return repl
 
 
+_HEADER_NAME = re.compile(
+    r"(?:[A-Za-z0-9]+-)+(?:api-?key|token|secret|auth|password|access-?key|subscription-key)|(?:proxy-)?authorization",
+    re.I,
+)
+
+
+def _header(match: re.Match[str]) -> str:
+    """``X-Api-Key: value``: the value replaced when the name is a credential header's."""
+    if not _HEADER_NAME.fullmatch(match.group("name")):
+        return match.group(0)
+    return _value_only("secret")(match)
+
+
 _Rule = tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], tuple[str, ...]]
 _UNQUOTED = r"[^\s'\"`,;&|<>(){}\[\]]++"  # possessive: a value cut short by "(" must not match shorter
 
@@ -158,18 +173,6 @@ _RULES: list[_Rule] = [
         ),
         _keep_lines("private-key"),
         ("private key",),
-    ),
-    (
-        "url-password",  # scheme://user:password@host, the password may hold "/" and "@"
-        re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:)(?P<value>[^\s'\"]+?)(?P<suffix>@[^\s@/'\"]+(?=[/?#'\"\s]|$))"),
-        _value_only("password"),
-        ("://",),
-    ),
-    (
-        "bearer",
-        re.compile(r"(?P<prefix>(?:Bearer|Token|Basic)\s+)(?P<value>[A-Za-z0-9._~+/=-]{16,})"),
-        _value_only("token"),
-        ("bearer", "token", "basic"),
     ),
     ("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _keep_lines("jwt"), ("eyj",)),
     ("google-api-key", re.compile(r"AIza[0-9A-Za-z_-]{35}"), _keep_lines("google-api-key"), ("aiza",)),
@@ -219,6 +222,19 @@ _RULES: list[_Rule] = [
     ("sendgrid-key", re.compile(r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b"), _keep_lines("sendgrid-key"), ("sg.",)),
     ("digitalocean-token", re.compile(r"do[por]_v1_[a-f0-9]{64}\b"), _keep_lines("digitalocean-token"), ("_v1_",)),
     ("shopify-token", re.compile(r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b"), _keep_lines("shopify-token"), ("shp",)),
+    # ---- line-local rules (every match lies within one line): run only on lines holding a hint ----
+    (
+        "url-password",  # scheme://user:password@host, the password may hold "/" and "@"
+        re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:)(?P<value>[^\s'\"]+?)(?P<suffix>@[^\s@/'\"]+(?=[/?#'\"\s]|$))"),
+        _value_only("password"),
+        ("://",),
+    ),
+    (
+        "bearer",
+        re.compile(r"(?P<prefix>(?:Bearer|Token|Basic)[ \t]+)(?P<value>[A-Za-z0-9._~+/=-]{16,})"),
+        _value_only("token"),
+        ("bearer", "token", "basic"),
+    ),
     # curl -u user:pw / --user user:pw ; sshpass -p pw ; mysql -ppw (also as shlex.join quotes it)
     (
         "secret",
@@ -239,7 +255,7 @@ _RULES: list[_Rule] = [
     ),
     (
         "secret",
-        re.compile(r"(?P<prefix>sshpass\s+['\"]?-p\s*['\"]?)(?P<value>[^\s'\"]+)"),
+        re.compile(r"(?P<prefix>sshpass[ \t]+['\"]?-p[ \t]*['\"]?)(?P<value>[^\s'\"]+)"),
         _value_only("secret"),
         ("sshpass",),
     ),
@@ -256,7 +272,8 @@ _RULES: list[_Rule] = [
     (
         "assigned-secret",
         re.compile(
-            rf"(?P<prefix>[\"']?(?P<name>{_ANY_NAME})[\"']?\s*(?::=|=>|=|:)\s*(?P<q>[\"']))(?P<value>[^\"'\n]+)(?P<suffix>(?P=q))",
+            rf"(?P<prefix>(?P<name>{_ANY_NAME})[\"']?[ \t]*(?::=|=>|=|:)[ \t]*(?P<q>[\"']))"
+            r"(?P<value>[^\"'\n]+)(?P<suffix>(?P=q))",
             re.I,
         ),
         _value_only("secret", check=True),
@@ -283,12 +300,10 @@ _RULES: list[_Rule] = [
     (
         "header-secret",
         re.compile(
-            r"(?P<prefix>(?<![\w-])(?:(?:[A-Za-z0-9]+-)+"
-            r"(?:api-?key|token|secret|auth|password|access-?key|subscription-key)|authorization|proxy-authorization)"
-            r"[ \t]*:[ \t]*)(?P<value>[^\s'\",;]{4,}(?:[ \t]+[A-Za-z0-9._~+/=-]{8,})?)",
-            re.I,
+            r"(?P<prefix>(?<![\w-])(?P<name>[A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*)"
+            r"(?P<value>[^\s'\",;]{4,}(?:[ \t]+[A-Za-z0-9._~+/=-]{8,})?)"
         ),
-        _value_only("secret"),
+        _header,
         _NAME_HINTS,
     ),
     # password: x (YAML, also "- password: x" and quoted keys) at the start of a line
@@ -334,16 +349,57 @@ class Redaction:
     kinds: tuple[str, ...]
 
 
+_FIRST_LINE_RULE = next(i for i, rule in enumerate(_RULES) if rule[0] == "url-password")
+_WHOLE_TEXT_RULES = _RULES[:_FIRST_LINE_RULE]
+# line-local rules grouped by their hints, in order: each group runs on the lines holding one of its hints
+_LINE_GROUPS: list[tuple[re.Pattern[str], list[_Rule]]] = []
+for _rule in _RULES[_FIRST_LINE_RULE:]:
+    if _LINE_GROUPS and _LINE_GROUPS[-1][1][0][3] == _rule[3]:
+        _LINE_GROUPS[-1][1].append(_rule)
+    else:
+        _LINE_GROUPS.append((re.compile("|".join(re.escape(h) for h in _rule[3])), [_rule]))
+
+
 def redact_text(text: str) -> Redaction:
     """``text`` with every recognised secret replaced, and a count of replacements by kind."""
-    count = 0
     kinds: list[str] = []
+    text, count = _apply(_WHOLE_TEXT_RULES, text, text.lower(), kinds)
     lower = text.lower()
-    for kind, pattern, repl, hints in _RULES:
+    lines: list[str] | None = None
+    lower_lines: list[str] = []
+    starts: list[int] = []
+    for hints, rules in _LINE_GROUPS:
+        hits = [m.start() for m in hints.finditer(lower)]
+        if not hits:
+            continue
+        if lines is None:
+            lines, lower_lines = text.split("\n"), lower.split("\n")
+            starts = list(itertools.accumulate((len(line) + 1 for line in lower_lines[:-1]), initial=0))
+        chosen = sorted({bisect.bisect_right(starts, hit) - 1 for hit in hits})
+        sub = "\n".join(lines[i] for i in chosen)
+        sub, added = _apply(rules, sub, "\n".join(lower_lines[i] for i in chosen), kinds)
+        done = sub.split("\n")
+        if len(done) == len(chosen):
+            for i, line in zip(chosen, done, strict=True):
+                lines[i] = line
+        else:  # never expected (the rules keep line breaks): run them on the whole text
+            whole, added = _apply(rules, "\n".join(lines), lower, kinds)
+            lines, lower = whole.split("\n"), whole.lower()
+            lower_lines = lower.split("\n")
+            starts = list(itertools.accumulate((len(line) + 1 for line in lower_lines[:-1]), initial=0))
+        count += added
+    if lines is not None:
+        text = "\n".join(lines)
+    return Redaction(text=text, count=count, kinds=tuple(kinds))
+
+
+def _apply(rules: list[_Rule], text: str, lower: str, kinds: list[str]) -> tuple[str, int]:
+    count = 0
+    for kind, pattern, repl, hints in rules:
         if not any(hint in lower for hint in hints):
             continue  # a literal every match contains is absent: skip the regular expression
         new_text = pattern.sub(repl, text)
-        if new_text is text or new_text == text:
+        if new_text == text:
             continue
         added = new_text.count(MARKER_PREFIX) - text.count(MARKER_PREFIX)
         if added:
@@ -351,7 +407,7 @@ def redact_text(text: str) -> Redaction:
             if kind not in kinds:
                 kinds.append(kind)
         text = new_text
-    return Redaction(text=text, count=count, kinds=tuple(kinds))
+    return text, count
 
 
 def redact(text: str | None) -> str | None:

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Redaction: recall and false positives on the corpus, and throughput of ``redact`` on realistic text.
+
+    .venv/bin/python scripts/bench_redact.py [--log-mb 8] [--repeat 3] [--json]
+
+- Corpus (``tests/redaction_corpus.py``): recall = positive cases with every secret gone / positive
+  cases; false positives = negative cases (ordinary code and config) changed at all; precision =
+  true positives / (true positives + false positives), counting a case as one.
+- Throughput, in MB of UTF-8 per second (best of ``--repeat``), of ``redact`` over: the package's own
+  source concatenated (Python full of ``token``/``password``/``key`` names); the Markdown docs; and a
+  synthetic command log of ``--log-mb`` MB (pytest, pip, HTTP access and shell lines, one secret per
+  500 lines), redacted as one text and as 64 KB pieces, the size of one stored command output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from knowledgebase.util.redact import redact  # noqa: E402
+from tests.redaction_corpus import AWS_SECRET, NEGATIVE, NPM, POSITIVE, Case  # noqa: E402
+
+_LOG_LINES = [
+    "tests/test_store.py::test_insert_and_fetch[{n}] PASSED                                    [ {p}%]",
+    "Collecting requests>=2.{n} (from -r requirements.txt (line {p}))",
+    '10.0.{p}.{n} - - [01/Dec/2026:12:{p:02d}:07 +0000] "GET /api/v1/items/{n}?page={p} HTTP/1.1" 200 {n} "-" "curl"',
+    "+ make -C build -j{p} target_{n}",
+    "2026-12-01T12:00:{p:02d}.{n:06d}Z INFO worker[{p}] processed batch {n} in {p}.{n}ms (token_count={n})",
+    "  File \"/usr/lib/python3.11/site-packages/pkg/mod_{p}.py\", line {n}, in handle",
+    "commit {sha} Merge pull request #{n} from feature/branch-{p}",
+    "integrity sha512-{b64}==",
+]
+_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_SECRET_LINES = [
+    "export API_TOKEN=tok-{n}-EXAMPLE && ./deploy.sh",
+    f"aws_secret_access_key = {AWS_SECRET}",
+    f"//registry.npmjs.org/:_authToken={NPM}",
+    "curl -u deploy:pw{n}EXAMPLE https://ci.example/api",
+    "postgresql://app:s3cr/et{n}@db.example:5432/app",
+]
+
+
+def _leaks(case: Case) -> bool:
+    out = redact(case.text) or ""
+    if not case.secrets:
+        return out != case.text
+    return any(s in out for s in case.secrets) or "[REDACTED:" not in out
+
+
+def corpus_scores() -> dict[str, float | int]:
+    true_positives = sum(not _leaks(c) for c in POSITIVE)
+    false_positives = sum(_leaks(c) for c in NEGATIVE)
+    return {
+        "positive_cases": len(POSITIVE),
+        "negative_cases": len(NEGATIVE),
+        "true_positives": true_positives,
+        "false_positives": false_positives,
+        "recall": true_positives / len(POSITIVE),
+        "precision": true_positives / max(1, true_positives + false_positives),
+    }
+
+
+def synthetic_log(megabytes: float, seed: int = 13) -> str:
+    rng = random.Random(seed)
+    lines: list[str] = []
+    size = 0
+    while size < megabytes * 1_000_000:
+        n, p = rng.randrange(1, 99999), rng.randrange(0, 60)
+        if len(lines) % 500 == 499:
+            line = rng.choice(_SECRET_LINES).format(n=n)
+        else:
+            sha = f"{rng.getrandbits(160):040x}"
+            b64 = "".join(rng.choice(_BASE64) for _ in range(86))
+            line = rng.choice(_LOG_LINES).format(n=n, p=p, sha=sha, b64=b64)
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+def throughput(text: str, repeat: int, fn: Callable[[str], object] = redact) -> float:
+    mb = len(text.encode("utf-8", "surrogatepass")) / 1_000_000
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn(text)
+        best = min(best, time.perf_counter() - started)
+    return mb / best
+
+
+def _in_pieces(text: str, size: int = 65_536) -> None:
+    for start in range(0, len(text), size):
+        redact(text[start : start + size])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-mb", type=float, default=8.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    scores = corpus_scores()
+    source = "".join(p.read_text() for p in sorted((ROOT / "knowledgebase").rglob("*.py")))
+    docs = "".join(p.read_text() for p in sorted(ROOT.glob("*.md")) + sorted((ROOT / "docs").rglob("*.md")))
+    log = synthetic_log(args.log_mb)
+    texts = {"package source": source, "markdown docs": docs, "command log": log}
+    speeds = {name: throughput(text, args.repeat) for name, text in texts.items()}
+    speeds["command log, 64 KB pieces"] = throughput(log, args.repeat, _in_pieces)
+    sizes = {name: len(text.encode()) / 1_000_000 for name, text in texts.items()}
+    sizes["command log, 64 KB pieces"] = sizes["command log"]
+    if args.json:
+        print(json.dumps({"corpus": scores, "mb_per_s": speeds, "mb": sizes}, indent=2))
+        return
+    print(
+        f"corpus: recall {scores['true_positives']}/{scores['positive_cases']} ({scores['recall']:.1%}), "
+        f"false positives {scores['false_positives']}/{scores['negative_cases']}, "
+        f"precision {scores['precision']:.1%}"
+    )
+    for name, speed in speeds.items():
+        print(f"redact on {name:28s} {sizes[name]:6.2f} MB  {speed:7.2f} MB/s")
+
+
+if __name__ == "__main__":
+    main()
