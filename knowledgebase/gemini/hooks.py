@@ -411,16 +411,17 @@ def _tool_summary(response: Any) -> tuple[str, str | None]:
 def _shrink(value: Any) -> Any:
     """A tool input redacted as a whole (secret-named keys, argv flags), with long strings (file contents
     to write, say) then cut to MAX_INPUT_STRING_CHARS."""
-    return _clip_strings(redact_value(value))
+    # first cut to 4x the limit (bounding the work; those cuts fall in the part the final cut drops)
+    return _clip_strings(redact_value(_clip_strings(value, 4 * MAX_INPUT_STRING_CHARS)), MAX_INPUT_STRING_CHARS)
 
 
-def _clip_strings(value: Any) -> Any:
+def _clip_strings(value: Any, limit: int) -> Any:
     if isinstance(value, str):
-        return audit.clip_text(value, MAX_INPUT_STRING_CHARS)[0]
+        return audit.clip_text(value, limit)[0]
     if isinstance(value, dict):
-        return {k: _clip_strings(v) for k, v in value.items()}
+        return {k: _clip_strings(v, limit) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clip_strings(v) for v in value]
+        return [_clip_strings(v, limit) for v in value]
     return value
 
 
