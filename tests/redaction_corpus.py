@@ -88,7 +88,8 @@ POSITIVE = [
     Case("flag-split", "deploy --password hunter2x --host h", ("hunter2x",)),
     Case("flag-equals", "tool --api-key=Y0urApiKey123", ("Y0urApiKey123",)),
     Case("flag-quoted-join", "tool '--client-secret=a b c d' x", ("a b c d",)),
-    Case("flag-quoted-value", "tool --token 'spaced token value'", ("spaced token value", "spaced")),
+    Case("flag-quoted-value", "tool --token 'Sp4ced tok3n value'", ("Sp4ced tok3n value", "Sp4ced")),
+    Case("doc-example-password", 'create_engine(url, password="tiger")', ("tiger",)),
     Case("docker-login", "docker login -u me --password dckrS3cret1 registry", ("dckrS3cret1",)),
 ]
 
@@ -127,6 +128,7 @@ NEGATIVE = [
     Case("uuid", "request 123e4567-e89b-12d3-a456-426614174000 done"),
     Case("git-sha", "commit 01ea355c1f6b1f0b7f8e9d2a3c4b5d6e7f8091a2b"),
     Case("url-no-password", "https://user@github.com/o/r.git and postgresql://db.example/kb"),
+    Case("url-placeholder", "mysql+pymysql://<username>:<password>@<host>/<dbname> or driver://user:pass@host/db"),
     Case("url-at-in-path", "https://example.com/@scope/pkg"),
     Case("prose", "The token: see the section on keys.\nSet the password: it must be long."),
     Case("header-plain", "Content-Type: application/json\nAccept: */*"),
@@ -135,6 +137,16 @@ NEGATIVE = [
     Case("pem-public", "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEexampleexampleexample\n-----END PUBLIC KEY-----"),
     Case("password-word", "reset your password here"),
     Case("kwarg-len", "f(token=tok, pw=x)"),
+    # found in real code (site-packages): NLP tokens, templates, placeholders, constants
+    Case("nlp-special-tokens", 'tokenizer(bos_token="__start__", pad_token="<pad>", sep_token="|SEP|")'),
+    Case("nlp-token-ids", "out(token=11098, token_str=' happiness')\ntext_pad_token=129_595,"),
+    Case("nlp-token-constant", 'IMAGE_TOKEN = "<image>"\nTILE_TOKEN = "TILE_GLOBAL"'),
+    Case("format-template", 'upgrade_token="%s_upgrades" % name\nprint(f"password={password!r}")'),
+    Case("placeholder-elided", 'build_headers(token="hf_***")\napi_key="sk-..."  # your key'),
+    Case("token-named-word", '"upgrade_token": "upgrades",'),
+    Case("constant-name", 'REVISION_SCRIPT_TOKEN = "REVISION_SCRIPT_FILENAME"'),
+    Case("header-scheme-doc", "for the 'authorization: basic ...' header"),
+    Case("same-word-inside", "f(word_delimiter_token=word_delimiter_token_for_offsets)"),
 ]
 
 CASES = POSITIVE + NEGATIVE

@@ -72,12 +72,19 @@ _NOT_SECRETS = frozenset(
     {
         "none", "null", "nil", "true", "false", "yes", "no", "on", "off", "undefined", "str", "string", "bytes",
         "int", "integer", "bool", "boolean", "any", "object", "optional", "secretstr", "await", "new", "yield",
-        "lambda", "not", "self", "this", "required", "prompt", "redacted",
+        "lambda", "not", "self", "this", "required", "prompt", "redacted", "value", "example", "placeholder",
+        "dummy", "foobar", "secret", "password", "passwd", "pass", "pwd", "token", "bearer", "basic", "digest",
+        "negotiate",
     }
 )  # fmt: skip
 _PLACEHOLDER = re.compile(r"^(?:\$|%\(|\{\{|<|\[|\*+$|x+$|\.\.\.|#)", re.I)
 _DOTTED_IDENTIFIER = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+$")
 _BARE_WORD = re.compile(r"^[A-Za-z_]+$")
+# placeholders and templates anywhere in the value: "hf_***", "sk-...", "%s", "%(name)s", "{}", "<PRE>", "|SEP|"
+_TEMPLATE = re.compile(r"\*\*\*|\.\.\.|\u2026|%[sd(]|[{}<>]|^\|.*\|$")
+# snake_case, kebab-case and CONSTANT_CASE words: names of things, not secrets ("bos_token_id", "TILE_GLOBAL")
+_IDENTIFIER_LIKE = re.compile(r"^_*[a-z]+(?:[_-][a-z]+)+_*$|^__[a-z]+__$|^[A-Z][A-Z_]*$")
+_SMALL_NUMBER = re.compile(r"^\d{1,6}$|^\d[\d_]*_\d+$")  # token ids, ports, counts, 129_595
 
 
 def _marker(kind: str) -> str:
@@ -90,9 +97,15 @@ def _looks_like_code(name: str, value: str, *, spaced: bool) -> bool:
     lower = bare.lower()
     if len(bare) < 4 or lower in _NOT_SECRETS or _PLACEHOLDER.match(bare) or _DOTTED_IDENTIFIER.match(bare):
         return True
+    if _TEMPLATE.search(bare) or _IDENTIFIER_LIKE.match(bare) or _SMALL_NUMBER.match(bare) or bare.count(" ") > 3:
+        return True  # "%s_upgrades", "{token}", "hf_...", "<s>", "bos_token_id", "TILE", 11098, prose
     word = re.search(rf"{_SECRET_WORD}$|(?:pass|pwd|pw)$", name, re.I)
-    if word and re.sub(r"[_.-]", "", lower).endswith(re.sub(r"[_.-]", "", word.group(0).lower())):
-        return True  # token=token, password=db_password, api_key=API_KEY
+    if word:
+        secret = re.sub(r"[_.-]", "", word.group(0).lower())
+        if re.sub(r"[_.-]", "", lower).endswith(secret) or re.search(rf"(?:^|_){secret}(?:_|$)", lower):
+            return True  # token=token, password=db_password, api_key=API_KEY, token=pad_token_for_offsets
+        if secret in ("token", "key") and bare.isalpha() and bare.islower():
+            return True  # a token or key is random; a lower-case word under such a name is a name ("upgrades")
     return spaced and bool(_BARE_WORD.match(bare))
 
 
@@ -114,10 +127,11 @@ def _keep_lines(kind: str) -> Callable[[re.Match[str]], str]:
     return repl
 
 
-def _value_only(kind: str, *, check: bool = False) -> Callable[[re.Match[str]], str]:
+def _value_only(kind: str, *, check: bool = False, placeholders: bool = False) -> Callable[[re.Match[str]], str]:
     """Keep the ``prefix`` group (the name and operator) and replace the ``value`` group.
 
-    With ``check``, a value that looks like code or a placeholder (``_looks_like_code``) is kept.
+    With ``check``, a value that looks like code or a placeholder (``_looks_like_code``) is kept; with
+    ``placeholders``, only a placeholder (``<password>``, ``${PW}``, ``pass``).
     """
 
     def repl(match: re.Match[str]) -> str:
@@ -126,6 +140,8 @@ def _value_only(kind: str, *, check: bool = False) -> Callable[[re.Match[str]], 
         if match.group(0)[0].isalnum() and not _at_word_start(match):
             return match.group(0)
         if value.startswith(MARKER_PREFIX) or (not check and len(value) < 4):
+            return match.group(0)
+        if placeholders and (value.lower() in _NOT_SECRETS or _PLACEHOLDER.match(value) or _TEMPLATE.search(value)):
             return match.group(0)
         if check:
             name = groups.get("name") or ""
@@ -147,12 +163,19 @@ _HEADER_NAME = re.compile(
 
 def _header(match: re.Match[str]) -> str:
     """``X-Api-Key: value``: the value replaced when the name is a credential header's."""
-    if not _HEADER_NAME.fullmatch(match.group("name")):
+    value = match.group("value")
+    if not _HEADER_NAME.fullmatch(match.group("name")) or _looks_like_code("", value, spaced=False):
         return match.group(0)
     return _value_only("secret")(match)
 
 
 _Rule = tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], tuple[str, ...]]
+
+
+def _token(kind: str, pattern: str, *hints: str) -> _Rule:
+    """A rule for a key format with a fixed shape: the whole match is replaced, when one of ``hints`` is there."""
+    return (kind, re.compile(pattern), _keep_lines(kind), hints)
+
 _UNQUOTED = r"[^\s'\"`,;&|<>(){}\[\]]++"  # possessive: a value cut short by "(" must not match shorter
 
 _RULES: list[_Rule] = [
@@ -176,59 +199,32 @@ _RULES: list[_Rule] = [
         _keep_lines("private-key"),
         ("private key",),
     ),
-    ("jwt", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _keep_lines("jwt"), ("eyj",)),
-    ("google-api-key", re.compile(r"AIza[0-9A-Za-z_-]{35}"), _keep_lines("google-api-key"), ("aiza",)),
-    ("google-oauth-token", re.compile(r"ya29\.[0-9A-Za-z_-]{20,}"), _keep_lines("google-oauth-token"), ("ya29.",)),
-    ("anthropic-key", re.compile(r"sk-ant-[A-Za-z0-9_-]{20,}"), _keep_lines("anthropic-key"), ("sk-ant-",)),
-    ("openai-key", re.compile(r"sk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}"), _keep_lines("openai-key"), ("sk-",)),
-    (
-        "github-token",
-        re.compile(r"gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}"),
-        _keep_lines("github-token"),
-        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    _token("jwt", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", "eyj"),
+    _token("google-api-key", r"AIza[0-9A-Za-z_-]{35}", "aiza"),
+    _token("google-oauth-token", r"ya29\.[0-9A-Za-z_-]{20,}", "ya29."),
+    _token("anthropic-key", r"sk-ant-[A-Za-z0-9_-]{20,}", "sk-ant-"),
+    _token("openai-key", r"sk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}", "sk-"),
+    _token(
+        "github-token", r"gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}",
+        "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_",
     ),
-    (
-        "gitlab-token",
-        re.compile(r"gl(?:pat|dt|rt|ptt|cbt)-[A-Za-z0-9_-]{20,}"),
-        _keep_lines("gitlab-token"),
-        ("glpat-", "gldt-", "glrt-", "glptt-", "glcbt-"),
-    ),
-    (
-        "slack-token",
-        re.compile(r"xox[abposre]-[A-Za-z0-9-]{10,}|xapp-\d-[A-Za-z0-9-]{10,}"),
-        _keep_lines("slack-token"),
-        ("xox", "xapp-"),
-    ),
-    (
-        "slack-webhook",
-        re.compile(r"hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_-]{20,}"),
-        _keep_lines("slack-webhook"),
-        ("hooks.slack.com",),
-    ),
-    (
-        "aws-access-key",
-        re.compile(r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
-        _keep_lines("aws-access-key"),
-        ("akia", "asia", "abia", "acca"),
-    ),
-    (
-        "stripe-key",
-        re.compile(r"[rs]k_(?:live|test)_[A-Za-z0-9]{16,}"),
-        _keep_lines("stripe-key"),
-        ("sk_live", "sk_test", "rk_live", "rk_test"),
-    ),
-    ("npm-token", re.compile(r"npm_[A-Za-z0-9]{36}\b"), _keep_lines("npm-token"), ("npm_",)),
-    ("pypi-token", re.compile(r"pypi-AgE[A-Za-z0-9_-]{50,}"), _keep_lines("pypi-token"), ("pypi-age",)),
-    ("huggingface-token", re.compile(r"hf_[A-Za-z0-9]{34,}\b"), _keep_lines("huggingface-token"), ("hf_",)),
-    ("docker-token", re.compile(r"dckr_pat_[A-Za-z0-9_-]{20,}"), _keep_lines("docker-token"), ("dckr_pat_",)),
-    ("sendgrid-key", re.compile(r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b"), _keep_lines("sendgrid-key"), ("sg.",)),
-    ("digitalocean-token", re.compile(r"do[por]_v1_[a-f0-9]{64}\b"), _keep_lines("digitalocean-token"), ("_v1_",)),
-    ("shopify-token", re.compile(r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b"), _keep_lines("shopify-token"), ("shp",)),
+    _token("gitlab-token", r"gl(?:pat|dt|rt|ptt|cbt)-[A-Za-z0-9_-]{20,}", "glpat-", "gldt-", "glrt-", "glptt-", "glcb"),
+    _token("slack-token", r"xox[abposre]-[A-Za-z0-9-]{10,}|xapp-\d-[A-Za-z0-9-]{10,}", "xox", "xapp-"),
+    _token("slack-webhook", r"hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_-]{20,}", "hooks.slack.com"),
+    _token("aws-access-key", r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", "akia", "asia", "abia", "acca"),
+    _token("stripe-key", r"[rs]k_(?:live|test)_[A-Za-z0-9]{16,}", "sk_live", "sk_test", "rk_live", "rk_test"),
+    _token("npm-token", r"npm_[A-Za-z0-9]{36}\b", "npm_"),
+    _token("pypi-token", r"pypi-AgE[A-Za-z0-9_-]{50,}", "pypi-age"),
+    _token("huggingface-token", r"hf_[A-Za-z0-9]{34,}\b", "hf_"),
+    _token("docker-token", r"dckr_pat_[A-Za-z0-9_-]{20,}", "dckr_pat_"),
+    _token("sendgrid-key", r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b", "sg."),
+    _token("digitalocean-token", r"do[por]_v1_[a-f0-9]{64}\b", "_v1_"),
+    _token("shopify-token", r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", "shp"),
     # ---- line-local rules (every match lies within one line): run only on lines holding a hint ----
     (
         "url-password",  # scheme://user:password@host, the password may hold "/" and "@"
         re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:)(?P<value>[^\s'\"]+?)(?P<suffix>@[^\s@/'\"]+(?=[/?#'\"\s]|$))"),
-        _value_only("password"),
+        _value_only("password", placeholders=True),
         ("://",),
     ),
     (
