@@ -13,9 +13,11 @@ from knowledgebase.coordination import audit, taskqueue
 from knowledgebase.coordination.execute import command_record, run_command
 from knowledgebase.coordination.spool import pending_files, spool_command
 from knowledgebase.db import Database
+from knowledgebase.index.ingest import populate_project
 from knowledgebase.index.scanning import ScannedFile, SkippedFile, SkipReason, resolve_root, scan_project
 from knowledgebase.util.redact import redact, redact_value
-from tests.redaction_corpus import AWS_ID, AWS_SECRET, CASES, NEGATIVE, NPM, PEM_BODY, POSITIVE, Case
+from tests.redaction_corpus import AWS_ID, AWS_SECRET, CASES, NEGATIVE, NPM, PEM, PEM_BODY, POSITIVE, Case
+from tests.support import HashingEmbedder
 
 PASSWORD = "hunter2-" "EXAMPLE"
 
@@ -104,13 +106,17 @@ def test_half_a_private_key_left_by_the_capture_is_redacted(tmp_path: Path) -> N
     assert stored.count("[REDACTED:private-key]") == 2 and "bytes omitted" in stored
 
 
-def test_the_hex_preview_of_binary_output_holds_no_secret(tmp_path: Path) -> None:
+def test_the_hex_preview_of_binary_output_holds_no_secret(
+    tmp_path: Path, db: Database, conn: psycopg.Connection
+) -> None:
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"\x00\x01" + f"AWS_SECRET_ACCESS_KEY={AWS_SECRET}".encode() + b"\x00" * 64)
     result = run_command(["cat", str(blob)], cwd=tmp_path, stream=False, track_files=False)
     assert result.stdout.binary
     assert AWS_SECRET.encode()[:8].hex(" ") not in result.stdout.text
     assert "00 01" in result.stdout.text and "[REDACTED]" in result.stdout.text
+    audit.store_command(db, command_record(result, task_id="T-bin"))
+    assert AWS_SECRET.encode()[:8].hex(" ") not in _all_rows(conn) and "[REDACTED]" in _all_rows(conn)
     plain = tmp_path / "plain.bin"
     plain.write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 64)
     shown = run_command(["cat", str(plain)], cwd=tmp_path, stream=False, track_files=False).stdout.text
@@ -223,3 +229,29 @@ def test_ordinary_files_near_those_names_are_still_indexed(tmp_path: Path, rel: 
     entries = {e.rel_path: e for e in scan_project(resolve_root(root), Settings(home=tmp_path / "home"))}
     assert isinstance(entries[rel], ScannedFile)
 
+
+
+def test_a_populated_project_stores_no_credential_file_and_no_secret(
+    db: Database, settings: Settings, tmp_path: Path, conn: psycopg.Connection
+) -> None:
+    root = tmp_path / "app"
+    files = {
+        ".aws/credentials": f"[default]\naws_access_key_id = {AWS_ID}\naws_secret_access_key = {AWS_SECRET}\n",
+        ".npmrc": f"//registry.npmjs.org/:_authToken={NPM}\n",
+        ".netrc": f"machine api.example login bob password {PASSWORD}\n",
+        ".ssh/id_rsa": PEM + "\n",
+        f"dumps/backup-{AWS_ID}.sql": "select 1;\n",
+        "config.yaml": f"db:\n  host: db.example\n  password: {PASSWORD}\n",
+        "deploy.sh": f"#!/bin/sh\nAPI_TOKEN={NPM} ./release --password '{PASSWORD}'\nmysql -uroot -p{PASSWORD} app\n",
+        "app.py": "def login(user, password):\n    token = next(tokens)\n    return check(user, password)\n",
+    }
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(content)
+    report = populate_project(db, HashingEmbedder(), root, settings=settings)
+    assert report.skipped_by_reason == {str(SkipReason.SECRET_FILE): 5}
+    tables = ("project_files", "file_chunks")
+    stored = "\n".join(r[0] for t in tables for r in conn.execute(f"SELECT t::text FROM {t} t"))
+    for secret in (AWS_ID, AWS_SECRET, NPM, PASSWORD, PEM_BODY[:16]):
+        assert secret not in stored
+    assert "token = next(tokens)" in stored and "[REDACTED:secret]" in stored
