@@ -302,7 +302,10 @@ def render_redaction(d: dict[str, Any]) -> list[str]:
         f"Corpus: {c['true_positives']}/{c['positive_cases']} secrets cases redacted (recall {c['recall']:.1%}), "
         f"{c['false_positives']}/{c['negative_cases']} ordinary cases changed (precision {c['precision']:.1%}).",
         "",
-        *table(("text", "MB", "MB/s"), [(name, d["mb"][name], speed) for name, speed in d["mb_per_s"].items()]),
+        *table(
+            ("text", "MB", "MB/s", "MB per CPU second"),
+            [(name, d["mb"][name], speed, d["mb_per_cpu_s"][name]) for name, speed in d["mb_per_s"].items()],
+        ),
     ]
 
 

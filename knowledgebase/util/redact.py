@@ -44,69 +44,34 @@ set. ``tests/redaction_corpus.py`` holds one positive and one negative case per 
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from knowledgebase.util.secret_values import (
+    BARE_WORD,
+    NOT_SECRETS,
+    PLACEHOLDER,
+    SECRET_FLAG,
+    is_placeholder,
+    is_random_key,
+    is_secret_key,
+    looks_like_code,
+)
+
+__all__ = ["MARKER_PREFIX", "Redaction", "is_secret_key", "redact", "redact_argv", "redact_text", "redact_value"]
+
 MARKER_PREFIX = "[REDACTED:"
 
-# The word a secret's name ends in (case-insensitive): DB_PASSWORD, aws_secret_access_key, _authToken,
-# apiKey, client-secret, X-Api-Key. ``pass``/``pwd``/``pw`` only as a whole word or after a separator.
-_SECRET_WORD = (
-    r"(?:passw(?:or)?d|passphrase|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key"
-    r"|private[_-]?key|auth[_-]?key|signing[_-]?key|encryption[_-]?key|master[_-]?key|credentials?)"
-)
-_NAME_BODY = rf"(?:[A-Za-z0-9_.-]*?{_SECRET_WORD}|(?:[A-Za-z0-9_.-]*[_.-])?(?:pass|pwd|pw))(?![A-Za-z0-9_-])"
-_SECRET_KEY = re.compile(rf"[A-Za-z0-9_.-]*?{_SECRET_WORD}|(?:[A-Za-z0-9_.-]*[_.-])?(?:pass|pwd|pw)", re.I)
-_SECRET_FLAG = re.compile(rf"--{_NAME_BODY}", re.I)  # a whole argv element
 # The contextual rules match any name (fast) and keep only secret ones (``is_secret_key``); they run
 # only on text holding one of these (lower-case) words.
 _NAME_HINTS = ("pass", "pw", "secret", "token", "key", "credential", "auth")
 _ANY_NAME = r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]+"
 
-# Values that are not secrets even under a secret name.
-_NOT_SECRETS = frozenset(
-    {
-        "none", "null", "nil", "true", "false", "yes", "no", "on", "off", "undefined", "str", "string", "bytes",
-        "int", "integer", "bool", "boolean", "any", "object", "optional", "secretstr", "await", "new", "yield",
-        "lambda", "not", "self", "this", "required", "prompt", "redacted", "value", "example", "placeholder",
-        "dummy", "foobar", "secret", "password", "passwd", "pass", "pwd", "token", "bearer", "basic", "digest",
-        "negotiate",
-    }
-)  # fmt: skip
-_PLACEHOLDER = re.compile(r"^(?:\$|%\(|\{\{|<|\[|\*+$|x+$|\.\.\.|#)", re.I)
-_DOTTED_IDENTIFIER = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+$")
-_BARE_WORD = re.compile(r"^[A-Za-z_]+$")
-# placeholders and templates anywhere in the value: "hf_***", "sk-...", "%s", "%(name)s", "{}", "<PRE>", "|SEP|"
-_TEMPLATE = re.compile(r"\*\*\*|\.\.\.|\u2026|%[sd(]|[{}<>]|^\|.*\|$")
-# snake_case, kebab-case and CONSTANT_CASE words: names of things, not secrets ("bos_token_id", "TILE_GLOBAL")
-_IDENTIFIER_LIKE = re.compile(r"^_*[a-z]+(?:[_-][a-z]+)+_*$|^__[a-z]+__$|^[A-Z][A-Z_]*$")
-_SMALL_NUMBER = re.compile(r"^\d{1,6}$|^\d[\d_]*_\d+$")  # token ids, ports, counts, 129_595
-
-
 def _marker(kind: str) -> str:
     return f"{MARKER_PREFIX}{kind}]"
-
-
-def _looks_like_code(name: str, value: str, *, spaced: bool) -> bool:
-    """Whether ``value`` (assigned to the secret-named ``name``) is code or a placeholder, not a secret."""
-    bare = value.strip("\"'`")
-    lower = bare.lower()
-    if len(bare) < 4 or lower in _NOT_SECRETS or _PLACEHOLDER.match(bare) or _DOTTED_IDENTIFIER.match(bare):
-        return True
-    if _TEMPLATE.search(bare) or _IDENTIFIER_LIKE.match(bare) or _SMALL_NUMBER.match(bare) or bare.count(" ") > 3:
-        return True  # "%s_upgrades", "{token}", "hf_...", "<s>", "bos_token_id", "TILE", 11098, prose
-    word = re.search(rf"{_SECRET_WORD}$|(?:pass|pwd|pw)$", name, re.I)
-    if word:
-        secret = re.sub(r"[_.-]", "", word.group(0).lower())
-        if re.sub(r"[_.-]", "", lower).endswith(secret) or re.search(rf"(?:^|_){secret}(?:_|$)", lower):
-            return True  # token=token, password=db_password, api_key=API_KEY, token=pad_token_for_offsets
-        if secret in ("token", "key") and bare.isalpha() and bare.islower():
-            return True  # a token or key is random; a lower-case word under such a name is a name ("upgrades")
-    return spaced and bool(_BARE_WORD.match(bare))
 
 
 def _at_word_start(match: re.Match[str]) -> bool:
@@ -114,6 +79,11 @@ def _at_word_start(match: re.Match[str]) -> bool:
     disable the regular expression engine's fast literal-prefix search and cost 15x the time)."""
     start = match.start()
     return start == 0 or not (match.string[start - 1].isalnum() or match.string[start - 1] == "_")
+
+
+def _after_digits(match: re.Match[str], count: int = 8) -> bool:
+    """Whether ``count`` digits come right before ``match`` (a Telegram bot id before its token)."""
+    return match.start() >= count and match.string[match.start() - count : match.start()].isdigit()
 
 
 def _keep_lines(kind: str) -> Callable[[re.Match[str]], str]:
@@ -141,14 +111,14 @@ def _value_only(kind: str, *, check: bool = False, placeholders: bool = False) -
             return match.group(0)
         if value.startswith(MARKER_PREFIX) or (not check and len(value) < 4):
             return match.group(0)
-        if placeholders and (value.lower() in _NOT_SECRETS or _PLACEHOLDER.match(value) or _TEMPLATE.search(value)):
+        if placeholders and is_placeholder(value):
             return match.group(0)
         if check:
             name = groups.get("name") or ""
-            if not is_secret_key(name):
+            if not is_secret_key(name) and not is_random_key(name, value):
                 return match.group(0)
             spaced = bool(re.search(r"\s$", match.group("prefix")))
-            if _looks_like_code(name, value, spaced=spaced):
+            if looks_like_code(name, value, spaced=spaced):
                 return match.group(0)
         return match.group("prefix") + _marker(kind) + (groups.get("suffix") or "")
 
@@ -164,7 +134,7 @@ _HEADER_NAME = re.compile(
 def _header(match: re.Match[str]) -> str:
     """``X-Api-Key: value``: the value replaced when the name is a credential header's."""
     value = match.group("value")
-    if not _HEADER_NAME.fullmatch(match.group("name")) or _looks_like_code("", value, spaced=False):
+    if not _HEADER_NAME.fullmatch(match.group("name")) or looks_like_code("", value, spaced=False):
         return match.group(0)
     return _value_only("secret")(match)
 
@@ -220,6 +190,19 @@ _RULES: list[_Rule] = [
     _token("sendgrid-key", r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b", "sg."),
     _token("digitalocean-token", r"do[por]_v1_[a-f0-9]{64}\b", "_v1_"),
     _token("shopify-token", r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", "shp"),
+    _token("google-client-secret", r"GOCSPX-[A-Za-z0-9_-]{28}", "gocspx-"),
+    (  # 123456789:AA... (the bot id before the colon is not the secret)
+        "telegram-bot-token",
+        re.compile(r":AA[A-Za-z0-9_-]{33}\b"),
+        lambda m: ":" + _marker("telegram-bot-token") if _after_digits(m) else m[0],
+        (":aa",),
+    ),
+    (
+        "pgpass",  # ~/.pgpass lines: host:port:database:user:password
+        re.compile(r"(?P<prefix>^[^:\s#]+:(?:\d{1,5}|\*):[^:\s]+:[^:\s]+:)(?P<value>\S+)$", re.M),
+        _value_only("password", placeholders=True),
+        (":",),
+    ),
     # ---- line-local rules (every match lies within one line): run only on lines holding a hint ----
     (
         "url-password",  # scheme://user:password@host, the password may hold "/" and "@"
@@ -253,9 +236,12 @@ _RULES: list[_Rule] = [
     ),
     (
         "secret",
-        re.compile(r"(?P<prefix>sshpass[ \t]+['\"]?-p[ \t]*['\"]?)(?P<value>[^\s'\"]+)"),
+        re.compile(
+            r"(?P<prefix>(?:sshpass|(?:docker|podman|nerdctl|helm[ \t]+registry)[ \t]+login\b[^\n|;&]*?)"
+            r"[ \t]+['\"]?-p[ \t]*['\"]?)(?P<value>[^\s'\"]+)"
+        ),
         _value_only("secret"),
-        ("sshpass",),
+        ("sshpass", "login"),
     ),
     (
         "secret",
@@ -265,6 +251,19 @@ _RULES: list[_Rule] = [
         ),
         lambda m: m.group("prefix") + _marker("secret"),
         ("mysql", "mariadb"),
+    ),
+    # .netrc: "machine h login u password p", or "password p" on a line of its own
+    (
+        "netrc",
+        re.compile(r"(?P<prefix>^[ \t]*(?:machine|default)\b[^\n]*?[ \t](?P<name>password)[ \t]+)(?P<value>\S+)", re.M),
+        _value_only("password", check=True),
+        ("password",),
+    ),
+    (
+        "netrc",
+        re.compile(r"(?P<prefix>^[ \t]*(?P<name>password)[ \t]+)(?P<value>\S+)(?=[ \t]*$)", re.M),
+        _value_only("password", check=True),
+        ("password",),
     ),
     # "name": "value" / NAME = 'value' / name: "value" / NAME := "value" (quoted values, any language or format)
     (
@@ -330,7 +329,7 @@ _RULES: list[_Rule] = [
 
 def _assigned(match: re.Match[str]) -> str:
     """``NAME=value``: as ``_value_only(check=True)``, also keeping ``f(token=result)``-style keyword arguments."""
-    if match.group("kwarg") and _BARE_WORD.match(match.group("value")):
+    if match.group("kwarg") and BARE_WORD.match(match.group("value")):
         return match.group(0)
     replaced = _value_only("secret", check=True)(match)
     if replaced != match.group(0):
@@ -415,16 +414,6 @@ def redact(text: str | None) -> str | None:
     return redact_text(text).text
 
 
-def is_secret_key(key: object) -> bool:
-    """Whether a JSON key or variable name (``api_key``, ``GITHUB_TOKEN``, ``password``) names a secret."""
-    return isinstance(key, str) and len(key) < 200 and _is_secret_name(key)
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_secret_name(name: str) -> bool:
-    return _SECRET_KEY.fullmatch(name) is not None
-
-
 def redact_value(value: Any) -> Any:
     """Redact a JSON-like value (dicts, lists, strings): every string, every scalar under a secret-named
     key, and in lists of strings (argv) the argument after a secret flag. Other values pass through."""
@@ -444,7 +433,7 @@ def _redact_under_secret_key(value: Any) -> Any:
         return value
     if isinstance(value, str):
         cleaned = redact_text(value).text
-        if cleaned != value or not value.strip() or _PLACEHOLDER.match(value) or value.lower() in _NOT_SECRETS:
+        if cleaned != value or not value.strip() or PLACEHOLDER.match(value) or value.lower() in NOT_SECRETS:
             return cleaned
         return _marker("secret")
     if isinstance(value, int | float):
@@ -455,7 +444,8 @@ def _redact_under_secret_key(value: Any) -> Any:
 
 
 _MYSQL_PROGRAMS = frozenset({"mysql", "mysqldump", "mysqladmin", "mysqlimport", "mysqlsh", "mariadb"})
-_PROGRAMS = _MYSQL_PROGRAMS | {"curl", "sshpass"}
+_LOGIN_PROGRAMS = frozenset({"docker", "podman", "nerdctl", "helm"})  # `docker login -p x`
+_PROGRAMS = _MYSQL_PROGRAMS | _LOGIN_PROGRAMS | {"curl", "sshpass"}
 
 
 def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
@@ -468,11 +458,11 @@ def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
             program = name
         cleaned = redact_text(arg).text
         if cleaned == arg and not arg.startswith("-"):
-            if _SECRET_FLAG.fullmatch(previous) and not _looks_like_code("", arg, spaced=False):
+            if SECRET_FLAG.fullmatch(previous) and not looks_like_code("", arg, spaced=False):
                 cleaned = _marker("secret")
             elif previous in ("-u", "--user") and program == "curl" and ":" in arg:
                 cleaned = arg.split(":", 1)[0] + ":" + _marker("secret")
-            elif previous == "-p" and program == "sshpass":
+            elif previous == "-p" and (program == "sshpass" or (program in _LOGIN_PROGRAMS and "login" in argv)):
                 cleaned = _marker("secret")
         elif program in _MYSQL_PROGRAMS and re.fullmatch(r"-p[^\s]+", arg):
             cleaned = "-p" + _marker("secret")
