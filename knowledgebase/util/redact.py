@@ -7,8 +7,9 @@ What it recognises, in three layers:
 
 - Key formats with a fixed, documented shape: private-key blocks (also half a block, as left by
   head/tail clipping: a BEGIN with no END, or base64 lines ending in an END line), JWTs, and the
-  token prefixes of Google, OpenAI, Anthropic, GitHub, GitLab, Slack, AWS, Stripe, npm, PyPI,
-  Hugging Face, Docker Hub, SendGrid, DigitalOcean and Shopify.
+  token prefixes of Google (API keys, OAuth tokens, client secrets), OpenAI, Anthropic, GitHub,
+  GitLab, Slack, AWS, Stripe, npm, PyPI, Hugging Face, Docker Hub, SendGrid, DigitalOcean, Shopify
+  and Telegram.
 - Secrets by their context in the text: passwords in URLs (also holding ``/`` or ``@``); values
   assigned to names that end in a secret word (``password``, ``*_TOKEN``, ``api_key``,
   ``aws_secret_access_key``, ``_authToken``...) in every common form: quoted, ``.env``/shell
@@ -16,12 +17,12 @@ What it recognises, in three layers:
   libpq keyword strings (``host=db password=x``), command-line flags (``--password x``,
   ``--api-key=x``, ``'--token=a b'`` as ``shlex.join`` quotes it), HTTP headers (``X-Api-Key:``,
   ``Authorization:``, ``Bearer``/``Basic``/``Token`` credentials), ``curl -u user:pw``,
-  ``mysql -pX`` and ``sshpass -p x``.
+  ``mysql -pX``, ``sshpass -p x``, ``docker login -p x``, ``.netrc`` and ``.pgpass`` lines.
 - Structure (``redact_value``): in JSON-like values, every scalar under a secret-named key
   (``{"db": {"password": 1234}}``, ``GITHUB_TOKEN``, ``apiKey``), and in lists of strings (argv)
   the argument after a secret flag (``["--password", "x"]``).
 
-Precision: the contextual rules leave ordinary code alone. A value that is an expression (a call,
+Precision (``knowledgebase.util.secret_values``): the contextual rules leave ordinary code alone. A value that is an expression (a call,
 an index, an attribute path: ``token = next(tokens)``, ``password = getpass()``,
 ``api_key = os.environ["API_KEY"]``), a placeholder (``${DB_PASSWORD}``, ``<password>``, ``None``,
 ``""``), a type (``password: str``), a variable named after the same secret (``token=token``,
@@ -36,9 +37,10 @@ the positions a replacement needs. ``redact`` runs on every prompt, tool output 
 its rules are plain regular expressions kept here, written from the vendors' documented token
 formats (no scanner's rule file is copied). Speed: a rule with a fixed literal runs only when that
 literal is in the text, with no leading ``\b`` (which would disable the engine's literal-prefix
-search); the contextual rules run only on the lines holding one of their hint words. About 10 MB/s on
-source code and logs (``scripts/bench_redact.py``), against 2.5 MB/s for the previous, smaller rule
-set. ``tests/redaction_corpus.py`` holds one positive and one negative case per format and structure.
+search); the contextual rules run only on the lines holding one of their hint words. About 9 MB/s on
+source code and logs, 12 MB/s on prose (``scripts/bench_redact.py``), against 2.4 MB/s for the previous,
+smaller rule set on the same texts. ``tests/redaction_corpus.py`` holds one positive and one negative
+case per format and structure.
 """
 
 from __future__ import annotations
