@@ -22,8 +22,8 @@ What it recognises, in three layers:
   (``{"db": {"password": 1234}}``, ``GITHUB_TOKEN``, ``apiKey``), and in lists of strings (argv)
   the argument after a secret flag (``["--password", "x"]``).
 
-Precision (``knowledgebase.util.secret_values``): the contextual rules leave ordinary code alone. A value that is an expression (a call,
-an index, an attribute path: ``token = next(tokens)``, ``password = getpass()``,
+Precision (``knowledgebase.util.secret_values``): the contextual rules leave ordinary code alone. A
+value that is an expression (a call, an index, an attribute path: ``token = next(tokens)``, ``password = getpass()``,
 ``api_key = os.environ["API_KEY"]``), a placeholder (``${DB_PASSWORD}``, ``<password>``, ``None``,
 ``""``), a type (``password: str``), a variable named after the same secret (``token=token``,
 ``password=args.password``), or, with spaces around the operator, a bare all-letter identifier
