@@ -145,6 +145,7 @@ NEGATIVE = [
     Case("pem-public", "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEexampleexampleexample\n-----END PUBLIC KEY-----"),
     Case("password-word", "reset your password here"),
     Case("kwarg-len", "f(token=tok, pw=x)"),
+    Case("odbc-placeholder", "\"PWD=(whatever);\""),
     Case("constant-key-code", 'PRIMARY_KEY = "id"\nCACHE_KEY = "user:{id}"\nSORT_KEY=name\nSIGNING_KEY_FILE=/etc/key.pem'),
     Case("docker-run-port", "docker run -p 8080:80 nginx\npodman run -p 5432:5432 postgres"),
     Case("passwd-file", "root:x:0:0:root:/root:/bin/bash\nat 12:00:07 done"),

@@ -178,7 +178,7 @@ def prepare_exchange(
         prompt=_storable(prompt),
         response=_storable(response),
         proposed_command=_storable(proposed_command),
-        tool_name=tool_name,
+        tool_name=_storable(tool_name),
         tool_input=_storable_json(tool_input),
         permissions=_storable(permissions),
         user_confirmation=user_confirmation,

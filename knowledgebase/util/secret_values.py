@@ -30,7 +30,7 @@ NOT_SECRETS = frozenset(
         "negotiate",
     }
 )  # fmt: skip
-PLACEHOLDER = re.compile(r"^(?:\$|%\(|\{\{|<|\[|\*+$|x+$|\.\.\.|#)", re.I)
+PLACEHOLDER = re.compile(r"^(?:\$|%\(|\{\{|<|\[|\(|\*+$|x+$|\.\.\.|#)", re.I)
 _DOTTED_IDENTIFIER = re.compile(r"^[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)+$")
 BARE_WORD = re.compile(r"^[A-Za-z_]+$")
 # placeholders and templates anywhere in the value: "hf_***", "sk-...", "%s", "%(name)s", "{}", "<PRE>", "|SEP|"
