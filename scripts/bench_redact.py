@@ -11,6 +11,9 @@
   source concatenated (Python full of ``token``/``password``/``key`` names); the Markdown docs; and a
   synthetic command log of ``--log-mb`` MB (pytest, pip, HTTP access and shell lines, one secret per
   500 lines), redacted as one text and as 64 KB pieces, the size of one stored command output.
+- Worst cases: MB/s on inputs built to make regular expressions backtrack (a keyword repeated on one
+  line, base64 lines with no END, thousands of URLs without a space), so one can see that no rule
+  is quadratic.
 - ``--scan DIR``: every ``*.py`` file under DIR (say, a virtualenv's site-packages) redacted, and the
   number of lines changed, with the first ``--show`` of them: a false-positive check on real code
   (what it flags there is mostly example passwords in docs, ``password="tiger"``).
@@ -101,6 +104,22 @@ def throughput(text: str, repeat: int, fn: Callable[[str], object] = redact) -> 
     return mb / wall, mb / max(cpu, 1e-9)
 
 
+def adversarial_inputs() -> dict[str, str]:
+    base64_lines = "\n".join(["QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx"] * 3000)
+    return {
+        "base64 lines, no END": "the private key:\n" + base64_lines + "\n",
+        "BEGIN, no END": "-----BEGIN PRIVATE KEY-----\n" + base64_lines,
+        "'curl -u ' x 20k": "curl -u " * 20_000,
+        "'mysql ' x 20k, -p": "mysql " * 20_000 + " -p",
+        "'docker login ' x 20k": "docker login " * 20_000,
+        "'http://a:b' x 20k": "http://a:b" * 20_000,
+        "'password=' x 100k": "password=" * 100_000,
+        "'X-Api-Key:' x 100k": " ".join(["X-Api-Key:"] * 100_000),
+        "'token=abcN' x 50k": " ".join(f"token=abc{i}" for i in range(50_000)),
+        "one 1 MB word": "a" * 1_000_000,
+    }
+
+
 def _in_pieces(text: str, size: int = 65_536) -> None:
     for start in range(0, len(text), size):
         redact(text[start : start + size])
@@ -126,9 +145,13 @@ def main() -> None:
     cpu_speeds = {name: cpu for name, (_, cpu) in measured.items()}
     sizes = {name: len(text.encode()) / 1_000_000 for name, text in texts.items()}
     sizes["command log, 64 KB pieces"] = sizes["command log"]
+    worst = {name: throughput(text, 1)[1] for name, text in adversarial_inputs().items()}
     scan = scan_code(args.scan) if args.scan else None
     if args.json:
-        report = {"corpus": scores, "mb_per_s": speeds, "mb_per_cpu_s": cpu_speeds, "mb": sizes, "scan": scan}
+        report = {
+            "corpus": scores, "mb_per_s": speeds, "mb_per_cpu_s": cpu_speeds, "mb": sizes,
+            "worst_case_mb_per_cpu_s": worst, "scan": scan,
+        }  # fmt: skip
         print(json.dumps(report, indent=2))
         return
     print(
@@ -139,6 +162,7 @@ def main() -> None:
     for name, speed in speeds.items():
         cpu = cpu_speeds[name]
         print(f"redact on {name:28s} {sizes[name]:6.2f} MB  {speed:7.2f} MB/s  ({cpu:.2f} MB per CPU second)")
+    print("worst cases (MB per CPU second): " + ", ".join(f"{name} {speed:.2f}" for name, speed in worst.items()))
     if scan:
         print(
             f"scan of {args.scan}: {scan['files']} files, {scan['mb']:.1f} MB, {scan['lines']} lines, "

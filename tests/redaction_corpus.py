@@ -54,6 +54,8 @@ POSITIVE = [
     Case("pem-block", f"key:\n{PEM}\nafter", ("MIIEowIBAAKCAQEA", "ZXhhbXBsZWV4YW1w")),
     Case("pem-head-half", f"start\n-----BEGIN OPENSSH PRIVATE KEY-----\n{PEM_BODY}", ("MIIEowIBAAKCAQEA", "ZXhhbXBsZWV4YW1w")),
     Case("pem-tail-half", f"{PEM_BODY}\n-----END PRIVATE KEY-----\nrest", ("MIIEowIBAAKCAQEA", "ZXhhbXBsZWV4YW1w")),
+    Case("pem-tail-after-text", f"the key data\n{PEM_BODY}\n-----END PRIVATE KEY-----", ("MIIEowIBAAKCAQEA", "ZXhhbXBsZWV4YW1w")),
+    Case("pem-tail-crlf", PEM_BODY.replace("\n", "\r\n") + "\r\n-----END EC PRIVATE KEY-----\r\n", ("MIIEowIBAAKCAQEA", "ZXhhbXBsZWV4YW1w")),
     # values by context
     Case("yaml-unquoted", "database:\n  user: app\n  password: hunter2x\n", ("hunter2x",)),
     Case("yaml-list-item", "- password: S3cr3t-pw!\n", ("S3cr3t-pw!",)),
@@ -142,6 +144,7 @@ NEGATIVE = [
     Case("header-plain", "Content-Type: application/json\nAccept: */*"),
     Case("mysql-port", "mysql -h db -P 3306 -u root -p"),
     Case("base64-image", "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"),
+    Case("pem-end-alone", "grep -- '-----END PRIVATE KEY-----' key.pem\n-----END PRIVATE KEY-----"),
     Case("pem-public", "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEexampleexampleexample\n-----END PUBLIC KEY-----"),
     Case("password-word", "reset your password here"),
     Case("kwarg-len", "f(token=tok, pw=x)"),

@@ -161,16 +161,6 @@ _RULES: list[_Rule] = [
         _keep_lines("private-key"),
         ("private key",),
     ),
-    (
-        "private-key",  # the second half of a block whose BEGIN was clipped away
-        re.compile(
-            r"(?:^[A-Za-z0-9+/=:\- ]*[A-Za-z0-9+/=]{16,}[ \t]*\r?\n)+"
-            r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
-            re.M,
-        ),
-        _keep_lines("private-key"),
-        ("private key",),
-    ),
     _token("jwt", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", "eyj"),
     _token("google-api-key", r"AIza[0-9A-Za-z_-]{35}", "aiza"),
     _token("google-oauth-token", r"ya29\.[0-9A-Za-z_-]{20,}", "ya29."),
@@ -208,7 +198,7 @@ _RULES: list[_Rule] = [
     # ---- line-local rules (every match lies within one line): run only on lines holding a hint ----
     (
         "url-password",  # scheme://user:password@host, the password may hold "/" and "@"
-        re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:)(?P<value>[^\s'\"]+?)(?P<suffix>@[^\s@/'\"]+(?=[/?#'\"\s]|$))"),
+        re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]{0,200}:)(?P<value>[^\s'\"]{1,200}?)(?P<suffix>@[^\s@/'\"]{1,255}+(?=[/?#'\"\s]|$))"),
         _value_only("password", placeholders=True),
         ("://",),
     ),
@@ -222,7 +212,7 @@ _RULES: list[_Rule] = [
     (
         "secret",
         re.compile(
-            r"(?P<prefix>curl\b[^\n|;&]*?\s(?:-u|--user)[ \t=]*(?P<q>['\"])[^\s:'\"]+:)"
+            r"(?P<prefix>curl\b[^\n|;&]{0,200}?\s(?:-u|--user)[ \t=]*(?P<q>['\"])[^\s:'\"]+:)"
             r"(?P<value>[^'\"\n]+)(?P<suffix>(?P=q))"
         ),
         _value_only("secret"),
@@ -231,7 +221,8 @@ _RULES: list[_Rule] = [
     (
         "secret",
         re.compile(
-            r"(?P<prefix>curl\b[^\n|;&]*?\s['\"]?(?:-u|--user)(?:[ \t=]+|(?=\w))['\"]?[^\s:'\"]+:)(?P<value>[^\s'\"]+)"
+            r"(?P<prefix>curl\b[^\n|;&]{0,200}?\s['\"]?(?:-u|--user)(?:[ \t=]+|(?=\w))['\"]?[^\s:'\"]+:)"
+            r"(?P<value>[^\s'\"]+)"
         ),
         _value_only("secret"),
         ("curl",),
@@ -239,7 +230,7 @@ _RULES: list[_Rule] = [
     (
         "secret",
         re.compile(
-            r"(?P<prefix>(?:sshpass|(?:docker|podman|nerdctl|helm[ \t]+registry)[ \t]+login\b[^\n|;&]*?)"
+            r"(?P<prefix>(?:sshpass|(?:docker|podman|nerdctl|helm[ \t]+registry)[ \t]+login\b[^\n|;&]{0,200}?)"
             r"[ \t]+['\"]?-p[ \t]*['\"]?)(?P<value>[^\s'\"]+)"
         ),
         _value_only("secret"),
@@ -248,7 +239,7 @@ _RULES: list[_Rule] = [
     (
         "secret",
         re.compile(
-            r"(?P<prefix>(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlsh|mariadb)\b[^\n|;&]*?\s(?:(?P<q>['\"])-p(?=[^'\"\n]+(?P=q))|-p))"
+            r"(?P<prefix>(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlsh|mariadb)\b[^\n|;&]{0,200}?\s(?:(?P<q>['\"])-p(?=[^'\"\n]+(?P=q))|-p))"
             r"(?P<value>(?(q)[^'\"\n]+|[^\s'\"]+))"
         ),
         lambda m: m.group("prefix") + _marker("secret"),
@@ -257,7 +248,9 @@ _RULES: list[_Rule] = [
     # .netrc: "machine h login u password p", or "password p" on a line of its own
     (
         "netrc",
-        re.compile(r"(?P<prefix>^[ \t]*(?:machine|default)\b[^\n]*?[ \t](?P<name>password)[ \t]+)(?P<value>\S+)", re.M),
+        re.compile(
+            r"(?P<prefix>^[ \t]*(?:machine|default)\b[^\n]{0,200}?[ \t](?P<name>password)[ \t]+)(?P<value>\S+)", re.M
+        ),
         _value_only("password", check=True),
         ("password",),
     ),
@@ -363,6 +356,10 @@ def redact_text(text: str) -> Redaction:
     """``text`` with every recognised secret replaced, and a count of replacements by kind."""
     kinds: list[str] = []
     text, count = _apply(_WHOLE_TEXT_RULES, text, text.lower(), kinds)
+    text, tails = _redact_key_tails(text)
+    if tails:
+        count += tails
+        kinds[:0] = [] if "private-key" in kinds else ["private-key"]
     lower = text.lower()
     lines: list[str] | None = None
     lower_lines: list[str] = []
@@ -390,6 +387,34 @@ def redact_text(text: str) -> Redaction:
     if lines is not None:
         text = "\n".join(lines)
     return Redaction(text=text, count=count, kinds=tuple(kinds))
+
+
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]{16,}\r?")
+
+
+def _redact_key_tails(text: str) -> tuple[str, int]:
+    """The second half of a private-key block whose BEGIN was clipped away: the base64 lines before an
+    END line (whole blocks are gone by now). Walks back from each END, so it takes linear time."""
+    if "PRIVATE KEY" not in text:
+        return text, 0
+    out: list[str] = []
+    last = count = 0
+    for match in _PEM_END.finditer(text):
+        end_line = match.start()
+        if end_line < last or (end_line > 0 and text[end_line - 1] != "\n"):
+            continue
+        begin = end_line
+        while begin > 0:
+            line_start = text.rfind("\n", 0, begin - 1) + 1
+            if line_start < last or not _BASE64_LINE.fullmatch(text, line_start, begin - 1):
+                break
+            begin = line_start
+        if begin == end_line:
+            continue  # an END line alone
+        out += [text[last:begin], _marker("private-key") + "\n" * text.count("\n", begin, match.end())]
+        last, count = match.end(), count + 1
+    return "".join(out) + text[last:], count
 
 
 def _apply(rules: list[_Rule], text: str, lower: str, kinds: list[str]) -> tuple[str, int]:
