@@ -72,6 +72,7 @@ MARKER_PREFIX = "[REDACTED:"
 _NAME_HINTS = ("pass", "pw", "secret", "token", "key", "credential", "auth")
 _ANY_NAME = r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]+"
 
+
 def _marker(kind: str) -> str:
     return f"{MARKER_PREFIX}{kind}]"
 
@@ -102,7 +103,7 @@ def _keep_lines(kind: str) -> Callable[[re.Match[str]], str]:
 def _value_only(kind: str, *, check: bool = False, placeholders: bool = False) -> Callable[[re.Match[str]], str]:
     """Keep the ``prefix`` group (the name and operator) and replace the ``value`` group.
 
-    With ``check``, a value that looks like code or a placeholder (``_looks_like_code``) is kept; with
+    With ``check``, a value that looks like code or a placeholder (``looks_like_code``) is kept; with
     ``placeholders``, only a placeholder (``<password>``, ``${PW}``, ``pass``).
     """
 
@@ -127,6 +128,8 @@ def _value_only(kind: str, *, check: bool = False, placeholders: bool = False) -
     return repl
 
 
+_SECRET_VALUE = _value_only("secret")
+_CHECKED_SECRET_VALUE = _value_only("secret", check=True)
 _HEADER_NAME = re.compile(
     r"(?:[A-Za-z0-9]+-)+(?:api-?key|token|secret|auth|password|access-?key|subscription-key)|(?:proxy-)?authorization",
     re.I,
@@ -138,7 +141,7 @@ def _header(match: re.Match[str]) -> str:
     value = match.group("value")
     if not _HEADER_NAME.fullmatch(match.group("name")) or looks_like_code("", value, spaced=False):
         return match.group(0)
-    return _value_only("secret")(match)
+    return _SECRET_VALUE(match)
 
 
 _Rule = tuple[str, re.Pattern[str], Callable[[re.Match[str]], str], tuple[str, ...]]
@@ -317,16 +320,17 @@ _RULES: list[_Rule] = [
             rf"(?P<prefix>(?P<name>{_ANY_NAME})(?:[ \t]*(?<![=!<>:])=(?!=)[ \t]*))"
             rf"(?P<value>{_UNQUOTED})(?![(\[{{])(?P<kwarg>[),])?",
         ),
-        lambda m: _assigned(m),
+        lambda m: _assigned(m),  # (defined below)
         _NAME_HINTS,
-    ),]
+    ),
+]
 
 
 def _assigned(match: re.Match[str]) -> str:
     """``NAME=value``: as ``_value_only(check=True)``, also keeping ``f(token=result)``-style keyword arguments."""
     if match.group("kwarg") and BARE_WORD.match(match.group("value")):
         return match.group(0)
-    replaced = _value_only("secret", check=True)(match)
+    replaced = _CHECKED_SECRET_VALUE(match)
     if replaced != match.group(0):
         replaced += match.group("kwarg") or ""
     return replaced
@@ -359,7 +363,8 @@ def redact_text(text: str) -> Redaction:
     text, tails = _redact_key_tails(text)
     if tails:
         count += tails
-        kinds[:0] = [] if "private-key" in kinds else ["private-key"]
+        if "private-key" not in kinds:
+            kinds.insert(0, "private-key")
     lower = text.lower()
     lines: list[str] | None = None
     lower_lines: list[str] = []
