@@ -22,13 +22,8 @@ What it recognises, in three layers:
   (``{"db": {"password": 1234}}``, ``GITHUB_TOKEN``, ``apiKey``), and in lists of strings (argv)
   the argument after a secret flag (``["--password", "x"]``).
 
-Precision (``knowledgebase.util.secret_values``): the contextual rules leave ordinary code alone. A
-value that is an expression (a call, an index, an attribute path: ``token = next(tokens)``, ``password = getpass()``,
-``api_key = os.environ["API_KEY"]``), a placeholder (``${DB_PASSWORD}``, ``<password>``, ``None``,
-``""``), a type (``password: str``), a variable named after the same secret (``token=token``,
-``password=args.password``), or, with spaces around the operator, a bare all-letter identifier
-(``token = result``) is kept. Names must *end* in the secret word, so ``password_field``,
-``token_count`` and ``max_tokens`` stay readable; hashes, UUIDs and git SHAs match no rule.
+Precision: ordinary code stays readable (``token = next(tokens)``, ``password_field``, placeholders,
+NLP tokens, hashes, UUIDs, SHAs); the rules for it are in ``knowledgebase.util.secret_values``.
 
 Why hand-written rules: detect-secrets (Yelp, Apache-2.0; last release 1.5.0, 2024) was measured
 on this package's own source: 0.11 MB/s through ``scan_line``, a finding on most lines from its
