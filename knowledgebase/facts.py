@@ -81,10 +81,10 @@ class Fact:
     project_id: int | None
     project: str | None
     task_id: str | None
-    label: str
-    value: str
+    fact_label: str
+    fact_value: str
     extracted_from: str | None
-    confidence: float
+    confidence_score: float
     # computed when read (decays with time), so not part of equality
     effective_confidence: float = field(compare=False)
     status: str
@@ -98,7 +98,7 @@ class Fact:
     source_command_id: int | None
     source_file_path: str | None
     source_chunk_hash: str | None
-    created_at: datetime
+    inserted_at: datetime
     updated_at: datetime
     last_confirmed_at: datetime
 
@@ -157,14 +157,14 @@ def add_fact(
         store.lock_knowledge_label(conn, project_id, label)
         existing = store.active_knowledge_with_label(conn, project_id, label)
         for active in existing:
-            if _same_statement(active.value, value, active.embedding, vector):
+            if _same_statement(active.fact_value, value, active.embedding, vector):
                 _reinforce(conn, active.id, confidence, resolved, task_id)
                 return _get(conn, active.id, weights)
         new = store.insert_knowledge(
             conn,
             store.NewKnowledge(
-                label=label,
-                value=value,
+                fact_label=label,
+                fact_value=value,
                 project_id=project_id,
                 task_id=task_id,
                 extracted_from=extracted,
@@ -237,7 +237,7 @@ def list_facts(
         rows = store.list_knowledge_views(
             conn,
             project_id=project_id,
-            label=label.strip() if label else None,
+            fact_label=label.strip() if label else None,
             task_id=task_id,
             include_inactive=include_inactive,
             stale_only=stale_only,
@@ -269,10 +269,10 @@ def _fact_from_view(row: store.KnowledgeView, now: datetime, weights: RankingWei
         project_id=row.project_id,
         project=row.project,
         task_id=row.task_id,
-        label=row.label,
-        value=row.value,
+        fact_label=row.fact_label,
+        fact_value=row.fact_value,
         extracted_from=row.extracted_from,
-        confidence=confidence,
+        confidence_score=confidence,
         effective_confidence=effective,
         status=row.status,
         superseded_by=row.superseded_by,
@@ -285,7 +285,7 @@ def _fact_from_view(row: store.KnowledgeView, now: datetime, weights: RankingWei
         source_command_id=row.source_command_id,
         source_file_path=row.source_file_path,
         source_chunk_hash=row.source_chunk_hash,
-        created_at=row.created_at,
+        inserted_at=row.inserted_at,
         updated_at=row.updated_at,
         last_confirmed_at=row.last_confirmed_at,
     )

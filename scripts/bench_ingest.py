@@ -54,10 +54,10 @@ DEFAULT_SOURCES = ("alembic", "psycopg")
 RESCAN_SOURCES = ("sympy", "pygments", "sqlalchemy", "transformers", "torch")
 RESCAN_MAX_FILE_BYTES = 8192
 EDITABLE_FUNCTION = """
-SELECT f.file_path, c.start_line, (SELECT count(*) FROM file_chunks x WHERE x.file_id = f.id) AS chunks
+SELECT f.path, c.start_line, (SELECT count(*) FROM file_chunks x WHERE x.file_id = f.id) AS chunks
   FROM file_chunks c JOIN project_files f ON f.id = c.file_id
  WHERE c.kind = 'function' AND c.symbol NOT LIKE '%%,%%' AND f.language = 'python' AND c.end_line - c.start_line >= 6
- ORDER BY chunks DESC, f.file_path, c.start_line
+ ORDER BY chunks DESC, f.path, c.start_line
  LIMIT 1
 """
 

@@ -463,7 +463,7 @@ def build_scale_store(db: Database, target_chunks: int, seed: int = 11) -> int:
         store.delete_project(conn, SCALE_PROJECT)
         project = store.ensure_project(conn, SCALE_PROJECT, SCALE_ROOT)
         rows = conn.execute(
-            "SELECT f.file_path, c.start_line, c.end_line, c.kind, c.symbol, c.content, c.embedding,"
+            "SELECT f.path, c.start_line, c.end_line, c.kind, c.symbol, c.content, c.embedding,"
             " c.embedding_model_id FROM file_chunks c JOIN project_files f ON f.id = c.file_id"
             " JOIN projects p ON p.id = c.project_id WHERE p.name = 'eval-csn' ORDER BY c.id"
         ).fetchall()

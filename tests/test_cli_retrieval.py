@@ -20,7 +20,9 @@ def kb(db: Database, db_url: str, real_embedder, monkeypatch: pytest.MonkeyPatch
     """Run ``kb`` in-process against the test database, with the session's loaded model."""
     import knowledgebase.embedding
 
-    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda settings: real_embedder)
+    monkeypatch.setattr(
+        knowledgebase.embedding, "embedder_from_settings", lambda settings, purpose="index": real_embedder
+    )
     monkeypatch.chdir(tmp_path)  # not inside any indexed project
     with db.connection() as conn:
         index_files(conn, real_embedder, "alpha", SOURCES)
@@ -56,15 +58,15 @@ def test_fact_lifecycle_and_fact_search(kb) -> None:  # type: ignore[no-untyped-
     changed = kb("fact", "add", "test command", "pytest -q", "--project", "alpha", "--from-file", "src/db.py:2")
     assert changed.exit_code == 0 and f"supersedes #{fact['id']}" in changed.output
     listed = json.loads(kb("fact", "list", "--project", "alpha", "--json").output)
-    assert [f["value"] for f in listed] == ["pytest -q"]
+    assert [f["fact_value"] for f in listed] == ["pytest -q"]
     assert len(json.loads(kb("fact", "list", "--project", "alpha", "--all", "--json").output)) == 2
     new_id = listed[0]["id"]
     shown = kb("fact", "show", str(new_id))
     assert "supersedes" in shown.output and "src/db.py" in shown.output
     hits = json.loads(kb("search", "how do I run the tests", "--project", "alpha", "--kind", "fact", "--json").output)
     assert [h["id"] for h in hits] == [new_id]
-    assert {"kind", "id", "label", "value", "confidence_score", "score"} <= set(hits[0])
-    assert hits[0]["label"] == "test command" and hits[0]["value"] == "pytest -q"
+    assert {"kind", "id", "fact_label", "fact_value", "confidence_score", "score"} <= set(hits[0])
+    assert hits[0]["fact_label"] == "test command" and hits[0]["fact_value"] == "pytest -q"
     assert kb("fact", "confirm", str(new_id), "--json").exit_code == 0
     assert "Forgot fact" in kb("fact", "forget", str(new_id)).output
     assert json.loads(kb("fact", "list", "--project", "alpha", "--json").output) == []

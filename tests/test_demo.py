@@ -74,10 +74,10 @@ def test_seed_records_facts_with_their_source_lines_and_a_rerun_changes_nothing(
     embedder = HashingEmbedder()
     first = seed_project(db, embedder, root, settings=settings, facts=_facts_about())
     assert first.facts_added == 2 and first.skipped_facts == ()
-    by_label = {f.label: f for f in first.facts}
+    by_label = {f.fact_label: f for f in first.facts}
     assert by_label["how to run the tests"].source_file_path == "Makefile"
     assert by_label["how to run the tests"].source_kind == "chunk"
-    assert by_label["checkout total"].confidence == 0.6
+    assert by_label["checkout total"].confidence_score == 0.6
 
     embedded = embedder.embedded
     second = seed_project(db, embedder, root, settings=settings, facts=_facts_about())
@@ -107,7 +107,7 @@ def test_facts_whose_source_is_missing_or_not_indexed_are_skipped_with_the_reaso
     assert reasons["no such line"] == "no line of Makefile matches '^deploy:'"
     assert "'notes.txt' is not indexed in this project" in reasons["ignored source"]
     assert seeded.facts_added == 2  # the others were still recorded
-    assert {f.label for f in list_facts(db, project="shop")} == {"how to run the tests", "checkout total"}
+    assert {f.fact_label for f in list_facts(db, project="shop")} == {"how to run the tests", "checkout total"}
 
 
 def test_the_default_root_is_the_checkout_else_a_git_work_tree_else_an_error(
@@ -148,7 +148,7 @@ def test_kb_demo_explains_the_context_and_a_second_run_reuses_everything(db_url:
     first = json.loads(run_kb("demo", str(root), "--json", env=env).stdout)
     assert first["project"] == "shop" and first["populate"]["chunks_embedded"] > 0
     # the repository's facts that hold here (the Makefile's test and lint targets) are recorded
-    assert {f["label"] for f in first["facts"]} == {"how to run the tests", "how to lint"}
+    assert {f["fact_label"] for f in first["facts"]} == {"how to run the tests", "how to lint"}
     assert {s["label"] for s in first["skipped_facts"]} == {
         "where the database schema is defined",
         "where settings are read",

@@ -106,12 +106,16 @@ def test_empty_commands_and_missing_directories_are_refused(tmp_path: Path) -> N
 def test_execute_logs_the_command_and_its_outcome(settings: Settings, db: Database, tmp_path: Path) -> None:
     record = execute_shell_command(
         ["sh", "-c", "echo 'API_KEY=abcdefgh12345678'; echo oops >&2; touch made.txt; exit 4"],
-        settings=settings, db=db, task_id="T-1", cwd=tmp_path, stream=False,
+        settings=settings,
+        db=db,
+        task_id="T-1",
+        cwd=tmp_path,
+        stream=False,
     )
     assert record.command_log_id is not None and record.spooled_to is None and record.result.exit_code == 4
     (item,) = audit.task_history(db, "T-1")
-    assert item["kind"] == "shell" and item["proposed_command"] is not None
-    assert item["proposed_command"].startswith("sh -c")
+    assert item["kind"] == "shell" and item["command"] is not None
+    assert item["command"].startswith("sh -c")
     output = item["output"]
     assert output is not None and output["return_code"] == 4 and output["success"] is False
     assert output["stdout"] == "API_KEY=[REDACTED:secret]\n" and output["stderr"] == "oops\n"
@@ -122,8 +126,7 @@ def test_execute_logs_the_command_and_its_outcome(settings: Settings, db: Databa
 
 def test_kb_exec_streams_output_and_exits_with_the_commands_code(db_url: str, tmp_path: Path) -> None:
     env = _env(KB_HOME=str(tmp_path / "home"), KB_DATABASE_URL=db_url)
-    proc = kb("exec", "--task", "T-5", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 7", env=env,
-              cwd=tmp_path)
+    proc = kb("exec", "--task", "T-5", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 7", env=env, cwd=tmp_path)
     assert proc.returncode == 7
     assert proc.stdout == "to-out\n" and proc.stderr == "to-err\n"
     history = json.loads(kb("tasks", "history", "T-5", "--json", env=env).stdout)

@@ -14,7 +14,13 @@ from knowledgebase.facts import FactSource, add_fact, confirm_fact, forget_fact,
 from knowledgebase.ranking import DEFAULT_WEIGHTS
 from knowledgebase.search.retrieval import search
 from tests.retrieval_support import SOURCES, index_files
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 
 def count(db: Database, query: str = "SELECT count(*) FROM knowledge") -> int:
@@ -28,8 +34,8 @@ def test_add_fact_is_stored_embedded_and_searchable(db: Database, fake_embedder:
     fact = add_fact(
         db, fake_embedder, label="test command", value="make test", project="alpha", confidence=0.8, task_id="T-1"
     )
-    assert fact.label == "test command" and fact.value == "make test" and fact.project == "alpha"
-    assert fact.confidence == 0.8 and fact.effective_confidence == pytest.approx(0.8, abs=1e-3)
+    assert fact.fact_label == "test command" and fact.fact_value == "make test" and fact.project == "alpha"
+    assert fact.confidence_score == 0.8 and fact.effective_confidence == pytest.approx(0.8, abs=1e-3)
     assert fact.status == "active" and fact.confirmations == 1 and fact.task_id == "T-1"
     assert get_fact(db, fact.id) == fact
     with db.connection() as conn:
@@ -37,7 +43,7 @@ def test_add_fact_is_stored_embedded_and_searchable(db: Database, fake_embedder:
     assert row is not None and row[0] and row[1] is not None
     hits = search(db, fake_embedder, "which test command", project="alpha", kinds=("fact",))
     assert [h.id for h in hits] == [fact.id]
-    assert hits[0].confidence_score == 0.8 and hits[0].label == "test command"
+    assert hits[0].confidence_score == 0.8 and hits[0].fact_label == "test command"
 
 
 def test_secrets_are_redacted_before_storing(db: Database, fake_embedder: HashingEmbedder) -> None:
@@ -49,7 +55,7 @@ def test_secrets_are_redacted_before_storing(db: Database, fake_embedder: Hashin
         value=f"export GITHUB_TOKEN={secret}",
         extracted_from=f"cat .env {secret}",
     )
-    assert secret not in fact.value and "[REDACTED" in fact.value
+    assert secret not in fact.fact_value and "[REDACTED" in fact.fact_value
     assert fact.extracted_from is not None and secret not in fact.extracted_from
     with db.connection() as conn:
         dump = conn.execute("SELECT k::text FROM knowledge k").fetchone()
@@ -61,7 +67,7 @@ def test_restating_reinforces_instead_of_duplicating(db: Database, fake_embedder
     again = add_fact(db, fake_embedder, label="Test  Command", value="run the tests with make test", project="alpha")
     assert again.id == first.id
     assert again.confirmations == 2
-    assert again.confidence > first.confidence
+    assert again.confidence_score > first.confidence_score
     assert again.last_confirmed_at > first.last_confirmed_at
     assert count(db) == 1
     # the same label in another project is another fact
@@ -85,7 +91,7 @@ def test_contradiction_supersedes_and_keeps_history(db: Database, fake_embedder:
     new = add_fact(db, fake_embedder, label="test command", value="pytest -x", project="alpha", confidence=0.6)
     assert new.id != old.id and new.supersedes == (old.id,)
     kept = get_fact(db, old.id)
-    assert kept.status == "superseded" and kept.superseded_by == new.id and kept.value == "make test"
+    assert kept.status == "superseded" and kept.superseded_by == new.id and kept.fact_value == "make test"
     assert [f.id for f in list_facts(db, project="alpha")] == [new.id]
     assert {f.id for f in list_facts(db, project="alpha", include_inactive=True)} == {old.id, new.id}
     hits = search(db, fake_embedder, "make test command", project="alpha", kinds=("fact",))
@@ -98,13 +104,13 @@ def test_confidence_decays_with_time_since_last_confirmation(db: Database, fake_
     weights = DEFAULT_WEIGHTS.with_(confidence_half_life_days=30.0)
     fact = add_fact(db, fake_embedder, label="ci", value="github actions", confidence=0.8)
     with db.connection() as conn:
-        conn.execute("UPDATE knowledge SET created_at = now() - interval '300 days', last_confirmed_at = now()")
+        conn.execute("UPDATE knowledge SET inserted_at = now() - interval '300 days', last_confirmed_at = now()")
     assert get_fact(db, fact.id, weights=weights).effective_confidence == pytest.approx(0.8, abs=1e-3)
     with db.connection() as conn:
         conn.execute("UPDATE knowledge SET last_confirmed_at = now() - interval '30 days'")
     decayed = get_fact(db, fact.id, weights=weights)
     assert decayed.effective_confidence == pytest.approx(0.4, abs=1e-3)
-    assert decayed.confidence == 0.8  # the stored confidence is unchanged
+    assert decayed.confidence_score == 0.8  # the stored confidence is unchanged
     confirmed = confirm_fact(db, fact.id, weights=weights)
     assert confirmed.confirmations == 2 and confirmed.effective_confidence > 0.8
 
@@ -161,7 +167,7 @@ def test_forget(db: Database, fake_embedder: HashingEmbedder) -> None:
 
 def test_sources(db: Database, fake_embedder: HashingEmbedder) -> None:
     with db.connection() as conn:
-        entry = store.insert_command_log(conn, store.NewCommandLog(kind="shell", proposed_command="make test"))
+        entry = store.insert_command_log(conn, store.NewCommandLog(kind="shell", command="make test"))
     from_command = add_fact(db, fake_embedder, label="tests", value="pass", source=FactSource.from_command(entry.id))
     assert from_command.source_kind == "command" and from_command.source_command_id == entry.id
     from_prompt = add_fact(

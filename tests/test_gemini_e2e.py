@@ -179,7 +179,7 @@ def test_turn_with_shell_command_and_mcp_tools_against_a_fake_gemini_api(
     ]
     prompt_row, shell_row, _, _, response_row = rows
     assert prompt_row.prompt == "When are releases cut?"
-    assert shell_row.proposed_command == "echo kb-e2e-output; exit 4"
+    assert shell_row.command == "echo kb-e2e-output; exit 4"
     assert response_row.response == "Releases are cut every second Thursday."
     with db.connection() as conn:
         (output,) = store.list_command_output(conn, shell_row.id)
@@ -189,9 +189,9 @@ def test_turn_with_shell_command_and_mcp_tools_against_a_fake_gemini_api(
     assert sum(u.prompt_tokens for u in usage) == 1000 and sum(u.response_tokens for u in usage) == 100
     assert {u.command_log_id for u in usage} == {response_row.id}
     assert task.status == "done" and task.project_id is not None
-    remembered = [f for f in list_facts(db, project=PROJECT) if f.label == "release tag"]
+    remembered = [f for f in list_facts(db, project=PROJECT) if f.fact_label == "release tag"]
     assert len(remembered) == 1 and remembered[0].task_id == f"gemini-{session_id}"
-    assert remembered[0].confidence == pytest.approx(0.8)
+    assert remembered[0].confidence_score == pytest.approx(0.8)
 
 
 def _function_responses(request: Any, name: str) -> list[Any]:

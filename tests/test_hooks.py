@@ -21,7 +21,13 @@ from knowledgebase.facts import add_fact, list_facts
 from knowledgebase.gemini import session as gemini_session
 from knowledgebase.gemini.hooks import HookCall, handle_hook
 from knowledgebase.gemini.serve import WarmStore
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 SESSION = "0ba55aab-067b-41ab-8c43-e6ef7fee655e"
 TASK = f"gemini-{SESSION}"
@@ -202,7 +208,7 @@ def test_after_tool_logs_a_shell_command_with_output_and_exit_code(
     )
     assert result.output == {}
     (row,) = log_rows(db)
-    assert row.kind == "shell" and row.proposed_command == "echo hello; echo err >&2; exit 3"
+    assert row.kind == "shell" and row.command == "echo hello; echo err >&2; exit 3"
     assert row.tool_name == "run_shell_command" and row.tool_input["description"] == "try"
     with db.connection() as conn:
         (output,) = store.list_command_output(conn, row.id)
@@ -368,7 +374,7 @@ def test_project_resolution_by_root_then_repository_name(db: Database, project_d
         assert found is not None and found.name == "inner"
         explicit = gemini_session.resolve_project(conn, str(tmp_path), "named")
         assert explicit is not None and explicit.name == "named"
-    assert [f.label for f in list_facts(db)] == []
+    assert [f.fact_label for f in list_facts(db)] == []
 
 
 def test_a_shell_command_is_spooled_while_the_database_is_down_and_written_when_it_is_back(
@@ -402,7 +408,7 @@ def test_a_shell_command_is_spooled_while_the_database_is_down_and_written_when_
     finally:
         up.close()
     (row,) = log_rows(db)
-    assert row.kind == "shell" and row.proposed_command == "make deploy" and row.session_id == SESSION
+    assert row.kind == "shell" and row.command == "make deploy" and row.session_id == SESSION
     with db.connection() as conn:
         (output,) = store.list_command_output(conn, row.id)
     assert output.stdout == "deployed" and output.return_code == 3

@@ -59,17 +59,17 @@ def populate(db: Database, embedder: object, root: Path, settings: Settings, **k
 
 def file_rows(conn: psycopg.Connection) -> dict[str, tuple]:
     rows = conn.execute(
-        "SELECT file_path, content, content_hash, size_bytes, language, mtime_ns, lossy_decode, chunked_hash, id"
-        " FROM project_files ORDER BY file_path"
+        "SELECT path, content, content_hash, size_bytes, language, mtime_ns, lossy_decode, chunked_hash, id"
+        " FROM project_files ORDER BY path"
     ).fetchall()
     return {row[0]: row[1:] for row in rows}
 
 
 def chunk_rows(conn: psycopg.Connection) -> list[tuple]:
     return conn.execute(
-        "SELECT f.file_path, c.chunk_index, c.start_line, c.end_line, c.kind, c.symbol, c.content, c.content_hash,"
+        "SELECT f.path, c.chunk_index, c.start_line, c.end_line, c.kind, c.symbol, c.content, c.content_hash,"
         " c.embedding IS NOT NULL, c.embedding_model_id"
-        " FROM file_chunks c JOIN project_files f ON f.id = c.file_id ORDER BY f.file_path, c.chunk_index"
+        " FROM file_chunks c JOIN project_files f ON f.id = c.file_id ORDER BY f.path, c.chunk_index"
     ).fetchall()
 
 
@@ -243,7 +243,7 @@ def _add_fact(conn: psycopg.Connection, project_id: int, file_id: int, chunk_has
     fact = store.insert_knowledge(
         conn,
         store.NewKnowledge(
-            label=label, value="v", project_id=project_id, source_kind="chunk", source_file_id=file_id,
+            fact_label=label, fact_value="v", project_id=project_id, source_kind="chunk", source_file_id=file_id,
             source_chunk_hash=chunk_hash,
         ),
     )  # fmt: skip
@@ -496,7 +496,7 @@ def test_an_incomplete_file_row_is_redone(
     populate(db, fake_embedder, root, settings)
     with db.connection() as conn:
         before = chunk_rows(conn)
-        conn.execute("UPDATE project_files SET chunked_hash = NULL WHERE file_path = 'app/util.py'")
+        conn.execute("UPDATE project_files SET chunked_hash = NULL WHERE path = 'app/util.py'")
     report = populate(db, fake_embedder, root, settings)
     assert report.unchanged == 3 and report.changed == 1 and report.chunks_embedded == 0  # vectors reused
     with db.connection() as conn:
@@ -532,9 +532,27 @@ def test_progress_reports_phases_and_counts(
     events: list[PopulateProgress] = []
     report = populate(db, fake_embedder, root, settings, progress=events.append)
     phases = [e.phase for e in events]
-    assert phases[0] == "scanning" and phases[-1] == "done" and "indexing" in phases
+    assert phases[0] == "scanning" and phases[-1] == "done"
+    # every file is read before the model loads, so how much there is to embed is known up front
+    assert phases.index("loading") > max(i for i, phase in enumerate(phases) if phase == "reading")
+    embedding = [e for e in events if e.phase == "embedding"]
+    assert embedding and all(e.chunks_to_embed == report.chunks_embedded for e in embedding)
+    assert [e.chunks_embedded for e in embedding] == sorted(e.chunks_embedded for e in embedding)
     assert events[-1].files_done == events[-1].files_total == 4
     assert events[-1].chunks_embedded == report.chunks_embedded
+
+
+def test_what_is_to_embed_is_counted_without_what_can_be_reused(
+    db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path
+) -> None:
+    first = make_project(tmp_path / "one")
+    populate(db, fake_embedder, first, settings)
+    second = make_project(tmp_path / "two")  # the same files under another root: every vector is reused
+    (second / "new.py").write_text("def brand_new():\n    return 'never seen'\n")
+    events: list[PopulateProgress] = []
+    report = populate(db, fake_embedder, second, settings, progress=events.append)
+    assert report.chunks_embedded == 1 and report.chunks_reused > 0
+    assert {e.chunks_to_embed for e in events if e.phase == "embedding"} == {1}
 
 
 def test_a_second_populate_of_the_same_project_waits_for_the_first(
@@ -617,7 +635,7 @@ def test_two_processes_populating_one_project_make_no_duplicates(db: Database, d
     results = sorted(tuple(int(x) for x in out.split()) for out, _ in outputs)
     assert results == [(0, 10, 0), (10, 0, 20)]  # one did the work, the other found it done
     with db.connection() as conn:
-        assert conn.execute("SELECT count(*), count(DISTINCT file_path) FROM project_files").fetchone() == (10, 10)
+        assert conn.execute("SELECT count(*), count(DISTINCT path) FROM project_files").fetchone() == (10, 10)
         assert conn.execute("SELECT count(*), count(DISTINCT (file_id, content_hash)) FROM file_chunks").fetchone() == (
             20,
             20,

@@ -20,7 +20,13 @@ from knowledgebase.db import Database
 from knowledgebase.facts import list_facts
 from knowledgebase.gemini import session as gemini_session
 from knowledgebase.gemini.mcp_server import McpServices, build_server
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 TASK = "gemini-mcp-session"
 TOOLS = {"search", "get_context", "remember", "confirm_fact", "forget_fact", "recent_commands"}
@@ -83,7 +89,7 @@ def test_remember_stores_a_fact_in_the_sessions_project_and_task(services: McpSe
     assert fact["project"] == "shop" and fact["source"] == "prompt" and fact["confirmations"] == 1
     (stored,) = list_facts(db, project="shop")
     assert stored.task_id == TASK and stored.extracted_from == "the user said: tests run with make test"
-    assert stored.confidence == pytest.approx(0.9)
+    assert stored.confidence_score == pytest.approx(0.9)
 
     _, again = call(services, "remember", label="test command", value="run `make test` from the repo root")
     assert again["id"] == fact["id"] and again["confirmations"] == 2

@@ -44,8 +44,8 @@ def _fill(db: Database, embedder: HashingEmbedder, root: Path, settings: Setting
         fact = store.insert_knowledge(
             conn,
             store.NewKnowledge(
-                label="deploy",
-                value="run make release",
+                fact_label="deploy",
+                fact_value="run make release",
                 project_id=project_id,
                 embedding=embedder.embed_documents(["deploy: run make release"])[0],
                 embedding_model_id=model_id,
@@ -59,10 +59,10 @@ def _assert_embedded_by(db: Database, embedder: HashingEmbedder) -> None:
         model = store.active_model(conn)
         assert model is not None and (model.name, model.dimension) == (embedder.name, embedder.dimension)
         rows = conn.execute(
-            "SELECT f.file_path, c.symbol, c.content, c.embedding, c.embedding_model_id"
+            "SELECT f.path, c.symbol, c.content, c.embedding, c.embedding_model_id"
             " FROM file_chunks c JOIN project_files f ON f.id = c.file_id"
         ).fetchall()
-        facts = conn.execute("SELECT label, value, embedding, embedding_model_id FROM knowledge").fetchall()
+        facts = conn.execute("SELECT fact_label, fact_value, embedding, embedding_model_id FROM knowledge").fetchall()
     assert rows and facts
     for path, symbol, content, vector, model_id in rows:
         assert model_id == model.id

@@ -103,8 +103,8 @@ def test_every_kind_of_hit_as_json() -> None:
     fact = FactHit(
         id=2,
         text="db port: 5432",
-        label="db port",
-        value="5432",
+        fact_label="db port",
+        fact_value="5432",
         confidence_score=0.9,
         effective_confidence=0.8123,
         is_stale=True,
@@ -114,7 +114,7 @@ def test_every_kind_of_hit_as_json() -> None:
         **common,
     )
     assert list(fact.to_json()) == [
-        "kind", "id", "project", "score", "label", "value", "confidence_score", "effective_confidence",
+        "kind", "id", "project", "score", "fact_label", "fact_value", "confidence_score", "effective_confidence",
         "is_stale", "source_path", "text", "citation",
     ]  # fmt: skip
     assert fact.to_json()["citation"] == "fact #2, confidence 0.81, stale"
@@ -128,7 +128,7 @@ def test_every_kind_of_hit_as_json() -> None:
         **common,
     )
     data = command.to_json(explain=True)
-    assert data["created_at"] == "2025-01-02T00:00:00+00:00" and data["citation"] == "command #3, exit 2"
+    assert data["executed_at"] == "2025-01-02T00:00:00+00:00" and data["citation"] == "command #3, exit 2"
     assert data["parts"]["similarity"] == 0.5 and data["explain"] == parts.explain()
     assert "parts" not in command.to_json()
 
@@ -139,7 +139,7 @@ def test_filters_never_leak_another_projects_rows(db: Database, fake_embedder: H
         index_files(conn, fake_embedder, "beta", SOURCES)
         beta = store.get_project(conn, "beta")
         entry = store.insert_command_log(
-            conn, store.NewCommandLog(kind="shell", project_id=beta.id, proposed_command="make invoice-email")
+            conn, store.NewCommandLog(kind="shell", project_id=beta.id, command="make invoice-email")
         )
         store.insert_command_output(conn, store.NewCommandOutput(command_log_id=entry.id, success=True, return_code=0))
     add_fact(db, fake_embedder, label="invoice email", value="sent by send_invoice_email", project="beta")
@@ -303,9 +303,7 @@ def test_commands_with_their_outcome(db: Database, fake_embedder: HashingEmbedde
     project = store.ensure_project(conn, "alpha")
     failed = store.insert_command_log(
         conn,
-        store.NewCommandLog(
-            kind="shell", project_id=project.id, task_id=None, proposed_command="pytest tests/test_mail.py"
-        ),
+        store.NewCommandLog(kind="shell", project_id=project.id, task_id=None, command="pytest tests/test_mail.py"),
     )
     store.insert_command_output(
         conn, store.NewCommandOutput(command_log_id=failed.id, success=False, return_code=1, stderr="1 failed")

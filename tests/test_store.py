@@ -8,7 +8,13 @@ import pytest
 
 from knowledgebase import store
 from knowledgebase.errors import InputError, ModelMismatch, NotFound
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 
 def test_projects(conn: psycopg.Connection) -> None:
@@ -31,7 +37,7 @@ def test_files_and_chunks(conn: psycopg.Connection) -> None:
     p = store.ensure_project(conn, "alpha")
     new = store.NewFile(p.id, "src/a.py", "def a():\n    return 1\n", "h1", 22, "python", 123)
     f = store.upsert_file(conn, new)
-    assert f.file_path == "src/a.py" and f.chunked_hash is None
+    assert f.path == "src/a.py" and f.chunked_hash is None
     assert store.file_content(conn, f.id).startswith("def a")
     f2 = store.upsert_file(conn, store.NewFile(p.id, "src/a.py", "x = 2\n", "h2", 6, "python", 456))
     assert f2.id == f.id and f2.content_hash == "h2"
@@ -54,7 +60,7 @@ def test_files_and_chunks(conn: psycopg.Connection) -> None:
     assert hit == (1,)
     store.mark_chunked(conn, f.id, "h2")
     assert store.get_file(conn, p.id, "src/a.py").chunked_hash == "h2"
-    assert [x.file_path for x in store.list_files(conn, p.id)] == ["src/a.py"]
+    assert [x.path for x in store.list_files(conn, p.id)] == ["src/a.py"]
     assert store.delete_chunks(conn, f.id) == 2
     assert store.delete_file(conn, p.id, "src/a.py")
     assert store.find_file(conn, p.id, "src/a.py") is None
@@ -72,10 +78,12 @@ def test_search_candidates(conn: psycopg.Connection) -> None:
     )
     fact = store.insert_knowledge(
         conn,
-        store.NewKnowledge(label="pool", value="size 4", project_id=p.id, embedding=vec, embedding_model_id=model_id),
+        store.NewKnowledge(
+            fact_label="pool", fact_value="size 4", project_id=p.id, embedding=vec, embedding_model_id=model_id
+        ),
     )
     logged = store.insert_command_log(
-        conn, store.NewCommandLog(kind="shell", project_id=p.id, task_id=None, proposed_command="pytest pool")
+        conn, store.NewCommandLog(kind="shell", project_id=p.id, task_id=None, command="pytest pool")
     )
     store.insert_command_output(conn, store.NewCommandOutput(command_log_id=logged.id, success=False, return_code=1))
     store.set_search_options(conn, ef_search=100)
@@ -84,10 +92,10 @@ def test_search_candidates(conn: psycopg.Connection) -> None:
         query_vector=vec, tsquery="pool", limit=5, scan_rows=100, recent_commands=0, project_id=p.id, with_vectors=True
     )
     (chunk,) = store.chunk_candidates(conn, query)
-    assert (chunk.name, chunk.file_path, chunk.symbol) == ("alpha", "src/pool.py", "open_pool")
+    assert (chunk.name, chunk.path, chunk.symbol) == ("alpha", "src/pool.py", "open_pool")
     assert chunk.similarity == pytest.approx(1.0) and chunk.text_rank > 0 and chunk.embedding is not None
     (fact_row,) = store.fact_candidates(conn, query)
-    assert (fact_row.id, fact_row.label, fact_row.file_path) == (fact.id, "pool", None) and fact_row.text_rank > 0
+    assert (fact_row.id, fact_row.fact_label, fact_row.path) == (fact.id, "pool", None) and fact_row.text_rank > 0
     (command,) = store.command_candidates(conn, query)
     assert (command.id, command.command, command.success, command.return_code) == (logged.id, "pytest pool", False, 1)
     assert store.common_terms(conn, ["pool"], share=0.05, min_rows=0) == set()  # no statistics before ANALYZE
@@ -96,14 +104,15 @@ def test_search_candidates(conn: psycopg.Connection) -> None:
 def test_knowledge(conn: psycopg.Connection) -> None:
     p = store.ensure_project(conn, "alpha")
     fact = store.insert_knowledge(
-        conn, store.NewKnowledge(label="test command", value="make test", project_id=p.id, confidence_score=0.8)
+        conn,
+        store.NewKnowledge(fact_label="test command", fact_value="make test", project_id=p.id, confidence_score=0.8),
     )
     assert float(fact.confidence_score) == 0.8 and fact.status == "active"
-    assert store.get_knowledge(conn, fact.id).label == "test command"
+    assert store.get_knowledge(conn, fact.id).fact_label == "test command"
     assert [k.id for k in store.list_knowledge(conn, project_id=p.id)] == [fact.id]
-    assert store.list_knowledge(conn, label="other") == []
+    assert store.list_knowledge(conn, fact_label="other") == []
     with pytest.raises(psycopg.errors.CheckViolation):
-        store.insert_knowledge(conn, store.NewKnowledge(label="x", value="y", confidence_score=1.5))
+        store.insert_knowledge(conn, store.NewKnowledge(fact_label="x", fact_value="y", confidence_score=1.5))
 
 
 def test_tasks(conn: psycopg.Connection) -> None:
@@ -128,7 +137,7 @@ def test_audit(conn: psycopg.Connection) -> None:
         store.NewCommandLog(
             kind="shell",
             task_id="T-1",
-            proposed_command="ls",
+            command="ls",
             tool_input={"command": "ls"},
             user_confirmation=True,
             agent_mode="yolo",
@@ -136,9 +145,9 @@ def test_audit(conn: psycopg.Connection) -> None:
     )
     assert store.get_command_log(conn, entry.id).tool_input == {"command": "ls"}
     out = store.insert_command_output(
-        conn, store.NewCommandOutput(entry.id, success=True, stdout="a\n", return_code=0, file_written=["x.txt"])
+        conn, store.NewCommandOutput(entry.id, success=True, stdout="a\n", return_code=0, files_written=["x.txt"])
     )
-    assert out.file_written == ["x.txt"]
+    assert out.files_written == ["x.txt"] and out.file_written == "x.txt"
     assert store.list_command_output(conn, entry.id) == [out]
     assert [e.id for e in store.list_command_log(conn, task_id="T-1")] == [entry.id]
     usage = store.insert_usage(

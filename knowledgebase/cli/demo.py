@@ -41,11 +41,10 @@ def demo(path: str | None, prompt: str | None, as_json: bool, database_url: str 
 
 
 def _result_json(result: DemoResult) -> dict[str, Any]:
-    from knowledgebase.cli.retrieval import pack_json
     from knowledgebase.util.jsonable import to_jsonable
 
     seeded = result.seeded
-    context = pack_json(result.context)
+    context = result.context.to_json()
     for item, data in zip(result.context.items, context["items"], strict=True):
         data["explain"] = item.parts.explain()
     return {
@@ -75,7 +74,7 @@ def _print_result(result: DemoResult) -> None:
         + f": {len(seeded.facts)} recorded ({seeded.facts_added} new this run), with their sources:"
     )
     for fact in seeded.facts:
-        click.echo(f"  #{fact.id} {fact.label} (confidence {fact.confidence:.2f}): {fact.source_file_path}")
+        click.echo(f"  #{fact.id} {fact.fact_label} (confidence {fact.confidence_score:.2f}): {fact.source_file_path}")
     for skipped in seeded.skipped_facts:
         click.echo(f"  skipped {skipped.label!r}: {skipped.reason}")
     click.echo(click.style("\nPrompt", bold=True) + f": {result.prompt}\n")

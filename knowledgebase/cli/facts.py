@@ -50,16 +50,16 @@ def _print_fact(fact: Fact, *, verbose: bool = False) -> None:
     stale = " [stale]" if fact.is_stale else ""
     click.echo(
         click.style(f"#{fact.id}", bold=True)
-        + f" {fact.label}: {fact.value}"
+        + f" {fact.fact_label}: {fact.fact_value}"
         + f"  (confidence {fact.effective_confidence:.2f}{stale}{status})"
     )
     if not verbose:
         return
     rows = [
         ("project", fact.project or "(all projects)"),
-        ("stored confidence", f"{fact.confidence:.3f} after {fact.confirmations} confirmation(s)"),
+        ("stored confidence", f"{fact.confidence_score:.3f} after {fact.confirmations} confirmation(s)"),
         ("last confirmed", fact.last_confirmed_at.isoformat(timespec="seconds")),
-        ("created", fact.created_at.isoformat(timespec="seconds")),
+        ("inserted", fact.inserted_at.isoformat(timespec="seconds")),
         ("task", fact.task_id or "-"),
         ("source", _describe_source(fact)),
         ("extracted from", fact.extracted_from or "-"),

@@ -14,6 +14,9 @@ from knowledgebase.cli._store import database_url_option, settings_from
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
+    from knowledgebase.config import Settings
+    from knowledgebase.embedding import Embedder
+    from knowledgebase.index.backfill import BackfillProgress
     from knowledgebase.index.ingest import PopulateProgress, PopulateReport, ReembedProgress, ReembedReport
 
 
@@ -49,13 +52,22 @@ def populate(path: str, project: str | None, database_url: str | None, as_json: 
 
 
 @click.command()
+@click.option(
+    "--missing",
+    is_flag=True,
+    help="Only chunk and embed what has no vectors yet (rows written by plain SQL); keeps the store's model.",
+)
 @database_url_option
 @json_option
-def reembed(database_url: str | None, as_json: bool) -> None:
+def reembed(missing: bool, database_url: str | None, as_json: bool) -> None:
     """Re-embed every chunk and fact with KB_EMBED_MODEL and make it the store's model.
 
     When the new model's dimension differs, the vector columns are retyped and their HNSW indexes
     rebuilt. Safe to interrupt: running it again finishes the job.
+
+    With --missing, chunk and embed the project_files rows that have no chunks and embed the facts
+    that have no vector (what SQL written against the seed design inserts), redacting them first;
+    `kb status` shows how many wait. Example: kb reembed --missing
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -66,7 +78,10 @@ def reembed(database_url: str | None, as_json: bool) -> None:
 
     settings = settings_from(database_url)
     embedder = embedder_from_settings(settings)
-    with open_database(settings) as db:
+    if missing:
+        _index_missing(settings, embedder, as_json)
+        return
+    with open_database(settings, owner=True) as db:  # retyping columns and building indexes: the owner's work
         if as_json:
             report = reembed_store(db, embedder)
         else:
@@ -85,33 +100,87 @@ def reembed(database_url: str | None, as_json: bool) -> None:
         click.echo(_reembed_line(report))
 
 
+def _index_missing(settings: Settings, embedder: Embedder, as_json: bool) -> None:
+    from rich.console import Console
+
+    from knowledgebase.db import open_database
+    from knowledgebase.index.backfill import index_missing
+
+    with open_database(settings) as db:
+        if as_json:
+            report = index_missing(db, embedder, settings=settings)
+        else:
+            with Console(stderr=True).status("chunking and embedding rows written without kb...") as status:
+
+                def update(event: BackfillProgress) -> None:
+                    status.update(f"{event.phase}: {event.done} done")
+
+                report = index_missing(db, embedder, settings=settings, progress=update)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(
+        f"{report.files_chunked} files chunked ({report.chunks_written} chunks, {report.chunks_embedded} embedded), "
+        f"{report.facts_embedded} facts embedded, {report.secrets_redacted} secrets redacted"
+    )
+    for skip in report.skipped:
+        click.echo(f"skipped {skip.path} (file #{skip.file_id}): {skip.reason}")
+
+
 @contextmanager
 def _progress_bar() -> Iterator[Callable[[PopulateProgress], None]]:
-    """A rich progress bar on stderr (files, chunks embedded and reused, embedding rate) and its updater."""
+    """A rich progress bar on stderr and its updater: files while reading, then chunks while embedding,
+    with the rate and the time left, and one line saying how much there is to embed and how long it takes."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description:<9}"),
+        TextColumn("{task.description:<13}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("files"),
-        TextColumn("{task.fields[chunks]}"),
+        TextColumn("{task.fields[unit]}"),
+        TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as bar:
         tasks: list[TaskID] = []  # created on the first event, so an early error leaves no empty bar
+        told: list[bool] = []
 
         def update(event: PopulateProgress) -> None:
-            chunks = f"chunks: {event.chunks_embedded} embedded, {event.chunks_reused} reused"
-            if event.chunks_embedded:
-                chunks += f" ({event.chunks_per_second:.1f}/s)"
             if not tasks:
-                tasks.append(bar.add_task(event.phase, total=None, chunks=""))
-            total = event.files_total or None
-            bar.update(tasks[0], description=event.phase, completed=event.files_done, total=total, chunks=chunks)
+                tasks.append(bar.add_task(event.phase, total=None, unit="", detail=""))
+            task = tasks[0]
+            if event.phase == "reading":
+                bar.update(task, description="reading", completed=event.files_done, total=event.files_total or None,
+                           unit="files", detail="")  # fmt: skip
+            elif event.phase == "loading":
+                bar.update(task, description="loading model", completed=0, total=None, unit="", detail="")
+            elif event.phase == "embedding":
+                rate = f"{event.chunks_per_second:.1f} chunks/s" if event.chunks_embedded else ""
+                bar.update(task, description="embedding", completed=event.chunks_embedded,
+                           total=event.chunks_to_embed or None, unit="chunks", detail=rate)  # fmt: skip
+                if event.chunks_embedded and not told and event.chunks_to_embed > event.chunks_embedded:
+                    told.append(True)
+                    left = (event.chunks_to_embed - event.chunks_embedded) / max(event.chunks_per_second, 1e-9)
+                    console.print(
+                        f"{event.chunks_to_embed:,} chunks to embed ({event.chunks_reused:,} reused so far), "
+                        f"about {left:.0f} s more at {event.chunks_per_second:.0f} chunks/s",
+                        highlight=False,
+                    )
+            else:
+                bar.update(task, description=event.phase, detail="")
 
         yield update
 
@@ -143,6 +212,7 @@ def _print_summary(report: PopulateReport) -> None:
     timings = report.timings
     rate = f" ({report.chunks_embedded / timings.embed:.1f} chunks/s)" if timings.embed else ""
     table.add_row("time", f"{timings.total:.1f} s, embedding {timings.embed:.1f} s{rate}")
+    table.add_row("embedding backend", report.backend)
     Console().print(table)
 
 

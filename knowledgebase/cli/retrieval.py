@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from datetime import timedelta
@@ -13,7 +14,7 @@ from knowledgebase.cli._output import json_option, print_json
 from knowledgebase.cli._store import database_url_option, default_project, open_store, project_option
 
 if TYPE_CHECKING:
-    from knowledgebase.search.context import ContextPack
+    from knowledgebase.search.hits import Hit
 
 KIND_CHOICES = ("chunk", "fact", "command", "all")
 _AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -66,25 +67,22 @@ def search(
     database_url: str | None,
 ) -> None:
     """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin)."""
-    from knowledgebase.search.hits import ChunkHit
-    from knowledgebase.search.retrieval import DEFAULT_KINDS, KINDS
-    from knowledgebase.search.retrieval import search as run_search
+    from knowledgebase.search.hits import DEFAULT_KINDS, KINDS, ChunkHit
 
     query = read_text_argument(query)
     age = parse_age(since)
     chosen = KINDS if "all" in kinds else (kinds or DEFAULT_KINDS)
-    with open_store(database_url) as (_, db, embedder):
-        hits = run_search(
-            db,
-            embedder,
-            query,
-            project=default_project(db, project),
-            task_id=task_id,
-            kinds=chosen,
-            path_glob=path_glob,
-            since=age,
-            limit=limit,
-        )
+    args = {
+        "query": query,
+        "project": project,
+        "cwd": os.path.realpath(os.getcwd()),
+        "kinds": list(chosen),
+        "path_glob": path_glob,
+        "task_id": task_id,
+        "since_s": age.total_seconds() if age is not None else None,
+        "limit": limit,
+    }
+    hits = _search_hits(args, database_url)
     if as_json:
         print_json([hit.to_json(explain=explain) for hit in hits])
         return
@@ -103,18 +101,28 @@ def search(
             click.echo(f"    ... ({len(lines) - 4} more lines)")
 
 
-def pack_json(pack: ContextPack) -> dict[str, Any]:
-    from knowledgebase.util.jsonable import to_jsonable
+def _search_hits(args: dict[str, Any], database_url: str | None) -> list[Hit]:
+    """The hits for ``args``: from the warm process when it runs, else searched in this process."""
+    from knowledgebase.cli._warm import ask_warm_process
+    from knowledgebase.search.hits import hit_from_wire
 
-    return {
-        "text": pack.text,
-        "token_count": pack.token_count,
-        "budget": pack.budget,
-        "project": pack.project,
-        "task_id": pack.task_id,
-        "record_id": pack.record_id,
-        "items": [to_jsonable(item) for item in pack.items],
-    }
+    answer = ask_warm_process("search", args, database_url)
+    if answer is not None:
+        return [hit_from_wire(hit) for hit in answer["hits"]]
+    from knowledgebase.search.retrieval import search as run_search
+
+    with open_store(database_url) as (_, db, embedder):
+        return run_search(
+            db,
+            embedder,
+            args["query"],
+            project=default_project(db, args["project"]),
+            task_id=args["task_id"],
+            kinds=tuple(args["kinds"]),
+            path_glob=args["path_glob"],
+            since=timedelta(seconds=args["since_s"]) if args["since_s"] is not None else None,
+            limit=args["limit"],
+        )
 
 
 @click.command()
@@ -135,22 +143,40 @@ def context(
     database_url: str | None,
 ) -> None:
     """Print the ranked context block for PROMPT, as Markdown within the token budget ('-' reads stdin)."""
-    from knowledgebase.search.context import build_context
+    from knowledgebase.cli._store import settings_from
+    from knowledgebase.cli._warm import ask_warm_process
 
     prompt = read_text_argument(prompt)
-    with open_store(database_url) as (settings, db, embedder):
-        pack = build_context(
-            db,
-            embedder,
-            prompt,
-            project=default_project(db, project),
-            task_id=task_id,
-            budget=settings.context_budget if budget is None else budget,
-            record=not no_record,
-        )
+    settings = settings_from(database_url)
+    chosen_budget = settings.context_budget if budget is None else budget
+    args: dict[str, Any] = {
+        "prompt": prompt,
+        "project": project,
+        "cwd": os.path.realpath(os.getcwd()),
+        "task_id": task_id,
+        "budget": chosen_budget,
+        "record": not no_record,
+    }
+    answer = ask_warm_process("context", args, database_url)
+    if answer is not None:
+        data: dict[str, Any] = answer["pack"]
+    else:
+        from knowledgebase.search.context import build_context
+
+        with open_store(database_url) as (_, db, embedder):
+            pack = build_context(
+                db,
+                embedder,
+                prompt,
+                project=default_project(db, project),
+                task_id=task_id,
+                budget=chosen_budget,
+                record=not no_record,
+            )
+        data = pack.to_json()
     if as_json:
-        print_json(pack_json(pack))
-    elif pack.text:
-        click.echo(pack.text, nl=False)
+        print_json(data)
+    elif data["text"]:
+        click.echo(data["text"], nl=False)
     else:
         click.echo("No context: nothing relevant is indexed yet (run `kb populate PATH`).", err=True)

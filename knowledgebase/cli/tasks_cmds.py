@@ -207,8 +207,8 @@ def history(task_id: str, limit: int | None, database_url: str | None, as_json: 
 
 def _echo_history_item(item: dict[str, Any]) -> None:
     who = f" {item['agent_id']}" if item["agent_id"] else ""
-    click.echo(f"#{item['id']} {item['at']} {item['kind']}{who}")
-    for label in ("prompt", "response", "proposed_command"):
+    click.echo(f"#{item['id']} {item['executed_at']} {item['kind']}{who}")
+    for label in ("prompt", "response", "command"):
         if item[label]:
             click.echo(f"  {label}: {_one_line(item[label])}")
     if item["tool_name"]:

@@ -153,7 +153,7 @@ def prepare_exchange(
     task_id: str | None,
     prompt: str | None,
     response: str | None = None,
-    proposed_command: str | None = None,
+    command: str | None = None,
     permissions: str | None = None,
     user_confirmation: bool | None = None,
     agent_mode: str | None = None,
@@ -177,7 +177,7 @@ def prepare_exchange(
         agent_id=agent_id,
         prompt=_storable(prompt),
         response=_storable(response),
-        proposed_command=_storable(proposed_command),
+        command=_storable(command),
         tool_name=_storable(tool_name),
         tool_input=_storable_json(tool_input),
         permissions=_storable(permissions),
@@ -198,7 +198,7 @@ def log_exchange(
     task_id: str | None,
     prompt: str | None,
     response: str | None = None,
-    proposed_command: str | None = None,
+    command: str | None = None,
     permissions: str | None = None,
     user_confirmation: bool | None = None,
     agent_mode: str | None = None,
@@ -218,7 +218,7 @@ def log_exchange(
         task_id=task_id,
         prompt=prompt,
         response=response,
-        proposed_command=proposed_command,
+        command=command,
         permissions=permissions,
         user_confirmation=user_confirmation,
         agent_mode=agent_mode,
@@ -266,7 +266,7 @@ def prepare_output(
         stdout=clipped[0],
         stderr=clipped[1],
         return_code=return_code,
-        file_written=[_storable(p) or "" for p in files_written],
+        files_written=[_storable(p) or "" for p in files_written],
         duration_ms=duration_ms,
         stdout_bytes=stdout_bytes if stdout_bytes is not None else _byte_length(stdout),
         stderr_bytes=stderr_bytes if stderr_bytes is not None else _byte_length(stderr),
@@ -322,7 +322,7 @@ def log_command(
     exchange = prepare_exchange(
         task_id=task_id,
         prompt=None,
-        proposed_command=command,
+        command=command,
         kind=kind,
         session_id=session_id,
         project_id=project_id,
@@ -400,19 +400,19 @@ class HistoryItem(TypedDict):
     """One entry of ``context['history']``: JSON-able, oldest first.
 
     ``kind`` is prompt | shell | tool | note. A prompt has ``prompt`` and ``response``; a shell
-    command has ``proposed_command`` and, once it ran, ``output``; a tool call has ``tool_name`` and
+    command has ``command`` and, once it ran, ``output``; a tool call has ``tool_name`` and
     ``tool_input``. ``output`` and ``usage`` are None when nothing was recorded for the entry.
     """
 
     id: int
-    at: str  # ISO 8601 with time zone
+    executed_at: str  # ISO 8601 with time zone
     kind: str
     session_id: str | None
     agent_id: str | None
     agent_mode: str | None
     prompt: str | None
     response: str | None
-    proposed_command: str | None
+    command: str | None
     permissions: str | None
     user_confirmation: bool | None
     tool_name: str | None
@@ -445,7 +445,7 @@ def _history_item(row: TaskHistoryRow) -> HistoryItem:
             stderr=row.stderr,
             return_code=row.return_code,
             success=bool(row.success),
-            files_written=list(row.file_written or []),
+            files_written=row.files_written,
             duration_ms=row.duration_ms,
             truncated=bool(row.truncated),
             error=row.error,
@@ -460,14 +460,14 @@ def _history_item(row: TaskHistoryRow) -> HistoryItem:
         )
     return HistoryItem(
         id=row.id,
-        at=row.created_at.isoformat(),
+        executed_at=row.executed_at.isoformat(),
         kind=row.kind,
         session_id=row.session_id,
         agent_id=row.agent_id,
         agent_mode=row.agent_mode,
         prompt=row.prompt,
         response=row.response,
-        proposed_command=row.proposed_command,
+        command=row.command,
         permissions=row.permissions,
         user_confirmation=row.user_confirmation,
         tool_name=row.tool_name,

@@ -361,7 +361,7 @@ def command_record(
     exchange = prepare_exchange(
         task_id=task_id,
         prompt=None,
-        proposed_command=result.command,
+        command=result.command,
         kind="shell",
         tool_input={"argv": list(result.argv), "cwd": result.cwd},
         agent_id=agent_id,

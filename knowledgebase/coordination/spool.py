@@ -27,7 +27,12 @@ from knowledgebase.errors import DatabaseError, first_line
 from knowledgebase.store.audit import NewCommandLog, NewCommandOutput
 from knowledgebase.util.processes import pid_alive
 
-SPOOL_VERSION = 1
+SPOOL_VERSION = 2
+# version 1 (before schema revision 0003) used 0001's column names; they are renamed when read
+_V1_NAMES = {
+    "exchange": {"created_at": "executed_at", "proposed_command": "command"},
+    "outcome": {"file_written": "files_written"},
+}
 _CLAIMED = ".flushing."
 
 
@@ -41,23 +46,35 @@ class FlushReport:
     error: str | None = None  # why flushing stopped early (the database went away again)
 
 
+_TIMES = ("created_at", "executed_at")
+
+
 def _jsonable(entry: Any) -> dict[str, Any]:
     data = asdict(entry)
-    if isinstance(data.get("created_at"), datetime):
-        data["created_at"] = data["created_at"].isoformat()
+    for key in _TIMES:
+        if isinstance(data.get(key), datetime):
+            data[key] = data[key].isoformat()
     return data
 
 
 def _timestamped(data: dict[str, Any]) -> dict[str, Any]:
-    if data.get("created_at"):
-        data["created_at"] = datetime.fromisoformat(data["created_at"])
+    for key in _TIMES:
+        if data.get(key):
+            data[key] = datetime.fromisoformat(data[key])
+    return data
+
+
+def _renamed(payload: dict[str, Any], part: str) -> dict[str, Any]:
+    data = dict(payload[part])
+    if payload.get("version") == 1:
+        data = {_V1_NAMES[part].get(key, key): value for key, value in data.items()}
     return data
 
 
 def spool_command(spool_dir: Path, record: CommandRecord) -> Path:
     """Write ``record`` to the spool (atomically, private to the user); returns the file."""
     now = datetime.now(UTC)
-    exchange = replace(record.exchange, created_at=record.exchange.created_at or now)
+    exchange = replace(record.exchange, executed_at=record.exchange.executed_at or now)
     outcome = replace(record.outcome, created_at=record.outcome.created_at or now)
     payload = {
         "version": SPOOL_VERSION,
@@ -81,11 +98,15 @@ def spool_command(spool_dir: Path, record: CommandRecord) -> Path:
 def load_spooled(path: Path) -> CommandRecord:
     """The record in a spool file (ValueError if the file is not one)."""
     payload = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(payload, dict) or payload.get("version") != SPOOL_VERSION or payload.get("type") != "command":
+    if (
+        not isinstance(payload, dict)
+        or payload.get("version") not in (1, SPOOL_VERSION)
+        or payload.get("type") != "command"
+    ):
         raise ValueError(f"{path.name} is not a spooled command (version {SPOOL_VERSION})")
     try:
-        exchange = NewCommandLog(**_timestamped(payload["exchange"]))
-        outcome = NewCommandOutput(**_timestamped(payload["outcome"]))
+        exchange = NewCommandLog(**_timestamped(_renamed(payload, "exchange")))
+        outcome = NewCommandOutput(**_timestamped(_renamed(payload, "outcome")))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path.name} is incomplete: {exc}") from None
     return CommandRecord(exchange, outcome)
@@ -145,4 +166,3 @@ def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> F
         claimed.unlink()
         flushed += 1
     return FlushReport(flushed, rejected, len(pending_files(spool_dir)), error)
-

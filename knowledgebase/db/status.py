@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from knowledgebase.config import Settings
 from knowledgebase.db.connect import connect, database_errors, redact_url
 from knowledgebase.db.pool import database_url
 from knowledgebase.db.schema import SCHEMA_REVISION, TABLES, current_revision, pgvector_version
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+WAITING_FILES = "SELECT count(*) FROM project_files WHERE chunked_hash IS DISTINCT FROM content_hash"
+WAITING_FACTS = """
+SELECT count(*) FROM knowledge
+ WHERE embedding IS NULL OR embedding_model_id IS DISTINCT FROM (SELECT id FROM embedding_models WHERE is_active)
+"""
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,8 @@ class StoreStatus:
     embedding_dimension: int | None
     configured_model: str
     row_counts: dict[str, int]
+    # rows written without kb (plain SQL) that `kb reembed --missing` will chunk or embed
+    waiting: dict[str, int]
 
 
 def store_status(settings: Settings) -> StoreStatus:
@@ -34,6 +47,7 @@ def store_status(settings: Settings) -> StoreStatus:
         server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         revision = current_revision(conn)
         counts: dict[str, int] = {}
+        waiting: dict[str, int] = {}
         model_name: str | None = None
         model_dim: int | None = None
         if revision is not None:
@@ -42,6 +56,11 @@ def store_status(settings: Settings) -> StoreStatus:
                 if exists and exists[0]:
                     query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
                     counts[table] = int(conn.execute(query).fetchone()[0])  # type: ignore[index]
+            if {"project_files", "knowledge"} <= counts.keys():
+                waiting = {
+                    "files": _count(conn, WAITING_FILES),
+                    "facts": _count(conn, WAITING_FACTS),
+                }
             if "embedding_models" in counts:
                 row = conn.execute("SELECT name, dimension FROM embedding_models WHERE is_active").fetchone()
                 if row:
@@ -59,4 +78,10 @@ def store_status(settings: Settings) -> StoreStatus:
         embedding_dimension=model_dim,
         configured_model=settings.embed_model,
         row_counts=counts,
+        waiting=waiting,
     )
+
+
+def _count(conn: psycopg.Connection, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0

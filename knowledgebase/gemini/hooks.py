@@ -246,7 +246,7 @@ def _after_shell(services: HookServices, call: HookCall, tool_input: dict[str, A
     def record(session: _Session) -> audit.CommandRecord:
         exchange = audit.prepare_exchange(
             prompt=None,
-            proposed_command=str(tool_input.get("command") or ""),
+            command=str(tool_input.get("command") or ""),
             kind="shell",
             **_tool_fields(session, call, tool_input),
         )
@@ -351,7 +351,7 @@ def session_digest(db: Database, project: str | None) -> str:
         with contextlib.suppress(NotFound):
             facts = list_facts(db, project=project, limit=DIGEST_SCAN) + facts
     facts.sort(key=lambda f: f.id, reverse=True)
-    decisions = [f for f in facts if "decision" in f.label.lower()][:DIGEST_DECISIONS]
+    decisions = [f for f in facts if "decision" in f.fact_label.lower()][:DIGEST_DECISIONS]
     chosen = {f.id for f in decisions}
     established = sorted(
         (f for f in facts if f.id not in chosen and (f.pinned or f.effective_confidence >= DIGEST_MIN_CONFIDENCE)),
@@ -377,10 +377,10 @@ def session_digest(db: Database, project: str | None) -> str:
 
 def _fact_line(fact: Any) -> str:
     pinned = "pinned, " if fact.pinned else ""
-    value = " ".join(str(fact.value).split())
+    value = " ".join(str(fact.fact_value).split())
     if len(value) > 300:
         value = value[:297] + "..."
-    return f"- **{' '.join(fact.label.split())}**: {value} ({pinned}{fact.citation()})"
+    return f"- **{' '.join(fact.fact_label.split())}**: {value} ({pinned}{fact.citation()})"
 
 
 def _turn_usage(transcript_path: Any) -> tuple[list[gemini_events.ModelCall], str]:

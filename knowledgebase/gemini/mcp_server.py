@@ -284,7 +284,7 @@ def _clip(text: str | None, limit: int = MAX_HIT_CHARS) -> str | None:
 def _hit_json(hit: Hit) -> dict[str, Any]:
     """The hit as ``kb search --json`` prints it, with long texts clipped for the model."""
     data = hit.to_json()
-    for key in ("text", "value"):
+    for key in ("text", "fact_value"):
         if key in data:
             data[key] = _clip(data[key])
     return data
@@ -293,11 +293,12 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
 def _fact_json(fact: Fact) -> dict[str, Any]:
     return {
         "id": fact.id,
-        "label": fact.label,
-        "value": fact.value,
+        "fact_label": fact.fact_label,
+        "fact_value": fact.fact_value,
         "project": fact.project,
         "status": fact.status,
-        "confidence": round(fact.effective_confidence, 3),
+        "confidence_score": fact.confidence_score,
+        "effective_confidence": round(fact.effective_confidence, 3),
         "confirmations": fact.confirmations,
         "supersedes": list(fact.supersedes),
         "source": fact.source_kind,
@@ -309,8 +310,8 @@ def _command_json(item: Any) -> dict[str, Any]:
     output = item["output"] or {}
     return {
         "id": item["id"],
-        "at": item["at"],
-        "command": item["proposed_command"],
+        "executed_at": item["executed_at"],
+        "command": item["command"],
         "return_code": output.get("return_code"),
         "success": output.get("success"),
         "output_tail": _tail(output.get("stdout")),

@@ -17,7 +17,10 @@ in line with the directory:
 - Facts read from a chunk that changed or disappeared are marked stale (``store.mark_changed_file_facts_stale``,
   ``store.mark_deleted_files_facts_stale``), in the same transaction as the chunk change.
 
-Work is committed in batches of about ``settings.ingest_batch_chunks`` chunks: one transaction writes
+A run first reads and chunks every new or changed file (phase ``reading``), so it knows how many chunks
+need the model before it loads it: the progress can show an estimate and a rate. The prepared text is
+held in memory until written (a few times the size of the changed files; at most ``max_file_bytes`` each).
+Then work is committed in batches of about ``settings.ingest_batch_chunks`` chunks: one transaction writes
 the batch's file rows, replaces their chunks (batched ``executemany``) and sets ``chunked_hash`` last,
 so a run killed half-way keeps every finished batch and the next run redoes only the rest (a row
 whose ``chunked_hash`` differs from its ``content_hash`` is always redone). Embedding happens before
@@ -93,7 +96,13 @@ DELETE_BATCH = 1000
 
 @dataclass(frozen=True)
 class PopulateProgress:
-    """Where a populate run is; ``phase`` is waiting, scanning, indexing, deleting or done."""
+    """Where a populate run is.
+
+    ``phase`` is waiting (for another agent's populate of the project), scanning, reading (new and
+    changed files are read and chunked: ``files_done`` of ``files_total``), loading (the model), embedding
+    (``chunks_embedded`` of ``chunks_to_embed``, counted up front: the chunks whose text has no stored
+    vector), deleting or done.
+    """
 
     phase: str
     files_total: int = 0
@@ -102,6 +111,7 @@ class PopulateProgress:
     chunks_reused: int = 0
     embed_seconds: float = 0.0
     path: str | None = None
+    chunks_to_embed: int = 0
 
     @property
     def chunks_per_second(self) -> float:
@@ -150,6 +160,7 @@ class PopulateReport:
     chunks_reused: int
     secrets_redacted: int
     timings: PopulateTimings
+    backend: str  # what embedded the chunks ("openvino bf16", "torch fp32"...), or why nothing was loaded
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,7 @@ class _Run:
     secrets_redacted: int = 0
     files_total: int = 0
     files_done: int = 0
+    chunks_to_embed: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
     lossy: list[str] = field(default_factory=list)
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -235,30 +247,35 @@ class _Run:
         clock = time.perf_counter()
         entries = list(scan_project(root, self.settings))
         with self.db.connection() as conn:
-            stored = {state.file_path: state for state in list_file_states(conn, self.project_id)}
+            stored = {state.path: state for state in list_file_states(conn, self.project_id)}
         self.seconds["scan"] += time.perf_counter() - clock
         files = [entry for entry in entries if isinstance(entry, ScannedFile)]
         self.skipped.extend(entry for entry in entries if isinstance(entry, SkippedFile))
         self.files_total = len(files)
         kept: set[str] = set()
         touched: list[tuple[int, int, int | None]] = []
-        batch: list[_Prepared] = []
+        prepared: list[_Prepared] = []
+        # First read and chunk every new or changed file, so the chunks to embed are known (and the
+        # time it will take can be told) before the model runs; then embed and write them in batches.
         for file in files:
             state = stored.get(file.rel_path)
             outcome = self._examine(file, state)
             if outcome is not False:
                 kept.add(file.rel_path)
-            if isinstance(outcome, _Prepared):  # counted as done once its batch is written
-                batch.append(outcome)
-                pending = sum(len(prepared.chunks) for prepared in batch)
-                if pending >= self.settings.ingest_batch_chunks or len(batch) >= MAX_FILES_PER_BATCH:
-                    self._write_batch(batch)
-                    batch = []
-                continue
-            if isinstance(outcome, tuple):
+            if isinstance(outcome, _Prepared):
+                prepared.append(outcome)
+            elif isinstance(outcome, tuple):
                 touched.append(outcome)
             self.files_done += 1
-            self._tick(file.rel_path)
+            self.notify(self._progress("reading", file.rel_path))
+        self.chunks_to_embed = self._count_to_embed(prepared)
+        batch: list[_Prepared] = []
+        for item in prepared:
+            batch.append(item)
+            pending = sum(len(p.chunks) for p in batch)
+            if pending >= self.settings.ingest_batch_chunks or len(batch) >= MAX_FILES_PER_BATCH:
+                self._write_batch(batch)
+                batch = []
         self._write_batch(batch)
         clock = time.perf_counter()
         with self.db.connection() as conn:
@@ -307,6 +324,16 @@ class _Run:
         )
         return _Prepared(text=text, content=redaction.text, chunks=chunks, previous=state)
 
+    def _count_to_embed(self, prepared: list[_Prepared]) -> int:
+        """How many distinct chunk texts of ``prepared`` have no stored vector of the store's model."""
+        hashes = list({chunk.content_hash for item in prepared for chunk in item.chunks})
+        if not hashes:
+            return 0
+        with self.db.connection() as conn:
+            active = active_model(conn)
+            stored = chunk_vectors_by_hash(conn, hashes, active.id) if active is not None else {}
+        return len(hashes) - len(stored)
+
     def _write_batch(self, batch: list[_Prepared]) -> None:
         """Embed what is new in ``batch`` (no transaction open), then write it in one transaction."""
         if not batch:
@@ -326,7 +353,7 @@ class _Run:
             for prepared in batch:
                 file_id = self._write_file(conn, prepared)
                 written.append(file_id)
-                rows.extend(_chunk_rows(prepared.chunks, file_id, self.project_id, vectors, model_id))
+                rows.extend(chunk_rows(prepared.chunks, file_id, self.project_id, vectors, model_id))
             replaced = [file_id for file_id, p in zip(written, batch, strict=True) if p.previous is not None]
             delete_chunks_of_files(conn, replaced)
             insert_chunks(conn, rows)
@@ -335,7 +362,6 @@ class _Run:
         total = sum(len(p.chunks) for p in batch)
         self.chunks_written += total
         self.chunks_reused += total - len(missing)
-        self.files_done += len(batch)
         self._tick(batch[-1].text.file.rel_path)
 
     def _write_file(self, conn: psycopg.Connection, prepared: _Prepared) -> int:
@@ -344,7 +370,7 @@ class _Run:
             conn,
             NewFile(
                 project_id=self.project_id,
-                file_path=file.rel_path,
+                path=file.rel_path,
                 content=prepared.content,
                 content_hash=prepared.text.content_hash,
                 size_bytes=file.size,
@@ -379,6 +405,7 @@ class _Run:
 
     def _bind_model(self) -> int:
         if self.model_id is None:
+            self.notify(self._progress("loading"))  # binding asks the model its dimension: it loads now
             with self.db.connection() as conn:
                 self.model_id = bind_model(conn, self.embedder)
         return self.model_id
@@ -405,10 +432,11 @@ class _Run:
             chunks_reused=self.chunks_reused,
             embed_seconds=self.seconds["embed"],
             path=path,
+            chunks_to_embed=self.chunks_to_embed,
         )
 
     def _tick(self, path: str | None) -> None:
-        self.notify(self._progress("indexing", path))
+        self.notify(self._progress("embedding", path))
 
     def report(self, name: str, root: Path, lock_wait: float, total: float) -> PopulateReport:
         return PopulateReport(
@@ -427,6 +455,7 @@ class _Run:
             chunks_embedded=self.chunks_embedded,
             chunks_reused=self.chunks_reused,
             secrets_redacted=self.secrets_redacted,
+            backend=str(getattr(self.embedder, "runs_on", self.embedder.name)) if self.chunks_embedded else "unused",
             timings=PopulateTimings(
                 lock_wait=lock_wait,
                 scan=self.seconds["scan"],
@@ -438,9 +467,10 @@ class _Run:
         )
 
 
-def _chunk_rows(
+def chunk_rows(
     chunks: list[Chunk], file_id: int, project_id: int, vectors: dict[str, np.ndarray], model_id: int
 ) -> list[NewChunk]:
+    """The rows to store for a file's chunks, each with its vector (``vectors``: by content hash)."""
     return [
         NewChunk(
             file_id=file_id,

@@ -132,7 +132,7 @@ def _reembed_chunks(db: Database, embedder: Embedder, model_id: int, counts: _Co
             rows = chunks_to_embed(conn, model_id, after=after, limit=BATCH)
             if not rows:
                 return
-            texts = {row.content_hash: embedding_text(row.file_path, row.symbol, row.content) for row in rows}
+            texts = {row.content_hash: embedding_text(row.path, row.symbol, row.content) for row in rows}
             vectors = chunk_vectors_by_hash(conn, list(texts), model_id)
         missing = [content_hash for content_hash in texts if content_hash not in vectors]
         if missing:
@@ -152,7 +152,9 @@ def _reembed_facts(db: Database, embedder: Embedder, model_id: int, counts: _Cou
             rows = knowledge_to_embed(conn, model_id, after=after, limit=BATCH)
         if not rows:
             return
-        vectors: np.ndarray = embedder.embed_documents([fact_embedding_text(row.label, row.value) for row in rows])
+        vectors: np.ndarray = embedder.embed_documents(
+            [fact_embedding_text(row.fact_label, row.fact_value) for row in rows]
+        )
         with db.connection() as conn:
             set_knowledge_embeddings(
                 conn, model_id, [(row.id, vector) for row, vector in zip(rows, vectors, strict=True)]

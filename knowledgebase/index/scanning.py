@@ -376,12 +376,13 @@ def _decode(file: ScannedFile, data: bytes) -> FileText | SkippedFile:
         text, lossy = data.decode("utf-8", errors="replace"), True
         if text.count("\ufffd") > max(8, len(text) // 10):
             return SkippedFile(file.rel_path, SkipReason.BINARY, "mostly undecodable bytes")
-    if _mostly_control(text[:SNIFF_BYTES]):
+    if mostly_control(text[:SNIFF_BYTES]):
         return SkippedFile(file.rel_path, SkipReason.BINARY, "control characters")
     return FileText(file=file, text=text.replace("\r\n", "\n"), content_hash=content_hash, lossy_decode=lossy)
 
 
-def _mostly_control(sample: str) -> bool:
+def mostly_control(sample: str) -> bool:
+    """True when over a tenth of ``sample`` is control characters (other than whitespace and ESC): binary."""
     if not sample:
         return False
     control = sum(1 for ch in sample if ord(ch) < 32 and ch not in "\t\n\r\f\v\x1b")

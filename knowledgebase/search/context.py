@@ -30,6 +30,7 @@ from knowledgebase.errors import InputError
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
 from knowledgebase.search.hits import ChunkHit, FactHit, Hit
 from knowledgebase.search.retrieval import search
+from knowledgebase.util.jsonable import to_jsonable
 from knowledgebase.util.redact import redact
 
 DEFAULT_BUDGET = DEFAULT_CONTEXT_BUDGET
@@ -85,6 +86,18 @@ class ContextPack:
     project: str | None
     task_id: str | None
     record_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The pack as ``kb context --json`` prints it."""
+        return {
+            "text": self.text,
+            "token_count": self.token_count,
+            "budget": self.budget,
+            "project": self.project,
+            "task_id": self.task_id,
+            "record_id": self.record_id,
+            "items": [to_jsonable(item) for item in self.items],
+        }
 
 
 @dataclass(frozen=True)
@@ -217,7 +230,7 @@ def _chunk_text(hit: ChunkHit, content: str, end_line: int) -> str:
 
 def _block(hit: Hit, embedder: Embedder) -> _Block:
     if isinstance(hit, FactHit):
-        text = f"- **{_inline(hit.label)}**: {_inline(hit.value)} ({hit.citation()})"
+        text = f"- **{_inline(hit.fact_label)}**: {_inline(hit.fact_value)} ({hit.citation()})"
     elif isinstance(hit, ChunkHit):
         text = _chunk_text(hit, hit.text.rstrip("\n"), hit.end_line)
     else:

@@ -38,12 +38,10 @@ from knowledgebase.ranking import (
     mmr_order,
     score,
 )
-from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit, Hit
+from knowledgebase.search.hits import DEFAULT_KINDS, KINDS, ChunkHit, CommandHit, FactHit, Hit
 from knowledgebase.util.lexical import code_identifiers, search_terms, tsquery_from_terms
 from knowledgebase.util.pathglob import glob_to_regex
 
-KINDS = ("chunk", "fact", "command")
-DEFAULT_KINDS = ("chunk", "fact")
 MAX_LIMIT = 500
 # HNSW candidate list size; raised to the number of candidates asked for when that is larger.
 # Natural-language prompts sit far from every code chunk (top-1 cosine ~0.4, the 10th and 11th
@@ -255,7 +253,7 @@ def _chunk_hits(conn: psycopg.Connection, candidates: store.CandidateQuery, plan
                 parts=parts,
                 text=row.content,
                 project=row.name,
-                path=row.file_path,
+                path=row.path,
                 start_line=row.start_line,
                 end_line=row.end_line,
                 symbol=row.symbol,
@@ -271,22 +269,24 @@ def _chunk_hits(conn: psycopg.Connection, candidates: store.CandidateQuery, plan
 def _fact_hits(conn: psycopg.Connection, candidates: store.CandidateQuery, plan: _Plan) -> list[Hit]:
     hits: list[Hit] = []
     for row in store.fact_candidates(conn, candidates):
-        if plan.path_regex is not None and (row.file_path is None or not re.search(plan.path_regex, row.file_path)):
+        if plan.path_regex is not None and (row.path is None or not re.search(plan.path_regex, row.path)):
             continue
-        parts = _signals(row.similarity, row.text_rank, _has_identifier(plan.identifiers, f"{row.label}\n{row.value}"))
+        parts = _signals(
+            row.similarity, row.text_rank, _has_identifier(plan.identifiers, f"{row.fact_label}\n{row.fact_value}")
+        )
         hits.append(
             FactHit(
                 id=row.id,
                 score=parts.score,
                 parts=parts,
-                text=f"{row.label}: {row.value}",
+                text=f"{row.fact_label}: {row.fact_value}",
                 project=row.name,
-                label=row.label,
-                value=row.value,
+                fact_label=row.fact_label,
+                fact_value=row.fact_value,
                 confidence_score=float(row.confidence_score),
                 is_stale=row.is_stale,
                 pinned=row.pinned,
-                source_path=row.file_path,
+                source_path=row.path,
                 task_id=row.task_id,
                 created_at=row.last_confirmed_at,
                 vector=_vector(row.embedding),
@@ -317,7 +317,7 @@ def _command_hits(
                 success=row.success,
                 return_code=row.return_code,
                 task_id=row.task_id,
-                created_at=row.created_at,
+                created_at=row.executed_at,
                 vector=vec,
             )
         )

@@ -23,13 +23,13 @@ class CommandLogEntry:
     kind: str
     prompt: str | None
     response: str | None
-    proposed_command: str | None
+    command: str | None
     tool_name: str | None
     tool_input: Any
     permissions: str | None
     user_confirmation: bool | None
     agent_mode: str | None
-    created_at: datetime
+    executed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,13 @@ class NewCommandLog:
     agent_id: str | None = None
     prompt: str | None = None
     response: str | None = None
-    proposed_command: str | None = None
+    command: str | None = None
     tool_name: str | None = None
     tool_input: Any = None
     permissions: str | None = None
     user_confirmation: bool | None = None
     agent_mode: str | None = None
-    created_at: datetime | None = None  # None: now (set when replaying an entry spooled during an outage)
+    executed_at: datetime | None = None  # None: now (set when replaying an entry spooled during an outage)
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,18 @@ class CommandOutput:
     stdout: str | None
     stderr: str | None
     return_code: int | None
-    file_written: list[str]
-    success: bool
+    file_written: str | None
+    success: bool | None
     duration_ms: int | None
     stdout_bytes: int | None
     stderr_bytes: int | None
     truncated: bool
     error: str | None
     created_at: datetime
+
+    @property
+    def files_written(self) -> list[str]:
+        return split_paths(self.file_written)
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class NewCommandOutput:
     stdout: str | None = None
     stderr: str | None = None
     return_code: int | None = None
-    file_written: list[str] = field(default_factory=list)
+    files_written: list[str] = field(default_factory=list)
     duration_ms: int | None = None
     stdout_bytes: int | None = None
     stderr_bytes: int | None = None
@@ -121,14 +125,14 @@ class TaskHistoryRow:
     """A log entry of a task with its latest output (``output_id`` None: none) and its usage totals."""
 
     id: int
-    created_at: datetime
+    executed_at: datetime
     kind: str
     session_id: str | None
     agent_id: str | None
     agent_mode: str | None
     prompt: str | None
     response: str | None
-    proposed_command: str | None
+    command: str | None
     permissions: str | None
     user_confirmation: bool | None
     tool_name: str | None
@@ -138,7 +142,7 @@ class TaskHistoryRow:
     stderr: str | None
     return_code: int | None
     success: bool | None
-    file_written: list[str] | None
+    file_written: str | None
     duration_ms: int | None
     truncated: bool | None
     error: str | None
@@ -148,17 +152,32 @@ class TaskHistoryRow:
     total_tokens: int | None
     models: list[str] | None
 
+    @property
+    def files_written(self) -> list[str]:
+        return split_paths(self.file_written)
+
+
+def join_paths(paths: list[str]) -> str | None:
+    """``command_output.file_written`` for a list of paths: one per line (a newline inside a path is
+    written as ``\\n``), None for none; the design's column holds one path as plain text."""
+    return "\n".join(path.replace("\n", "\\n") for path in paths) or None
+
+
+def split_paths(text: str | None) -> list[str]:
+    """The paths in a ``file_written`` value (``join_paths`` reversed)."""
+    return [line.replace("\\n", "\n") for line in text.split("\n") if line] if text else []
+
 
 _LOG_COLS = columns(CommandLogEntry)
 _OUT_COLS = columns(CommandOutput)
 _USAGE_COLS = columns(UsageEntry)
 
 INSERT_COMMAND_LOG = f"""
-INSERT INTO command_log (kind, task_id, project_id, session_id, agent_id, prompt, response, proposed_command,
-                         tool_name, tool_input, permissions, user_confirmation, agent_mode, created_at)
+INSERT INTO command_log (kind, task_id, project_id, session_id, agent_id, prompt, response, command,
+                         tool_name, tool_input, permissions, user_confirmation, agent_mode, executed_at)
 VALUES (%(kind)s, %(task_id)s, %(project_id)s, %(session_id)s, %(agent_id)s, %(prompt)s, %(response)s,
-        %(proposed_command)s, %(tool_name)s, %(tool_input)s, %(permissions)s, %(user_confirmation)s,
-        %(agent_mode)s, COALESCE(%(created_at)s, now()))
+        %(command)s, %(tool_name)s, %(tool_input)s, %(permissions)s, %(user_confirmation)s,
+        %(agent_mode)s, COALESCE(%(executed_at)s, now()))
 RETURNING {_LOG_COLS}
 """
 GET_COMMAND_LOG = f"SELECT {_LOG_COLS} FROM command_log WHERE id = %s"
@@ -192,8 +211,8 @@ SELECT {_USAGE_COLS} FROM usage_log
  LIMIT %(limit)s
 """
 TASK_HISTORY = """
-SELECT l.id, l.created_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.prompt, l.response,
-       l.proposed_command, l.permissions, l.user_confirmation, l.tool_name, l.tool_input,
+SELECT l.id, l.executed_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.prompt, l.response,
+       l.command, l.permissions, l.user_confirmation, l.tool_name, l.tool_input,
        o.id AS output_id, o.stdout, o.stderr, o.return_code, o.success, o.file_written, o.duration_ms,
        o.truncated, o.error,
        u.requests, u.prompt_tokens, u.response_tokens, u.total_tokens, u.models
@@ -208,7 +227,7 @@ SELECT l.id, l.created_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.pro
           FROM usage_log WHERE command_log_id = l.id
   ) u ON true
  WHERE l.task_id = %(task_id)s
- ORDER BY l.created_at DESC, l.id DESC
+ ORDER BY l.executed_at DESC, l.id DESC
  LIMIT %(limit)s
 """
 
@@ -234,7 +253,8 @@ def list_command_log(
 
 
 def insert_command_output(conn: psycopg.Connection, new: NewCommandOutput) -> CommandOutput:
-    row = fetch_one(conn, CommandOutput, INSERT_COMMAND_OUTPUT, new.__dict__)
+    params = {**new.__dict__, "file_written": join_paths(new.files_written)}
+    row = fetch_one(conn, CommandOutput, INSERT_COMMAND_OUTPUT, params)
     assert row is not None
     return row
 

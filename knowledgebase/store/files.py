@@ -17,15 +17,16 @@ from knowledgebase.util.lexical import search_text
 class ProjectFile:
     id: int
     project_id: int
-    file_path: str
+    path: str
     content_hash: str
     size_bytes: int
     language: str | None
     mtime_ns: int | None
     lossy_decode: bool
     chunked_hash: str | None
+    task_id: str | None
     created_at: datetime
-    updated_at: datetime
+    last_updated: datetime
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,14 @@ class NewFile:
     """A file to record; ``content`` is already redacted."""
 
     project_id: int
-    file_path: str
+    path: str
     content: str
     content_hash: str
     size_bytes: int
     language: str | None
     mtime_ns: int | None
     lossy_decode: bool = False
+    task_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,19 +83,20 @@ _FILE_COLS = columns(ProjectFile)
 _CHUNK_COLS = columns(StoredChunk)
 
 UPSERT_FILE = f"""
-INSERT INTO project_files (project_id, file_path, content, content_hash, size_bytes, language, mtime_ns, lossy_decode)
-VALUES (%(project_id)s, %(file_path)s, %(content)s, %(content_hash)s, %(size_bytes)s, %(language)s, %(mtime_ns)s,
-        %(lossy_decode)s)
-ON CONFLICT (project_id, file_path) DO UPDATE
+INSERT INTO project_files (project_id, path, content, content_hash, size_bytes, language, mtime_ns, lossy_decode,
+                           task_id)
+VALUES (%(project_id)s, %(path)s, %(content)s, %(content_hash)s, %(size_bytes)s, %(language)s, %(mtime_ns)s,
+        %(lossy_decode)s, %(task_id)s)
+ON CONFLICT (project_id, path) DO UPDATE
    SET content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, size_bytes = EXCLUDED.size_bytes,
        language = EXCLUDED.language, mtime_ns = EXCLUDED.mtime_ns, lossy_decode = EXCLUDED.lossy_decode,
-       updated_at = now()
+       task_id = COALESCE(EXCLUDED.task_id, project_files.task_id), last_updated = now()
 RETURNING {_FILE_COLS}
 """
-GET_FILE = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s AND file_path = %s"
+GET_FILE = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s AND path = %s"
 GET_FILE_CONTENT = "SELECT content FROM project_files WHERE id = %s"
-LIST_FILES = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s ORDER BY file_path"
-DELETE_FILE = "DELETE FROM project_files WHERE project_id = %s AND file_path = %s"
+LIST_FILES = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s ORDER BY path"
+DELETE_FILE = "DELETE FROM project_files WHERE project_id = %s AND path = %s"
 MARK_CHUNKED = "UPDATE project_files SET chunked_hash = %s WHERE id = %s"
 INSERT_CHUNK = """
 INSERT INTO file_chunks (file_id, project_id, chunk_index, start_line, end_line, kind, symbol, content,
@@ -113,12 +116,12 @@ def upsert_file(conn: psycopg.Connection, new: NewFile) -> ProjectFile:
     return row
 
 
-def get_file(conn: psycopg.Connection, project_id: int, file_path: str) -> ProjectFile:
-    return fetch_required(conn, ProjectFile, GET_FILE, (project_id, file_path), f"file {file_path!r}")
+def get_file(conn: psycopg.Connection, project_id: int, path: str) -> ProjectFile:
+    return fetch_required(conn, ProjectFile, GET_FILE, (project_id, path), f"file {path!r}")
 
 
-def find_file(conn: psycopg.Connection, project_id: int, file_path: str) -> ProjectFile | None:
-    return fetch_one(conn, ProjectFile, GET_FILE, (project_id, file_path))
+def find_file(conn: psycopg.Connection, project_id: int, path: str) -> ProjectFile | None:
+    return fetch_one(conn, ProjectFile, GET_FILE, (project_id, path))
 
 
 def file_content(conn: psycopg.Connection, file_id: int) -> str:
@@ -130,9 +133,9 @@ def list_files(conn: psycopg.Connection, project_id: int) -> list[ProjectFile]:
     return fetch_all(conn, ProjectFile, LIST_FILES, (project_id,))
 
 
-def delete_file(conn: psycopg.Connection, project_id: int, file_path: str) -> bool:
+def delete_file(conn: psycopg.Connection, project_id: int, path: str) -> bool:
     """Delete a file and (by cascade) its chunks."""
-    return conn.execute(DELETE_FILE, (project_id, file_path)).rowcount > 0
+    return conn.execute(DELETE_FILE, (project_id, path)).rowcount > 0
 
 
 def mark_chunked(conn: psycopg.Connection, file_id: int, content_hash: str) -> None:
@@ -167,7 +170,7 @@ class FileState:
     """What a re-scan compares with the disk (no content)."""
 
     id: int
-    file_path: str
+    path: str
     content_hash: str
     size_bytes: int
     mtime_ns: int | None
@@ -179,7 +182,7 @@ class ChunkMatch:
     """A chunk found by vector similarity, with its file path."""
 
     chunk_id: int
-    file_path: str
+    path: str
     start_line: int
     end_line: int
     kind: str
@@ -198,7 +201,7 @@ SELECT DISTINCT ON (content_hash) content_hash, embedding FROM file_chunks
 """
 # strict_order keeps the cosine order exact while the project filter makes HNSW scan further
 NEAREST_CHUNKS = """
-SELECT c.id AS chunk_id, f.file_path, c.start_line, c.end_line, c.kind, c.symbol, c.content,
+SELECT c.id AS chunk_id, f.path, c.start_line, c.end_line, c.kind, c.symbol, c.content,
        1 - (c.embedding <=> %(vector)s::vector) AS similarity
   FROM file_chunks c JOIN project_files f ON f.id = c.file_id
  WHERE c.project_id = %(project_id)s AND c.embedding IS NOT NULL
@@ -276,14 +279,14 @@ class ChunkText:
     """What a chunk's embedding text is rebuilt from (``chunking.embedding_text``)."""
 
     id: int
-    file_path: str
+    path: str
     symbol: str | None
     content: str
     content_hash: str
 
 
 CHUNKS_TO_EMBED = """
-SELECT c.id, f.file_path, c.symbol, c.content, c.content_hash
+SELECT c.id, f.path, c.symbol, c.content, c.content_hash
   FROM file_chunks c JOIN project_files f ON f.id = c.file_id
  WHERE c.id > %(after)s AND (c.embedding IS NULL OR c.embedding_model_id IS DISTINCT FROM %(model_id)s)
  ORDER BY c.id
@@ -301,3 +304,43 @@ def set_chunk_embeddings(conn: psycopg.Connection, model_id: int, vectors: Seque
     """Store ``(chunk_id, vector)`` pairs as vectors of ``model_id``, in one batched round trip."""
     with conn.cursor() as cur:
         cur.executemany(SET_CHUNK_EMBEDDING, [(vector, model_id, chunk_id) for chunk_id, vector in vectors])
+
+
+@dataclass(frozen=True)
+class WaitingFile:
+    """A ``project_files`` row whose chunks do not match its content (written by plain SQL, say)."""
+
+    id: int
+    project_id: int
+    path: str
+    content: str
+    size_bytes: int
+    language: str | None
+
+
+WAITING_FILES = """
+SELECT id, project_id, path, content, size_bytes, language FROM project_files
+ WHERE project_id = %(project_id)s AND id > %(after)s AND chunked_hash IS DISTINCT FROM content_hash
+ ORDER BY id
+ LIMIT %(limit)s
+"""
+PROJECTS_WITH_WAITING_FILES = """
+SELECT DISTINCT project_id FROM project_files WHERE chunked_hash IS DISTINCT FROM content_hash ORDER BY 1
+"""
+SET_FILE_CONTENT = "UPDATE project_files SET content = %s, language = COALESCE(language, %s) WHERE id = %s"
+
+
+def projects_with_waiting_files(conn: psycopg.Connection) -> list[int]:
+    """Ids of the projects that hold files waiting to be chunked."""
+    return [row[0] for row in conn.execute(PROJECTS_WITH_WAITING_FILES)]
+
+
+def waiting_files(conn: psycopg.Connection, project_id: int, *, after: int, limit: int) -> list[WaitingFile]:
+    """Up to ``limit`` files of a project, with an id above ``after``, whose chunks are missing or out of date."""
+    params = {"project_id": project_id, "after": after, "limit": limit}
+    return fetch_all(conn, WaitingFile, WAITING_FILES, params)
+
+
+def set_file_content(conn: psycopg.Connection, file_id: int, content: str, language: str | None) -> None:
+    """Replace a file's stored text (its hash and size follow, by trigger) and fill in its language if unknown."""
+    conn.execute(SET_FILE_CONTENT, (content, language, file_id))

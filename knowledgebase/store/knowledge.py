@@ -1,4 +1,4 @@
-"""Facts (``knowledge``): label, value, where they came from, and how far to trust them."""
+"""Facts (``knowledge``): ``fact_label``, ``fact_value``, where they came from, and how far to trust them."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ class KnowledgeRecord:
     id: int
     project_id: int | None
     task_id: str | None
-    label: str
-    value: str
+    fact_label: str
+    fact_value: str
     extracted_from: str | None
     confidence_score: Decimal
     source_kind: str
@@ -35,17 +35,17 @@ class KnowledgeRecord:
     pinned: bool
     confirmations: int
     embedding_model_id: int | None
-    created_at: datetime
+    inserted_at: datetime
     updated_at: datetime
     last_confirmed_at: datetime
 
 
 @dataclass(frozen=True)
 class NewKnowledge:
-    """A fact to insert; ``label``, ``value`` and ``extracted_from`` are already redacted."""
+    """A fact to insert; ``fact_label``, ``fact_value`` and ``extracted_from`` are already redacted."""
 
-    label: str
-    value: str
+    fact_label: str
+    fact_value: str
     project_id: int | None = None
     task_id: str | None = None
     extracted_from: str | None = None
@@ -61,10 +61,10 @@ class NewKnowledge:
 
 _COLS = columns(KnowledgeRecord)
 INSERT_KNOWLEDGE = f"""
-INSERT INTO knowledge (project_id, task_id, label, value, extracted_from, confidence_score, source_kind,
+INSERT INTO knowledge (project_id, task_id, fact_label, fact_value, extracted_from, confidence_score, source_kind,
                        source_command_id, source_file_id, source_chunk_hash, pinned, embedding,
                        embedding_model_id, tsv)
-VALUES (%(project_id)s, %(task_id)s, %(label)s, %(value)s, %(extracted_from)s, %(confidence_score)s,
+VALUES (%(project_id)s, %(task_id)s, %(fact_label)s, %(fact_value)s, %(extracted_from)s, %(confidence_score)s,
         %(source_kind)s, %(source_command_id)s, %(source_file_id)s, %(source_chunk_hash)s, %(pinned)s,
         %(embedding)s, %(embedding_model_id)s, to_tsvector('simple', %(search_text)s))
 RETURNING {_COLS}
@@ -73,7 +73,7 @@ GET_KNOWLEDGE = f"SELECT {_COLS} FROM knowledge WHERE id = %s"
 LIST_KNOWLEDGE = f"""
 SELECT {_COLS} FROM knowledge
  WHERE (%(project_id)s::bigint IS NULL OR project_id = %(project_id)s)
-   AND (%(label)s::text IS NULL OR label = %(label)s)
+   AND (%(fact_label)s::text IS NULL OR fact_label = %(fact_label)s)
    AND (%(include_inactive)s OR status = 'active')
  ORDER BY id DESC
  LIMIT %(limit)s
@@ -81,7 +81,7 @@ SELECT {_COLS} FROM knowledge
 
 
 def insert_knowledge(conn: psycopg.Connection, new: NewKnowledge) -> KnowledgeRecord:
-    params = {**new.__dict__, "search_text": search_text(f"{new.label}\n{new.value}")}
+    params = {**new.__dict__, "search_text": search_text(f"{new.fact_label}\n{new.fact_value}")}
     row = fetch_one(conn, KnowledgeRecord, INSERT_KNOWLEDGE, params)
     assert row is not None
     return row
@@ -95,7 +95,7 @@ def list_knowledge(
     conn: psycopg.Connection,
     *,
     project_id: int | None = None,
-    label: str | None = None,
+    fact_label: str | None = None,
     include_inactive: bool = False,
     limit: int = 100,
 ) -> list[KnowledgeRecord]:
@@ -104,7 +104,7 @@ def list_knowledge(
         conn,
         KnowledgeRecord,
         LIST_KNOWLEDGE,
-        {"project_id": project_id, "label": label, "include_inactive": include_inactive, "limit": limit},
+        {"project_id": project_id, "fact_label": fact_label, "include_inactive": include_inactive, "limit": limit},
     )
 
 
@@ -117,8 +117,8 @@ class KnowledgeView:
     project_id: int | None
     project: str | None
     task_id: str | None
-    label: str
-    value: str
+    fact_label: str
+    fact_value: str
     extracted_from: str | None
     confidence_score: Decimal
     status: str
@@ -132,7 +132,7 @@ class KnowledgeView:
     source_command_id: int | None
     source_file_path: str | None
     source_chunk_hash: str | None
-    created_at: datetime
+    inserted_at: datetime
     updated_at: datetime
     last_confirmed_at: datetime
 
@@ -142,7 +142,7 @@ class ActiveKnowledge:
     """An active fact's value and vector, compared with a new statement of the same label."""
 
     id: int
-    value: str
+    fact_value: str
     embedding: Vector | None
 
 
@@ -160,16 +160,16 @@ class KnowledgeText:
     """What a fact's embedding text is rebuilt from (``facts.fact_embedding_text``)."""
 
     id: int
-    label: str
-    value: str
+    fact_label: str
+    fact_value: str
 
 
 _VIEW_SELECT = """
-SELECT k.id, k.project_id, p.name AS project, k.task_id, k.label, k.value, k.extracted_from,
+SELECT k.id, k.project_id, p.name AS project, k.task_id, k.fact_label, k.fact_value, k.extracted_from,
        k.confidence_score, k.status, k.superseded_by,
        ARRAY(SELECT s.id FROM knowledge s WHERE s.superseded_by = k.id ORDER BY s.id) AS supersedes,
        k.is_stale, k.stale_since, k.pinned, k.confirmations, k.source_kind, k.source_command_id,
-       f.file_path AS source_file_path, k.source_chunk_hash, k.created_at, k.updated_at, k.last_confirmed_at
+       f.path AS source_file_path, k.source_chunk_hash, k.inserted_at, k.updated_at, k.last_confirmed_at
   FROM knowledge k
   LEFT JOIN projects p ON p.id = k.project_id
   LEFT JOIN project_files f ON f.id = k.source_file_id
@@ -179,7 +179,7 @@ LIST_KNOWLEDGE_VIEWS = (
     _VIEW_SELECT
     + """
  WHERE (%(project_id)s::bigint IS NULL OR k.project_id = %(project_id)s)
-   AND (%(label)s::text IS NULL OR lower(k.label) = lower(%(label)s))
+   AND (%(fact_label)s::text IS NULL OR lower(k.fact_label) = lower(%(fact_label)s))
    AND (%(task_id)s::text IS NULL OR k.task_id = %(task_id)s)
    AND (%(include_inactive)s OR k.status = 'active')
    AND (NOT %(stale_only)s OR k.is_stale)
@@ -190,8 +190,9 @@ LIST_KNOWLEDGE_VIEWS = (
 # one writer per (project, label) at a time, so two agents stating the same fact do not both insert it
 LOCK_LABEL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 4))"
 ACTIVE_WITH_LABEL = """
-SELECT id, value, embedding FROM knowledge
- WHERE project_id IS NOT DISTINCT FROM %(project_id)s AND status = 'active' AND lower(label) = lower(%(label)s)
+SELECT id, fact_value, embedding FROM knowledge
+ WHERE project_id IS NOT DISTINCT FROM %(project_id)s AND status = 'active'
+   AND lower(fact_label) = lower(%(fact_label)s)
  ORDER BY id DESC
 """
 REINFORCE = """
@@ -223,7 +224,7 @@ UPDATE knowledge SET is_stale = true, stale_since = now()
  WHERE source_file_id = ANY(%(file_ids)s::bigint[]) AND NOT is_stale
 """
 KNOWLEDGE_TO_EMBED = """
-SELECT id, label, value FROM knowledge
+SELECT id, fact_label, fact_value FROM knowledge
  WHERE id > %(after)s AND (embedding IS NULL OR embedding_model_id IS DISTINCT FROM %(model_id)s)
  ORDER BY id
  LIMIT %(limit)s
@@ -240,17 +241,17 @@ def list_knowledge_views(
     conn: psycopg.Connection,
     *,
     project_id: int | None,
-    label: str | None,
+    fact_label: str | None,
     task_id: str | None,
     include_inactive: bool,
     stale_only: bool,
     limit: int,
 ) -> list[KnowledgeView]:
-    """Facts newest first (label compared without case); superseded and forgotten ones only with
+    """Facts newest first (labels compared without case); superseded and forgotten ones only with
     ``include_inactive``, stale ones only with ``stale_only``."""
     params = {
         "project_id": project_id,
-        "label": label,
+        "fact_label": fact_label,
         "task_id": task_id,
         "include_inactive": include_inactive,
         "stale_only": stale_only,
@@ -259,14 +260,16 @@ def list_knowledge_views(
     return fetch_all(conn, KnowledgeView, LIST_KNOWLEDGE_VIEWS, params)
 
 
-def lock_knowledge_label(conn: psycopg.Connection, project_id: int | None, label: str) -> None:
+def lock_knowledge_label(conn: psycopg.Connection, project_id: int | None, fact_label: str) -> None:
     """Serialise writers of one (project, label) slot until the transaction ends."""
-    conn.execute(LOCK_LABEL, (f"{project_id}:{label.lower()}",))
+    conn.execute(LOCK_LABEL, (f"{project_id}:{fact_label.lower()}",))
 
 
-def active_knowledge_with_label(conn: psycopg.Connection, project_id: int | None, label: str) -> list[ActiveKnowledge]:
+def active_knowledge_with_label(
+    conn: psycopg.Connection, project_id: int | None, fact_label: str
+) -> list[ActiveKnowledge]:
     """The active facts of a project (None: of no project) with this label (any case), newest first."""
-    return fetch_all(conn, ActiveKnowledge, ACTIVE_WITH_LABEL, {"project_id": project_id, "label": label})
+    return fetch_all(conn, ActiveKnowledge, ACTIVE_WITH_LABEL, {"project_id": project_id, "fact_label": fact_label})
 
 
 def knowledge_standing_for_update(conn: psycopg.Connection, fact_id: int) -> KnowledgeStanding | None:
@@ -334,3 +337,26 @@ def set_knowledge_embeddings(
     """Store ``(fact_id, vector)`` pairs as vectors of ``model_id``, in one batched round trip."""
     with conn.cursor() as cur:
         cur.executemany(SET_KNOWLEDGE_EMBEDDING, [(vector, model_id, fact_id) for fact_id, vector in vectors])
+
+
+SET_FACT_TEXT_AND_VECTOR = """
+UPDATE knowledge
+   SET fact_label = %(fact_label)s, fact_value = %(fact_value)s, tsv = to_tsvector('simple', %(search_text)s),
+       embedding = %(embedding)s, embedding_model_id = %(model_id)s
+ WHERE id = %(id)s
+"""
+
+
+def set_fact_text_and_vector(
+    conn: psycopg.Connection, fact_id: int, fact_label: str, fact_value: str, vector: np.ndarray, model_id: int
+) -> None:
+    """Store a fact's (redacted) text, its full-text vector and its embedding, as ``insert_knowledge`` would."""
+    params = {
+        "id": fact_id,
+        "fact_label": fact_label,
+        "fact_value": fact_value,
+        "search_text": search_text(f"{fact_label}\n{fact_value}"),
+        "embedding": vector,
+        "model_id": model_id,
+    }
+    conn.execute(SET_FACT_TEXT_AND_VECTOR, params)

@@ -44,7 +44,7 @@ class CandidateQuery:
 class ChunkCandidate:
     id: int
     name: str
-    file_path: str
+    path: str
     language: str | None
     start_line: int
     end_line: int
@@ -61,14 +61,14 @@ class ChunkCandidate:
 class FactCandidate:
     id: int
     name: str | None
-    label: str
-    value: str
+    fact_label: str
+    fact_value: str
     confidence_score: Decimal
     is_stale: bool
     pinned: bool
     last_confirmed_at: datetime
     task_id: str | None
-    file_path: str | None
+    path: str | None
     similarity: float
     text_rank: float
     embedding: Vector | None
@@ -83,7 +83,7 @@ class CommandCandidate:
     task_id: str | None
     kind: str
     command: str
-    created_at: datetime
+    executed_at: datetime
     success: bool | None
     return_code: int | None
     text_rank: float
@@ -108,7 +108,7 @@ CHUNK_CANDIDATES = """
 WITH scope AS MATERIALIZED (
     SELECT f.id FROM project_files f
      WHERE (%(project_id)s::bigint IS NULL OR f.project_id = %(project_id)s)
-       AND (%(path_regex)s::text IS NULL OR f.file_path ~ %(path_regex)s)
+       AND (%(path_regex)s::text IS NULL OR f.path ~ %(path_regex)s)
 ), vec AS MATERIALIZED (
     SELECT c.id FROM file_chunks c
      WHERE c.embedding IS NOT NULL
@@ -129,7 +129,7 @@ WITH scope AS MATERIALIZED (
      ORDER BY ts_rank_cd(m.tsv, to_tsquery('simple', %(tsq)s)) DESC
      LIMIT %(k)s
 )
-SELECT c.id, p.name, f.file_path, f.language, c.start_line, c.end_line, c.symbol, c.content, c.content_hash,
+SELECT c.id, p.name, f.path, f.language, c.start_line, c.end_line, c.symbol, c.content, c.content_hash,
        c.created_at,
        COALESCE(1 - (c.embedding <=> %(qvec)s), 0) AS similarity,
        COALESCE(ts_rank_cd(c.tsv, to_tsquery('simple', %(tsq)s)), 0) AS text_rank,
@@ -158,8 +158,8 @@ WITH vec AS MATERIALIZED (
      ORDER BY ts_rank_cd(k.tsv, to_tsquery('simple', %(tsq)s)) DESC
      LIMIT %(k)s
 )
-SELECT k.id, p.name, k.label, k.value, k.confidence_score, k.is_stale, k.pinned, k.last_confirmed_at,
-       k.task_id, f.file_path,
+SELECT k.id, p.name, k.fact_label, k.fact_value, k.confidence_score, k.is_stale, k.pinned, k.last_confirmed_at,
+       k.task_id, f.path,
        COALESCE(1 - (k.embedding <=> %(qvec)s), 0) AS similarity,
        COALESCE(ts_rank_cd(k.tsv, to_tsquery('simple', %(tsq)s)), 0) AS text_rank,
        CASE WHEN %(with_vectors)s THEN k.embedding END AS embedding
@@ -173,22 +173,22 @@ SELECT k.id, p.name, k.label, k.value, k.confidence_score, k.is_stale, k.pinned,
 # (or asked), its outcome is the last command_output row.
 COMMAND_CANDIDATES = """
 WITH logged AS (
-    SELECT l.id, l.project_id, l.task_id, l.kind, l.created_at,
-           COALESCE(l.proposed_command, NULLIF(concat_ws(' ', l.tool_name, l.tool_input::text), ''), l.prompt, '')
+    SELECT l.id, l.project_id, l.task_id, l.kind, l.executed_at,
+           COALESCE(l.command, NULLIF(concat_ws(' ', l.tool_name, l.tool_input::text), ''), l.prompt, '')
                AS command
       FROM command_log l
      WHERE (%(project_id)s::bigint IS NULL OR l.project_id = %(project_id)s)
        AND (%(task_id)s::text IS NULL OR l.task_id = %(task_id)s)
-       AND (%(since)s::timestamptz IS NULL OR l.created_at >= %(since)s)
+       AND (%(since)s::timestamptz IS NULL OR l.executed_at >= %(since)s)
 ), lex AS (
     SELECT id FROM logged
      WHERE %(tsq)s::text IS NOT NULL AND to_tsvector('simple', command) @@ to_tsquery('simple', %(tsq)s)
      ORDER BY ts_rank_cd(to_tsvector('simple', command), to_tsquery('simple', %(tsq)s)) DESC
      LIMIT %(k)s
 ), recent AS (
-    SELECT id FROM logged ORDER BY created_at DESC, id DESC LIMIT %(recent)s
+    SELECT id FROM logged ORDER BY executed_at DESC, id DESC LIMIT %(recent)s
 )
-SELECT g.id, p.name, g.task_id, g.kind, g.command, g.created_at, o.success, o.return_code,
+SELECT g.id, p.name, g.task_id, g.kind, g.command, g.executed_at, o.success, o.return_code,
        COALESCE(ts_rank_cd(to_tsvector('simple', g.command), to_tsquery('simple', %(tsq)s)), 0) AS text_rank
   FROM (SELECT id FROM lex UNION SELECT id FROM recent) ids
   JOIN logged g ON g.id = ids.id

@@ -58,7 +58,7 @@ class ChunkVector:
     """One chunk's stored vector with the file and kind it belongs to."""
 
     id: int
-    file_path: str
+    path: str
     kind: str
     embedding: Vector
 
@@ -73,7 +73,7 @@ class CommandOutcome:
     kind: str
     agent_id: str | None
     command: str
-    created_at: datetime
+    executed_at: datetime
     success: bool | None
     return_code: int | None
     duration_ms: int | None
@@ -97,26 +97,26 @@ SELECT p.name, 'commands', l.kind, count(*)
 ORDER BY 1 NULLS LAST, 2, 3
 """
 FILE_SIZES = """
-SELECT p.name AS project, f.file_path AS path, f.language, f.size_bytes,
+SELECT p.name AS project, f.path, f.language, f.size_bytes,
        count(c.id) AS chunks, COALESCE(sum(c.token_count), 0) AS tokens
   FROM project_files f
   JOIN projects p ON p.id = f.project_id
   LEFT JOIN file_chunks c ON c.file_id = f.id
  WHERE %(project)s::text IS NULL OR p.name = %(project)s
  GROUP BY p.name, f.id
- ORDER BY p.name, f.file_path
+ ORDER BY p.name, f.path
 """
 CHUNK_SIZES = """
-SELECT p.name AS project, f.file_path AS path, c.kind, c.end_line - c.start_line + 1 AS lines,
+SELECT p.name AS project, f.path, c.kind, c.end_line - c.start_line + 1 AS lines,
        c.token_count AS tokens, length(c.content) AS chars
   FROM file_chunks c
   JOIN project_files f ON f.id = c.file_id
   JOIN projects p ON p.id = c.project_id
  WHERE %(project)s::text IS NULL OR p.name = %(project)s
- ORDER BY p.name, f.file_path, c.chunk_index
+ ORDER BY p.name, f.path, c.chunk_index
 """
 CHUNK_EMBEDDINGS = """
-SELECT c.id, f.file_path, c.kind, c.embedding
+SELECT c.id, f.path, c.kind, c.embedding
   FROM file_chunks c
   JOIN project_files f ON f.id = c.file_id
   JOIN projects p ON p.id = c.project_id
@@ -126,9 +126,9 @@ SELECT c.id, f.file_path, c.kind, c.embedding
 """
 RECENT_COMMANDS = """
 SELECT l.id, p.name AS project, l.task_id, l.kind, l.agent_id,
-       COALESCE(l.proposed_command, NULLIF(concat_ws(' ', l.tool_name, l.tool_input::text), ''), l.prompt, '')
+       COALESCE(l.command, NULLIF(concat_ws(' ', l.tool_name, l.tool_input::text), ''), l.prompt, '')
            AS command,
-       l.created_at, o.success, o.return_code, o.duration_ms
+       l.executed_at, o.success, o.return_code, o.duration_ms
   FROM command_log l
   LEFT JOIN projects p ON p.id = l.project_id
   LEFT JOIN LATERAL (
@@ -137,7 +137,7 @@ SELECT l.id, p.name AS project, l.task_id, l.kind, l.agent_id,
   ) o ON true
  WHERE (%(project)s::text IS NULL OR p.name = %(project)s)
    AND (%(task_id)s::text IS NULL OR l.task_id = %(task_id)s)
- ORDER BY l.created_at DESC, l.id DESC
+ ORDER BY l.executed_at DESC, l.id DESC
  LIMIT %(limit)s
 """
 

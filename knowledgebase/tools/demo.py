@@ -246,7 +246,7 @@ def seed_project(
         if isinstance(line, SkippedFact):
             skipped.append(line)
             continue
-        same = [f for f in list_facts(db, project=report.project, label=fact.label) if f.value == fact.value]
+        same = [f for f in list_facts(db, project=report.project, label=fact.label) if f.fact_value == fact.value]
         if same:
             recorded.append(same[0])
             continue
@@ -300,10 +300,9 @@ def run_demo(
     if not prompt.strip():
         raise InputError("the demo prompt is empty; say what you want context for")
     root = resolve_root(path) if path is not None else default_demo_root()
-    url = database_url(settings)
-    upgrade(url)
+    upgrade(database_url(settings, owner=True))
     embedder = embedder or embedder_from_settings(settings)
-    with open_database(settings, url=url) as db:
+    with open_database(settings) as db:
         seeded = seed_project(db, embedder, root, settings=settings, progress=progress)
         pack = build_context(
             db,

@@ -84,7 +84,7 @@ def chunk_embeddings(db: Database, project: str | None = None, *, limit: int = 5
     vectors = np.asarray([row.embedding.to_numpy() for row in rows], dtype=np.float32)
     return ChunkEmbeddings(
         ids=tuple(row.id for row in rows),
-        paths=tuple(row.file_path for row in rows),
+        paths=tuple(row.path for row in rows),
         kinds=tuple(row.kind for row in rows),
         vectors=vectors.reshape(len(rows), dimension),
     )
