@@ -2,7 +2,8 @@
 
 One process per store (KB_HOME, database, model) listens on a Unix socket (see
 ``warm_protocol.server_address``). The first hook that finds none starts it detached; it exits after
-``KB_SERVE_IDLE_TIMEOUT`` seconds without a request, or on ``kb serve --stop``. A lock file makes
+``KB_SERVE_IDLE_TIMEOUT`` seconds without a request, on ``kb serve --stop`` or ``kb db stop``, or
+within 5 seconds once its KB_HOME is deleted. A lock file makes
 sure two hooks starting it at once end up with one process.
 
 Requests are one JSON header line followed by a body: for ``hook``, the hook's stdin verbatim (the
@@ -364,9 +365,15 @@ def serve(settings: Settings, env: Mapping[str, str], *, idle_timeout_s: float |
 
 
 def _watch_idle(server: WarmServer, stop: threading.Event) -> None:
+    home = server.store.settings.home
+    watch_home = home.is_dir()
     while not stop.wait(min(5.0, max(server.idle_timeout_s / 4, 0.1))):
         if server.idle_for() >= server.idle_timeout_s:
             log.info("idle for %.0fs: stopping", server.idle_timeout_s)
+            server.shutdown()
+            return
+        if watch_home and not home.is_dir():  # its store was deleted: nobody can reach it again
+            log.info("KB_HOME %s is gone: stopping", home)
             server.shutdown()
             return
 
