@@ -225,6 +225,8 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._last_activity = time.monotonic()
         self._active = 0
         self._lock = threading.Lock()
+        # a store under a KB_HOME that exists now: once it is deleted, nobody can reach this process again
+        self.watch_home = store.settings.home.is_dir()
         super().__init__(address, _Handler)
 
     def touch(self) -> None:
@@ -366,13 +368,12 @@ def serve(settings: Settings, env: Mapping[str, str], *, idle_timeout_s: float |
 
 def _watch_idle(server: WarmServer, stop: threading.Event) -> None:
     home = server.store.settings.home
-    watch_home = home.is_dir()
     while not stop.wait(min(5.0, max(server.idle_timeout_s / 4, 0.1))):
         if server.idle_for() >= server.idle_timeout_s:
             log.info("idle for %.0fs: stopping", server.idle_timeout_s)
             server.shutdown()
             return
-        if watch_home and not home.is_dir():  # its store was deleted: nobody can reach it again
+        if server.watch_home and not home.is_dir():
             log.info("KB_HOME %s is gone: stopping", home)
             server.shutdown()
             return
