@@ -19,7 +19,7 @@ from knowledgebase.errors import ConfigError
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 # tokens of context handed to an agent per prompt, counted in the embedding model's tokenizer
 DEFAULT_CONTEXT_BUDGET = 1500
-EMBED_BACKENDS = ("torch", "onnx", "openvino", "openvino-bf16")
+EMBED_BACKENDS = ("auto", "torch", "onnx", "openvino", "openvino-bf16")
 
 
 def _default_home() -> Path:
@@ -52,8 +52,9 @@ class Settings:
     home: Path
     database_url: str | None = None
     embed_model: str = DEFAULT_EMBED_MODEL
-    embed_backend: str = "torch"
+    embed_backend: str = "auto"  # chosen at run time: knowledgebase.embedding.models.choose_backend
     embed_batch_size: int = 32
+    model_cache_dir: Path | None = None  # KB_MODEL_CACHE; see model_cache
     max_file_bytes: int = 1_000_000
     chunk_tokens: int = 256
     ingest_batch_chunks: int = 256
@@ -75,7 +76,7 @@ class Settings:
         """Build settings from ``env`` (default: ``os.environ``)."""
         env = os.environ if env is None else env
         home = Path(env["KB_HOME"]).expanduser() if env.get("KB_HOME") else _default_home()
-        backend = env.get("KB_EMBED_BACKEND", "torch") or "torch"
+        backend = env.get("KB_EMBED_BACKEND", "auto") or "auto"
         if backend not in EMBED_BACKENDS:
             raise ConfigError(f"KB_EMBED_BACKEND={backend!r} is not one of {', '.join(EMBED_BACKENDS)}")
         return cls(
@@ -84,6 +85,7 @@ class Settings:
             embed_model=env.get("KB_EMBED_MODEL") or DEFAULT_EMBED_MODEL,
             embed_backend=backend,
             embed_batch_size=_int(env, "KB_EMBED_BATCH_SIZE", 32, minimum=1),
+            model_cache_dir=Path(env["KB_MODEL_CACHE"]).expanduser() if env.get("KB_MODEL_CACHE") else None,
             max_file_bytes=_int(env, "KB_MAX_FILE_BYTES", 1_000_000, minimum=1),
             chunk_tokens=_int(env, "KB_CHUNK_TOKENS", 256, minimum=64),
             ingest_batch_chunks=_int(env, "KB_INGEST_BATCH_CHUNKS", 256, minimum=1),
@@ -100,6 +102,16 @@ class Settings:
             gemini_bin=env.get("KB_GEMINI_BIN") or "gemini",
             gemini_model=env.get("KB_GEMINI_MODEL") or "gemini-2.5-flash",
         )
+
+    @property
+    def model_cache(self) -> Path:
+        """Where the embedding model's ONNX export is cached: ``KB_MODEL_CACHE``, else the user's cache
+        folder (shared by every KB_HOME of the user: the export depends only on the model's files)."""
+        if self.model_cache_dir is not None:
+            return self.model_cache_dir
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("knowledgebase", appauthor=False)) / "models"
 
     @property
     def pgdata(self) -> Path:

@@ -5,6 +5,7 @@ Adapters (CLI, hooks, MCP) turn these into one clean line; any other exception i
 
     KnowledgebaseError
     ├── ConfigError              bad setting or environment variable
+    │   └── UnsafeSocket         the warm process's socket is where another user could reach it
     ├── DatabaseError
     │   ├── DatabaseUnavailable  server down, wrong URL, authentication failed
     │   ├── ExtensionMissing     pgvector not installed on an external server
@@ -32,6 +33,10 @@ class KnowledgebaseError(Exception):
 
 class ConfigError(KnowledgebaseError):
     """A setting or environment variable has an unusable value."""
+
+
+class UnsafeSocket(ConfigError):
+    """The warm process's socket lies where another user could reach it, or answered as another user."""
 
 
 class DatabaseError(KnowledgebaseError):

@@ -2,13 +2,14 @@
 
     .venv/bin/python scripts/populate_context.py PROJECT_PATH "PROMPT" [--project NAME] [--budget TOKENS] [--task ID]
 
-The index refresh is incremental (``knowledgebase.index.ingest.populate_project``): only new or changed
-files are read and only new chunks embedded. The context printed on stdout is what an agent gets for
-the prompt (``knowledgebase.search.context.build_context``): the project's code chunks and facts ranked by
-similarity, exact-identifier matches, confidence and recency, as Markdown that cites file and line range
-or fact id and confidence, within the token budget (default ``KB_CONTEXT_BUDGET``); it is recorded in
-``context_log``. A one-line summary of the refresh goes to stderr. Exit code 1 with one line on stderr
-on any error the user can fix (bad path, bad budget, database unreachable, model mismatch).
+The index refresh is incremental (``knowledgebase.index.ingest.populate_project``): only new or changed files
+are read and only new chunks embedded (the model loads only then). The prompt is embedded by the warm process
+(``kb serve``) when it runs, so a refresh with nothing new takes well under a second. The context printed on
+stdout is what an agent gets for the prompt (``knowledgebase.search.context.build_context``): the project's
+code chunks and facts ranked by similarity, exact-identifier matches, confidence and recency, as Markdown that
+cites file and line range or fact id and confidence, within the token budget (default ``KB_CONTEXT_BUDGET``);
+it is recorded in ``context_log``. A one-line summary of the refresh goes to stderr. Exit code 1 with one line
+on stderr on any error the user can fix (bad path, bad budget, database unreachable, model mismatch).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def populate_context(
     from knowledgebase.config import get_settings
     from knowledgebase.db import open_database
     from knowledgebase.embedding import embedder_from_settings
+    from knowledgebase.gemini.warm_embedder import query_embedder
     from knowledgebase.index.ingest import populate_project
     from knowledgebase.index.scanning import resolve_root
     from knowledgebase.search.context import build_context
@@ -50,12 +52,13 @@ def populate_context(
         raise InputError(f"--budget must be a positive number of tokens, not {budget}")
     root = resolve_root(path)
     settings = get_settings()
-    embedder = embedder_from_settings(settings)
     with open_database(settings) as db:
-        report = populate_project(db, embedder, root, project=project, settings=settings)
+        # the indexing model loads only if something changed; the prompt is embedded by the warm
+        # process when it runs (else by the fastest-starting backend, which then starts it)
+        report = populate_project(db, embedder_from_settings(settings), root, project=project, settings=settings)
         pack = build_context(
             db,
-            embedder,
+            query_embedder(settings),
             prompt,
             project=report.project,
             task_id=task_id,

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `kb search` / `kb context` subprocesses would start a warm process that outlives the test; the tests
+# of that path (test_cli_warm.py) turn it on for themselves
+os.environ.setdefault("KB_WARM", "off")
 
 import psycopg
 import pytest
@@ -24,7 +27,7 @@ from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.db.schema import TABLES, upgrade
 from tests.gemini_harness import fake_gemini_server, gemini_cli, gemini_home  # noqa: F401  (shared fixtures)
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
 
 TEST_DB = "kb_test"
 _counter = itertools.count()
@@ -91,6 +94,12 @@ def db_url(migrated_url: str) -> str:
     with psycopg.connect(migrated_url, autocommit=True) as conn:
         conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(tables))
     return migrated_url
+
+
+@pytest.fixture
+def agent_db_url(db_url: str) -> str:
+    """The clean test database, reached as the least-privilege agent login (as `kb` reaches it by default)."""
+    return as_agent(db_url)
 
 
 @pytest.fixture

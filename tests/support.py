@@ -56,3 +56,14 @@ class HashingEmbedder:
 
     def count_tokens(self, text: str) -> int:
         return count_tokens("all-MiniLM-L6-v2", text)
+
+
+def as_agent(url: str) -> str:
+    """``url`` with the login `kb` and the agents use by default on the embedded server (``kb_agent_login``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from knowledgebase.db.embedded import AGENT_LOGIN
+
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{AGENT_LOGIN}@{host}"))

@@ -14,6 +14,13 @@ from knowledgebase.coordination import audit, taskqueue
 from knowledgebase.coordination.spool import flush_spool, load_spooled, pending_files, spool_command
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, NotFound
+from tests.support import as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 GOOGLE_KEY = "AIza" + "SyA1234567890abcdefghijklmnopqrstuv"
 GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
@@ -136,7 +143,9 @@ def test_bad_input_is_refused_and_nothing_is_written(db: Database, conn: psycopg
     assert _count(conn, "command_log") == _count(conn, "usage_log") == _count(conn, "tasks") == 0
 
 
-def test_the_audit_tables_are_append_only(db: Database, admin_url: str) -> None:
+def test_the_audit_tables_are_append_only(db: Database, migrated_url: str) -> None:
+    """Even for the tables' owner, outside maintenance mode (the agent role has no UPDATE or DELETE at all)."""
+    owner = Database(migrated_url, max_size=1)
     project_id = None
     with db.connection() as conn:
         project_id = store.ensure_project(conn, "alpha").id
@@ -151,20 +160,23 @@ def test_the_audit_tables_are_append_only(db: Database, admin_url: str) -> None:
         "UPDATE command_log SET task_id = 'T-2'",  # re-pointing a reference is a change too
     ]
     for statement in refusals:
-        with db.connection() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+        with owner.connection() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute(statement)
             pytest.fail(f"not refused: {statement}")
     # deleting what an entry refers to clears the reference (ON DELETE SET NULL), the entry stays
     with db.connection() as conn:
         store.delete_project(conn, "alpha")
+    with owner.connection() as conn:  # agents do not delete tasks; the owner may
         conn.execute("DELETE FROM tasks WHERE id = 'T-1'")
+    owner.close()
     with db.connection() as conn:
         row = conn.execute("SELECT task_id, project_id, command FROM command_log").fetchone()
         assert row == (None, None, "ls")
         assert _count(conn, "command_output") == _count(conn, "usage_log") == 1
 
 
-def test_only_the_tables_owner_can_prune_in_maintenance_mode(db: Database, admin_url: str) -> None:
+def test_only_the_tables_owner_can_prune_in_maintenance_mode(migrated_url: str, db_url: str) -> None:
+    db = Database(migrated_url, max_size=2)  # the owner (here a superuser)
     audit.log_command(db, command="ls", stdout="a", return_code=0)
     role = "kb_test_agent_role"
     with psycopg.connect(db.url, autocommit=True) as admin:
@@ -187,6 +199,7 @@ def test_only_the_tables_owner_can_prune_in_maintenance_mode(db: Database, admin
         with psycopg.connect(db.url, autocommit=True) as admin:
             admin.execute(sql.SQL("REVOKE ALL ON command_log, command_output FROM {}").format(sql.Identifier(role)))
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        db.close()
 
 
 def test_spooled_entries_keep_their_time_and_are_flushed_once(db: Database, tmp_path: Path) -> None:

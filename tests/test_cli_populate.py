@@ -12,9 +12,15 @@ from knowledgebase.cli import cli
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.index.ingest import populate_project
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
 from tests.test_cli_store import _env, run_kb
 from tests.test_ingest import function
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 
 def _project(root: Path) -> Path:

@@ -20,7 +20,9 @@ def kb(db: Database, db_url: str, real_embedder, monkeypatch: pytest.MonkeyPatch
     """Run ``kb`` in-process against the test database, with the session's loaded model."""
     import knowledgebase.embedding
 
-    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda settings: real_embedder)
+    monkeypatch.setattr(
+        knowledgebase.embedding, "embedder_from_settings", lambda settings, purpose="index": real_embedder
+    )
     monkeypatch.chdir(tmp_path)  # not inside any indexed project
     with db.connection() as conn:
         index_files(conn, real_embedder, "alpha", SOURCES)

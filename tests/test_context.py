@@ -13,7 +13,13 @@ from knowledgebase.facts import add_fact
 from knowledgebase.ranking import DEFAULT_WEIGHTS
 from knowledgebase.search.context import build_context
 from tests.retrieval_support import SOURCES, index_files
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:-]*(\s[^<>]*)?/?>")
 LONG_FUNCTION = "def export_report(rows):\n" + "".join(

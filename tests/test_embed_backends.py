@@ -190,7 +190,40 @@ def test_settings_pick_the_backend(backend: str, tmp_path: Path) -> None:
 
     assert embedder.backend == backend and embedder.batch_size == 8 and embedder.name == MODEL
     if isinstance(embedder, OnnxEmbedder):
-        assert embedder.cache_dir == tmp_path.resolve() / "models"
+        assert embedder.cache_dir == settings.model_cache
+
+
+def test_the_export_cache_is_shared_by_every_kb_home_unless_kb_model_cache_says(tmp_path: Path) -> None:
+    one = Settings.from_env({"KB_HOME": str(tmp_path / "a")})
+    two = Settings.from_env({"KB_HOME": str(tmp_path / "b")})
+    assert one.model_cache == two.model_cache and tmp_path not in one.model_cache.parents
+    mine = Settings.from_env({"KB_HOME": str(tmp_path / "a"), "KB_MODEL_CACHE": str(tmp_path / "cache")})
+    assert mine.model_cache == tmp_path / "cache"
+
+
+@pytest.mark.parametrize(
+    ("installed", "bf16", "purpose", "expected"),
+    [
+        ({"onnxruntime", "openvino"}, True, "index", "openvino-bf16"),
+        ({"onnxruntime", "openvino"}, False, "index", "openvino"),
+        ({"onnxruntime", "openvino"}, True, "query", "onnx"),
+        ({"onnxruntime"}, True, "index", "torch"),  # measured: onnx indexes no faster than torch
+        ({"openvino"}, True, "query", "openvino-bf16"),
+        (set(), True, "query", "torch"),
+    ],
+)
+def test_auto_picks_the_measured_fastest_backend_for_the_work(
+    installed: set[str], bf16: bool, purpose: str, expected: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from knowledgebase.embedding import models
+
+    monkeypatch.setattr(models, "_installed", lambda module: module in installed)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: bf16)
+    settings = Settings.from_env({"KB_HOME": str(tmp_path)})
+    assert settings.embed_backend == "auto"
+    assert models.choose_backend(settings, purpose).backend == expected  # type: ignore[arg-type]
+    explicit = Settings.from_env({"KB_HOME": str(tmp_path), "KB_EMBED_BACKEND": "torch"})
+    assert models.choose_backend(explicit, purpose).backend == "torch"  # type: ignore[arg-type]
 
 
 def test_the_store_takes_backends_as_the_same_model(

@@ -14,7 +14,13 @@ from knowledgebase.facts import FactSource, add_fact, confirm_fact, forget_fact,
 from knowledgebase.ranking import DEFAULT_WEIGHTS
 from knowledgebase.search.retrieval import search
 from tests.retrieval_support import SOURCES, index_files
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 
 def count(db: Database, query: str = "SELECT count(*) FROM knowledge") -> int:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -35,16 +32,6 @@ def pool(db: Database) -> dict[str, str]:
     keypool.add_key(db, "a", env_var="KB_TEST_GEMINI_KEY_A", rpm=10, environ=SECRETS)
     keypool.add_key(db, "b", env_var="KB_TEST_GEMINI_KEY_B", rpm=10, environ=SECRETS)
     return {"a": SECRETS["KB_TEST_GEMINI_KEY_A"], "b": SECRETS["KB_TEST_GEMINI_KEY_B"]}
-
-
-@pytest.fixture
-def secure_home(settings: Settings) -> Iterator[Settings]:
-    """Settings whose KB_HOME is outside /tmp: Gemini CLI ignores a system-defaults file under a
-    world-writable folder, and the runner relies on one to stop the CLI retrying a 429 itself."""
-    home = Path.home() / ".cache" / "knowledgebase-tests" / f"home-{uuid.uuid4().hex[:8]}"
-    home.mkdir(mode=0o700, parents=True)
-    yield replace(settings, home=home)
-    shutil.rmtree(home, ignore_errors=True)
 
 
 def _secrets_stored(db: Database, secrets: dict[str, str]) -> list[str]:
@@ -101,7 +88,7 @@ def test_cli_way_with_a_scripted_model(
 @pytest.mark.gemini
 def test_cli_way_moves_to_another_key_after_a_429(
     db: Database,
-    secure_home: Settings,
+    settings: Settings,
     pool: dict[str, str],
     gemini_cli: Path,
     gemini_home: Path,
@@ -114,7 +101,7 @@ def test_cli_way_moves_to_another_key_after_a_429(
     run = run_gemini_command(
         db,
         "hello",
-        settings=replace(secure_home, gemini_bin=str(gemini_cli)),
+        settings=replace(settings, gemini_bin=str(gemini_cli)),  # KB_HOME under /tmp, wherever HOME is
         via="cli",
         task_id="T-2",
         use_context=False,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,12 +70,13 @@ def test_install_merges_hooks_and_mcp_server_keeping_everything_else(tmp_path: P
         assert args == ["-S", "-P", "-m", "knowledgebase.gemini.hook_client", event]
         assert Path(python).is_absolute() and Path(python) == Path(sys.executable).absolute()
         assert (Path(hook["env"]["PYTHONPATH"]) / "knowledgebase" / "gemini" / "hook_client.py").is_file()
-        assert hook["env"]["KB_DATABASE_URL"] == "postgresql://kb:s3cret@db.internal:5432/kb"
+        assert hook["env"]["KB_DATABASE_URL"] == "postgresql://kb@db.internal:5432/kb"  # the password: PGPASSFILE
+        assert hook["env"]["PGPASSFILE"] == str(tmp_path / "kbhome" / "pgpass")
         assert hook["env"]["KB_HOME"] == str(tmp_path / "kbhome")
         assert hook["timeout"] >= 10_000
     server = doc["mcpServers"][MCP_SERVER_NAME]
     assert Path(server["command"]).is_absolute() and server["args"] == ["mcp"]
-    assert server["env"]["KB_DATABASE_URL"].startswith("postgresql://kb:")
+    assert server["env"]["KB_DATABASE_URL"] == "postgresql://kb@db.internal:5432/kb"
     assert "_" not in MCP_SERVER_NAME  # Gemini CLI names tools mcp_<server>_<tool>
 
 
@@ -191,3 +195,87 @@ def test_the_installed_hook_command_runs_and_fails_open(tmp_path: Path, wiring: 
     )
     assert proc.returncode == 0 and json.loads(proc.stdout) == {}
     assert b"not valid JSON" in proc.stderr
+
+
+# --- the database password stays out of settings.json and its backups ---
+
+
+def _fake_server_capturing_the_password() -> tuple[socket.socket, list[str]]:
+    """A listener that speaks just enough of the PostgreSQL protocol to ask for a cleartext password."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[str] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while True:  # SSLRequest / GSSENCRequest first: refuse them, then the startup message
+                (length,) = struct.unpack("!i", conn.recv(4, socket.MSG_WAITALL))
+                body = conn.recv(length - 4, socket.MSG_WAITALL)
+                if struct.unpack("!i", body[:4])[0] in (80877103, 80877104):
+                    conn.sendall(b"N")
+                    continue
+                break
+            conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+            kind = conn.recv(1, socket.MSG_WAITALL)
+            (length,) = struct.unpack("!i", conn.recv(4, socket.MSG_WAITALL))
+            password = conn.recv(length - 4, socket.MSG_WAITALL)
+            received.append(kind.decode() + password.rstrip(b"\0").decode())
+            message = b"SFATAL\0C28P01\0Mpassword captured by the test\0\0"
+            conn.sendall(b"E" + struct.pack("!i", len(message) + 4) + message)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, received
+
+
+def test_the_password_goes_to_a_private_password_file_never_into_settings_or_backups(tmp_path: Path) -> None:
+    listener, received = _fake_server_capturing_the_password()
+    port = listener.getsockname()[1]
+    url = f"postgresql://kb:s3cr%3At@127.0.0.1:{port}/kb?sslmode=disable"
+    wiring = wiring_for(Settings(home=tmp_path / "kbhome", database_url=url))
+    # a world-readable settings.json that an older install filled with the password
+    old = {
+        **USER_SETTINGS,
+        "mcpServers": {MCP_SERVER_NAME: {"command": "/x/kb", "args": ["mcp"], "env": {"KB_DATABASE_URL": url}}},
+    }
+    path = _write(tmp_path / ".gemini" / "settings.json", old)
+    path.chmod(0o644)
+    change = install_gemini(path, wiring)
+    assert "s3cr" not in path.read_text()
+    assert change.backup is not None and change.backup.stat().st_mode & 0o777 == 0o600  # it holds the old password
+    pgpass = tmp_path / "kbhome" / "pgpass"
+    assert pgpass.stat().st_mode & 0o777 == 0o600
+    assert pgpass.read_text() == f"127.0.0.1:{port}:kb:kb:s3cr\\:t\n"
+    install_gemini(path, wiring)  # again: one line per server, database and user
+    assert pgpass.read_text().count("\n") == 1
+    # libpq finds the password with what settings.json hands the hooks
+    env = json.loads(path.read_text())["mcpServers"][MCP_SERVER_NAME]["env"]
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError, match="password captured by the test"):
+        psycopg.connect(env["KB_DATABASE_URL"], connect_timeout=5, passfile=env["PGPASSFILE"])
+    assert received == ["ps3cr:t"]
+    listener.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "bare", "line"),
+    [
+        ("postgresql://kb@db/kb", "postgresql://kb@db/kb", None),
+        ("postgresql://kb:pw@db/kb?sslmode=require", "postgresql://kb@db/kb?sslmode=require", "db:*:kb:kb:pw"),
+        (
+            "postgresql://kb@db/kb?password=pw&application_name=a",
+            "postgresql://kb@db/kb?application_name=a",
+            "db:*:kb:kb:pw",
+        ),
+        ("host=db user=kb password=pw dbname=kb", "host=db user=kb dbname=kb", "db:*:kb:kb:pw"),
+    ],
+    ids=["no-password", "in-userinfo", "in-query", "keyword-string"],
+)
+def test_split_password(url: str, bare: str, line: str | None) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from knowledgebase.db.connect import split_password
+
+    stripped, entry = split_password(url)
+    assert entry == line and conninfo_to_dict(stripped) == conninfo_to_dict(bare)
+    assert stripped.startswith("postgresql://") == url.startswith("postgresql://")  # a URL stays a URL

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +22,11 @@ import pytest
 from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
+from knowledgebase.errors import UnsafeSocket
 from knowledgebase.facts import add_fact
 from knowledgebase.gemini import serve
 from knowledgebase.gemini.warm_embedder import WarmProcessEmbedder
-from knowledgebase.gemini.warm_protocol import server_address
+from knowledgebase.gemini.warm_protocol import check_peer, private_socket_dir, server_address
 
 BIN = Path(sys.executable).parent
 SESSION = "5e55-10n"
@@ -101,6 +104,8 @@ def test_database_down_fails_open_quickly_after_a_cold_start(hook_env: dict[str,
     assert second.returncode == 0 and json.loads(second.stdout) == {}
     cold, warm = hook_log(hook_env)
     assert " cold fail-open " in cold and " warm fail-open " in warm
+    logs = Path(hook_env["KB_HOME"]) / "logs"
+    assert [oct(p.stat().st_mode & 0o777) for p in (logs / "hooks.log", logs / "serve.log")] == ["0o600", "0o600"]
 
 
 def test_cold_start_then_warm_calls_log_and_inject_context(
@@ -234,3 +239,148 @@ def test_settings_written_before_the_layout_change_still_run_the_hook(hook_env: 
     )
     assert done.returncode == 0 and json.loads(done.stdout) == {}
     assert b"unknown hook event 'NoSuchEvent'" in done.stderr
+
+
+# --- the socket belongs to this user: its directory, and the process on the other end ---
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="another uid can only be taken by root")
+
+# listens on argv[1] as another user (bound as root, then setuid before listen: SO_PEERCRED reports the
+# listener's uid at listen()), and prints how many bytes a client sent it
+IMPOSTOR = """
+import os, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+os.setgid(65534); os.setuid(65534)
+sock.listen(1)
+print("listening", flush=True)
+sock.settimeout(30)
+conn, _ = sock.accept()
+conn.settimeout(5)
+received = b""
+try:
+    while chunk := conn.recv(65536):
+        received += chunk
+except OSError:
+    pass
+print(len(received), flush=True)
+try:
+    conn.sendall(b'{"ok": true, "output": {"hookSpecificOutput": {"additionalContext": "injected"}}}')
+except OSError:
+    pass
+"""
+
+
+@as_root
+def test_the_hook_sends_nothing_to_a_warm_process_of_another_user(hook_env: dict[str, str]) -> None:
+    address = server_address(hook_env)
+    os.makedirs(os.path.dirname(address), mode=0o700)
+    impostor = subprocess.Popen([sys.executable, "-c", IMPOSTOR, address], stdout=subprocess.PIPE, text=True)
+    try:
+        assert impostor.stdout is not None and impostor.stdout.readline().strip() == "listening"
+        result = run_hook(hook_env, "BeforeAgent", json.dumps({**PAYLOAD, "prompt": "my secret prompt"}))
+        assert result.returncode == 0 and json.loads(result.stdout) == {}  # no injected context
+        assert f"runs as uid {NOBODY}, not {os.getuid()}".encode() in result.stderr
+        out, _ = impostor.communicate(timeout=30)
+        assert out.strip() == "0"  # not one byte of the prompt
+    finally:
+        impostor.kill()
+        impostor.wait()
+
+
+@as_root
+def test_a_socket_directory_of_another_user_is_refused(hook_env: dict[str, str]) -> None:
+    address = server_address(hook_env)
+    run_dir = os.path.dirname(address)
+    os.makedirs(run_dir, mode=0o700)
+    os.chown(run_dir, NOBODY, NOBODY)
+    try:
+        result = run_hook(hook_env, "BeforeAgent", json.dumps({**PAYLOAD, "prompt": "hello"}))
+        assert result.returncode == 0 and json.loads(result.stdout) == {}
+        assert f"belongs to uid {NOBODY}, not to you".encode() in result.stderr
+        assert os.listdir(run_dir) == []  # no warm process was started there either
+        with pytest.raises(UnsafeSocket, match="belongs to uid"):
+            serve.serve(Settings.from_env(hook_env), hook_env, idle_timeout_s=1)
+        with pytest.raises(UnsafeSocket, match="belongs to uid"):
+            serve.request(hook_env, "status")
+    finally:
+        os.chown(run_dir, 0, 0)
+
+
+def test_a_socket_directory_others_may_write_into_is_refused_and_a_readable_one_tightened(tmp_path: Path) -> None:
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    with pytest.raises(UnsafeSocket, match="writable by other users"):
+        private_socket_dir(str(loose), create=True)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    with pytest.raises(UnsafeSocket, match="not a plain directory"):
+        private_socket_dir(str(link), create=False)
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    readable.chmod(0o755)  # a KB_HOME/run made before the check: nobody else could have written there
+    private_socket_dir(str(readable), create=True)
+    assert readable.stat().st_mode & 0o777 == 0o700
+    fresh = tmp_path / "a" / "fresh"
+    private_socket_dir(str(fresh), create=True)
+    assert fresh.stat().st_mode & 0o777 == 0o700 and fresh.stat().st_uid == os.getuid()
+
+
+def test_a_deep_kb_home_puts_the_socket_in_a_private_directory(
+    hook_env: dict[str, str], tmp_path: Path
+) -> None:
+    hook_env["KB_HOME"] = str(tmp_path / ("d" * 120))
+    hook_env.pop("XDG_RUNTIME_DIR", None)
+    address = server_address(hook_env)
+    assert os.path.dirname(address) == f"/tmp/kb-{os.getuid()}"
+    hook_env["XDG_RUNTIME_DIR"] = str(tmp_path / "xdg")
+    assert server_address(hook_env) == str(tmp_path / "xdg" / "kb" / os.path.basename(address))
+
+
+def test_the_peer_check_names_the_other_uid() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        check_peer(left)  # this process on both ends
+        with pytest.raises(UnsafeSocket, match=f"runs as uid {os.getuid()}, not {os.getuid() + 1}"):
+            check_peer(left, expected_uid=os.getuid() + 1)
+
+
+@as_root
+def test_the_warm_process_answers_nothing_to_a_client_of_another_user(tmp_path: Path) -> None:
+    import tempfile
+
+    from tests.support import HashingEmbedder
+
+    # opened up for this test only (tmp_path is private), so that another uid can reach the socket
+    run_dir = Path(tempfile.mkdtemp(prefix="kb-peer-", dir="/tmp"))
+    run_dir.chmod(0o711)
+    address = str(run_dir / "serve.sock")
+    server = serve.WarmServer(address, serve.WarmStore(Settings(home=tmp_path), HashingEmbedder()), 600)
+    os.chmod(address, 0o666)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    client = (
+        "import os, socket, sys\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+        's.sendall(b\'{"op": "status"}\\n\'); s.shutdown(socket.SHUT_WR)\n'
+        "data = b''\n"
+        "try:\n"
+        "    while chunk := s.recv(65536): data += chunk\n"
+        "except ConnectionResetError: pass\n"
+        "print(repr(data))\n"
+    )
+    try:
+        other = subprocess.run([sys.executable, "-c", client, address], capture_output=True, text=True, timeout=30)
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "b''"
+        as_me = client.replace("os.setgid(65534); os.setuid(65534)\n", "")
+        mine = subprocess.run([sys.executable, "-c", as_me, address], capture_output=True, text=True, timeout=30)
+        assert '"ok": true' in mine.stdout and '"pid"' in mine.stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+        os.unlink(address)
+        run_dir.rmdir()

@@ -21,7 +21,13 @@ from knowledgebase.facts import add_fact, list_facts
 from knowledgebase.gemini import session as gemini_session
 from knowledgebase.gemini.hooks import HookCall, handle_hook
 from knowledgebase.gemini.serve import WarmStore
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 SESSION = "0ba55aab-067b-41ab-8c43-e6ef7fee655e"
 TASK = f"gemini-{SESSION}"

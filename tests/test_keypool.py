@@ -15,6 +15,13 @@ import pytest
 from knowledgebase.coordination import keypool
 from knowledgebase.db import Database
 from knowledgebase.errors import CapacityExhausted, ConfigError, InputError, NotFound
+from tests.support import as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 SECRET_A = "AIza" + "SyKEY-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 SECRET_B = "AIza" + "SyKEY-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"

@@ -20,7 +20,13 @@ from knowledgebase.db import Database
 from knowledgebase.facts import list_facts
 from knowledgebase.gemini import session as gemini_session
 from knowledgebase.gemini.mcp_server import McpServices, build_server
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 TASK = "gemini-mcp-session"
 TOOLS = {"search", "get_context", "remember", "confirm_fact", "forget_fact", "recent_commands"}

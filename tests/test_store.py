@@ -8,7 +8,13 @@ import pytest
 
 from knowledgebase import store
 from knowledgebase.errors import InputError, ModelMismatch, NotFound
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 
 def test_projects(conn: psycopg.Connection) -> None:

@@ -9,6 +9,13 @@ from knowledgebase import store
 from knowledgebase.coordination import taskqueue
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, LeaseError, NotFound
+from tests.support import as_agent
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb` and the agents reach the store by default: the least-privilege agent login."""
+    return as_agent(db_url)
 
 
 def _expire_lease(db: Database, task_id: str) -> None:

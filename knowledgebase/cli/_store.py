@@ -48,13 +48,14 @@ def open_db(database_url: str | None) -> Iterator[Database]:
 
 @contextmanager
 def open_store(database_url: str | None) -> Iterator[tuple[Settings, Database, Embedder]]:
-    """Settings, an open database and the configured embedder, for one command."""
+    """Settings, an open database and an embedder for a command that embeds a few texts: the warm
+    process's model when it runs, else one that loads fast (``gemini.warm_embedder.query_embedder``)."""
     from knowledgebase.db import open_database
-    from knowledgebase.embedding import embedder_from_settings
+    from knowledgebase.gemini.warm_embedder import query_embedder
 
     settings = settings_from(database_url)
     with open_database(settings) as db:
-        yield settings, db, embedder_from_settings(settings)
+        yield settings, db, query_embedder(settings)
 
 
 def default_project(db: Database, explicit: str | None) -> str | None:

@@ -46,11 +46,10 @@ def demo(path: str | None, prompt: str | None, as_json: bool, database_url: str 
 
 
 def _result_json(result: DemoResult) -> dict[str, Any]:
-    from knowledgebase.cli.retrieval import pack_json
     from knowledgebase.util.jsonable import to_jsonable
 
     seeded = result.seeded
-    context = pack_json(result.context)
+    context = result.context.to_json()
     for item, data in zip(result.context.items, context["items"], strict=True):
         data["explain"] = item.parts.explain()
     return {

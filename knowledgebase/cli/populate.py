@@ -92,7 +92,7 @@ def reembed(missing: bool, database_url: str | None, as_json: bool) -> None:
     if missing:
         _index_missing(settings, embedder, as_json)
         return
-    with open_database(settings) as db:
+    with open_database(settings, owner=True) as db:  # retyping columns and building indexes: the owner's work
         if as_json:
             report = reembed_store(db, embedder)
         else:
@@ -196,6 +196,7 @@ def _print_summary(report: PopulateReport) -> None:
     timings = report.timings
     rate = f" ({report.chunks_embedded / timings.embed:.1f} chunks/s)" if timings.embed else ""
     table.add_row("time", f"{timings.total:.1f} s, embedding {timings.embed:.1f} s{rate}")
+    table.add_row("embedding backend", report.backend)
     Console().print(table)
 
 

@@ -20,7 +20,6 @@ from knowledgebase.cli._store import (
 )
 
 if TYPE_CHECKING:
-    from knowledgebase.search.context import ContextPack
     from knowledgebase.search.hits import Hit
 
 KIND_CHOICES = ("chunk", "fact", "command", "all")
@@ -92,31 +91,25 @@ def search(
       kb search "database pool" -l                # files only
       kb search "test command" --kind fact --json | jq '.[0].fact_value'
     """
-    from knowledgebase import store
     from knowledgebase.errors import InputError
-    from knowledgebase.search.retrieval import DEFAULT_KINDS, KINDS
-    from knowledgebase.search.retrieval import search as run_search
+    from knowledgebase.search.hits import DEFAULT_KINDS, KINDS
 
     if sum((files_only, vimgrep, as_json, as_jsonl)) > 1:
         raise InputError("choose one output: --json, --jsonl, --files-with-matches (-l) or --vimgrep")
     query = read_text_argument(query)
     age = parse_age(since)
     chosen = KINDS if "all" in kinds else (kinds or DEFAULT_KINDS)
-    with open_store(database_url) as (_, db, embedder):
-        scope = default_project(db, project)
-        hits = run_search(
-            db,
-            embedder,
-            query,
-            project=scope,
-            task_id=task_id,
-            kinds=chosen,
-            path_glob=path_glob,
-            since=age,
-            limit=limit,
-        )
-        with db.connection() as conn:
-            roots = {p.name: p.root_path for p in store.list_projects(conn)}
+    args = {
+        "query": query,
+        "project": project,
+        "cwd": os.path.realpath(os.getcwd()),
+        "kinds": list(chosen),
+        "path_glob": path_glob,
+        "task_id": task_id,
+        "since_s": age.total_seconds() if age is not None else None,
+        "limit": limit,
+    }
+    hits, scope, roots = _search_hits(args, database_url)
     if scope is None:
         say_searching_everywhere()
     if as_json or as_jsonl:
@@ -127,6 +120,38 @@ def search(
         click.echo("No hits.", err=True)
         return
     _print_hits(hits, roots, scope, explain=explain, files_only=files_only, vimgrep=vimgrep)
+
+
+def _search_hits(
+    args: dict[str, Any], database_url: str | None
+) -> tuple[list[Hit], str | None, dict[str, str | None]]:
+    """The hits for ``args``, the project searched (None: all) and every project's root: from the warm
+    process when it runs, else searched in this process."""
+    from knowledgebase.cli._warm import ask_warm_process
+    from knowledgebase.search.hits import hit_from_wire
+
+    answer = ask_warm_process("search", args, database_url)
+    if answer is not None:
+        return [hit_from_wire(hit) for hit in answer["hits"]], answer.get("project"), answer.get("roots") or {}
+    from knowledgebase import store
+    from knowledgebase.search.retrieval import search as run_search
+
+    with open_store(database_url) as (_, db, embedder):
+        scope = default_project(db, args["project"])
+        hits = run_search(
+            db,
+            embedder,
+            args["query"],
+            project=scope,
+            task_id=args["task_id"],
+            kinds=tuple(args["kinds"]),
+            path_glob=args["path_glob"],
+            since=timedelta(seconds=args["since_s"]) if args["since_s"] is not None else None,
+            limit=args["limit"],
+        )
+        with db.connection() as conn:
+            roots = {p.name: p.root_path for p in store.list_projects(conn)}
+    return hits, scope, roots
 
 
 def _print_hits(
@@ -176,20 +201,6 @@ def display_path(hit: Hit, roots: dict[str, str | None], here: str) -> str | Non
     return os.path.relpath(full, here) if inside else full
 
 
-def pack_json(pack: ContextPack) -> dict[str, Any]:
-    from knowledgebase.util.jsonable import to_jsonable
-
-    return {
-        "text": pack.text,
-        "token_count": pack.token_count,
-        "budget": pack.budget,
-        "project": pack.project,
-        "task_id": pack.task_id,
-        "record_id": pack.record_id,
-        "items": [to_jsonable(item) for item in pack.items],
-    }
-
-
 @click.command()
 @click.argument("prompt")
 @project_option
@@ -214,25 +225,44 @@ def context(
       kb context "How do I run the tests?"
       git diff | kb context - --budget 800 --json
     """
-    from knowledgebase.search.context import build_context
+    from knowledgebase.cli._store import settings_from
+    from knowledgebase.cli._warm import ask_warm_process
 
     prompt = read_text_argument(prompt)
-    with open_store(database_url) as (settings, db, embedder):
-        scope = default_project(db, project)
-        pack = build_context(
-            db,
-            embedder,
-            prompt,
-            project=scope,
-            task_id=task_id,
-            budget=settings.context_budget if budget is None else budget,
-            record=not no_record,
-        )
+    settings = settings_from(database_url)
+    chosen_budget = settings.context_budget if budget is None else budget
+    args: dict[str, Any] = {
+        "prompt": prompt,
+        "project": project,
+        "cwd": os.path.realpath(os.getcwd()),
+        "task_id": task_id,
+        "budget": chosen_budget,
+        "record": not no_record,
+    }
+    answer = ask_warm_process("context", args, database_url)
+    if answer is not None:
+        data: dict[str, Any] = answer["pack"]
+        scope = answer.get("project")
+    else:
+        from knowledgebase.search.context import build_context
+
+        with open_store(database_url) as (_, db, embedder):
+            scope = default_project(db, project)
+            pack = build_context(
+                db,
+                embedder,
+                prompt,
+                project=scope,
+                task_id=task_id,
+                budget=chosen_budget,
+                record=not no_record,
+            )
+        data = pack.to_json()
     if scope is None:
         say_searching_everywhere()
     if as_json:
-        print_json(pack_json(pack))
-    elif pack.text:
-        click.echo(pack.text, nl=False)
+        print_json(data)
+    elif data["text"]:
+        click.echo(data["text"], nl=False)
     else:
         click.echo("No context: nothing relevant is indexed yet (run `kb populate PATH`).", err=True)

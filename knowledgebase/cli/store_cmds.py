@@ -26,7 +26,7 @@ def init(database_url: str | None, as_json: bool) -> None:
     from knowledgebase.db.schema import SCHEMA_REVISION, upgrade
 
     settings = settings_from(database_url)
-    url = resolve_url(settings)
+    url = resolve_url(settings, owner=True)
     upgrade(url)
     if as_json:
         print_json({"database_url": redact_url(url), "schema_revision": SCHEMA_REVISION})
@@ -45,10 +45,15 @@ def status(database_url: str | None, as_json: bool) -> None:
       kb status --json | jq .row_counts
     """
     from knowledgebase.db.status import store_status
+    from knowledgebase.embedding import choose_backend
+    from knowledgebase.util.jsonable import to_jsonable
 
-    report = store_status(settings_from(database_url))
+    settings = settings_from(database_url)
+    report = store_status(settings)
+    choice = choose_backend(settings, "index")
+    backend = f"{choice.backend} ({choice.reason})"
     if as_json:
-        print_json(report)
+        print_json({**to_jsonable(report), "embed_backend": choice.backend, "embed_backend_reason": choice.reason})
         return
     console = Console()
     table = Table(show_header=False, box=None)
@@ -61,6 +66,7 @@ def status(database_url: str | None, as_json: bool) -> None:
     model = f"{report.embedding_model} ({report.embedding_dimension} dims)" if report.embedding_model else "none yet"
     table.add_row("stored model", model)
     table.add_row("configured model", report.configured_model)
+    table.add_row("embedding backend", backend)
     console.print(table)
     if any(report.waiting.values()):
         files, facts = report.waiting.get("files", 0), report.waiting.get("facts", 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from knowledgebase.errors import DatabaseUnavailable, ExtensionMissing, first_line
 
@@ -33,6 +33,34 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = (parts.username or "") + ":***"
     return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password, and the libpq password-file line (``host:port:db:user:password``)
+    that supplies it again; ``(url, None)`` when it has none. Takes URLs and ``key=value`` strings."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    if not password:
+        return url, None
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}@{hostport}" if userinfo else hostport
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"])
+        bare = urlunsplit(parts._replace(netloc=netloc, query=query))
+    else:
+        bare = make_conninfo(**{k: str(v) for k, v in params.items()})
+    host = str(params.get("host") or "localhost")
+    fields = [
+        "*" if "," in host else host,
+        str(params.get("port") or "*"),
+        str(params.get("dbname") or "*"),
+        str(params.get("user") or "*"),
+        str(password),
+    ]
+    return bare, ":".join(f.replace("\\", "\\\\").replace(":", "\\:") for f in fields)
 
 
 def is_connection_failure(exc: BaseException) -> bool:

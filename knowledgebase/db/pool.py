@@ -26,11 +26,16 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 
-def database_url(settings: Settings) -> str:
-    """The URL to connect to: KB_DATABASE_URL, or the embedded server (started if needed)."""
+def database_url(settings: Settings, *, owner: bool = False) -> str:
+    """The URL to connect to: KB_DATABASE_URL, or the embedded server (started if needed).
+
+    On the embedded server, the least-privilege agent login, or with ``owner`` the tables' owner (for
+    migrations and other schema changes). An external URL is used as given: its roles are the
+    operator's (README, "Running on your own server: roles and grants")."""
     if settings.database_url:
         return settings.database_url
-    return ensure_server(settings.pgdata).url()
+    server = ensure_server(settings.pgdata)
+    return server.url() if owner else server.agent_url()
 
 
 class Database:
@@ -95,12 +100,14 @@ def open_database(
     url: str | None = None,
     pool_timeout: float = 30,
     check_connections: bool = False,
+    owner: bool = False,
 ) -> Database:
-    """Open a pool on the configured database after checking it is usable (pool options as ``Database``).
+    """Open a pool on the configured database after checking it is usable (pool options as ``Database``);
+    ``owner``: as the tables' owner (see ``database_url``), for schema changes.
 
     Raises DatabaseUnavailable, ExtensionMissing or SchemaMismatch with a message that says what to do.
     """
-    url = url or database_url(settings)
+    url = url or database_url(settings, owner=owner)
     with connect(url) as conn, database_errors(url):
         if check_schema:
             verify_schema(conn)

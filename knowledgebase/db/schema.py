@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The head revision this code expects; tests assert it equals alembic's head.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 # pg_advisory_xact_lock key held while migrating ("kbschema" in ASCII).
 MIGRATION_LOCK_KEY = 0x6B62736368656D61
 MIN_PGVECTOR = (0, 7)
@@ -90,10 +90,21 @@ def head_revision() -> str:
 
 
 def current_revision(conn: psycopg.Connection) -> str | None:
-    """The revision the database is at, or None for an empty database."""
-    exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
+    """The revision the database is at, or None for an empty database.
+
+    A login that may not read it (the agent role before revision 0004 granted it anything) gets
+    SchemaMismatch saying to run `kb init`."""
+    exists = conn.execute(
+        "SELECT to_regclass('alembic_version') IS NOT NULL,"
+        " has_table_privilege(to_regclass('alembic_version'), 'SELECT')"
+    ).fetchone()
     if not exists or not exists[0]:
         return None
+    if not exists[1]:
+        raise SchemaMismatch(
+            f"{conn.info.user} may not read this database's schema revision: run `kb init` (as the tables' owner) "
+            "to grant the agent role its rights (README, 'Running on your own server: roles and grants')"
+        )
     row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     return row[0] if row else None
 

@@ -11,13 +11,15 @@ names below from ``knowledgebase.embedding``.
 """
 
 from knowledgebase.embedding.base import Embedder, count_tokens, load_tokenizer, model_path
-from knowledgebase.embedding.models import bind_model, embedder_from_settings
+from knowledgebase.embedding.models import BackendChoice, bind_model, choose_backend, embedder_from_settings
 from knowledgebase.embedding.sentence_transformer import SentenceTransformerEmbedder
 
 __all__ = [
+    "BackendChoice",
     "Embedder",
     "SentenceTransformerEmbedder",
     "bind_model",
+    "choose_backend",
     "count_tokens",
     "embedder_from_settings",
     "load_tokenizer",

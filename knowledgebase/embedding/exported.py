@@ -3,7 +3,8 @@
 ``KB_EMBED_BACKEND=onnx``, ``openvino`` or ``openvino-bf16`` selects them (see ``embedder_from_settings`` in
 ``knowledgebase.embedding``). The first use exports the sentence-transformers model (transformer, pooling
 and normalisation, so any pooling the model configures is inside the graph) with torch into a cache under
-``KB_HOME/models/<model>-<hash>/``; later uses, in any process, load the cached file and never import torch.
+``Settings.model_cache/<model>-<hash>/`` (the user cache folder, or ``KB_MODEL_CACHE``); later uses, in any
+process, load the cached file and never import torch.
 Texts are tokenised with the model's own fast tokenizer (saved beside the graph), truncated to the
 model's ``max_seq_length`` and batched by length, as sentence-transformers does.
 
@@ -201,7 +202,8 @@ def ensure_export(name: str, cache_root: Path) -> ExportedModel:
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=cache_root))
     try:
-        log.info("exporting embedding model %s to ONNX in %s (once)", name, directory)
+        # a one-time step of tens of seconds: say so where a person may be waiting (stderr, the logs)
+        print(f"kb: exporting the embedding model {name} to ONNX, once (about 20 s), into {directory}", file=sys.stderr)
         _export(name, staging)
         staging.chmod(0o755)  # mkdtemp made it private; the cache is as readable as KB_HOME
         try:

@@ -17,6 +17,7 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model run by torch (fp32, CPU), loaded on first use, batched and normalised."""
 
     backend = "torch"
+    runs_on = "torch fp32"
 
     def __init__(self, name: str = DEFAULT_EMBED_MODEL, *, batch_size: int = 32) -> None:
         self._name = name

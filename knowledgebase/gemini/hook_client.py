@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 
 from knowledgebase.gemini.warm_protocol import PROTOCOL, HookFailure, connect_warm_process, exchange, log_path
+from knowledgebase.util.private_files import open_private_log
 
 HOOK_EVENTS = ("SessionStart", "BeforeAgent", "AfterTool", "AfterAgent", "SessionEnd")
 # The timeout `kb gemini install` writes for each hook (ms). Events that need the embedding model
@@ -108,10 +109,8 @@ def _log(env: Mapping[str, str], event: str, session: str, state: str, status: s
     note = " ".join(note.split())
     line = f"{stamp} {event} session={session} {state} {status} {elapsed_ms:.0f}ms {note}".rstrip() + "\n"
     try:
-        path = log_path(env)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        with open_private_log(log_path(env)) as handle:
+            handle.write(line.encode("utf-8", "backslashreplace"))
     except Exception as exc:
         sys.stderr.write(f"kb-hook: cannot write the hook log: {exc}\n")
 

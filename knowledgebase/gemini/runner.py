@@ -7,10 +7,9 @@
    - ``via="cli"``: the Gemini CLI headless, ``gemini -p PROMPT -m MODEL -o json`` with the key as
      ``GEMINI_API_KEY`` and the context on stdin (the CLI puts stdin before the prompt); token usage
      comes from the ``stats`` of its JSON output. The CLI retries a 429 on the same key up to 10
-     times by default; so that the pool can switch keys instead, the run points
-     ``GEMINI_CLI_SYSTEM_DEFAULTS_PATH`` at a file under KB_HOME holding ``general.maxAttempts: 1``
-     (defaults rank below user settings, and nothing is done when the variable is set already or
-     the machine has a system defaults file).
+     times by default; so that the pool can switch keys instead, the run hands the CLI
+     ``general.maxAttempts: 1`` in a copy of the user's settings (``knowledgebase.gemini.cli_home``:
+     the only layer the CLI reads whatever the files' owner and folder; a user who set the value keeps it).
    - ``via="sdk"``: the ``google-genai`` SDK's ``generate_content`` with the key.
 4. A 429 puts the key into cooldown (the delay the server suggests, else KB_KEY_COOLDOWN_SECONDS) and
    the request is retried with another key, up to ``max_attempts`` requests.
@@ -21,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,17 +36,19 @@ from knowledgebase.coordination import keypool
 from knowledgebase.coordination.audit import log_exchange, log_usage
 from knowledgebase.db import Database, transaction
 from knowledgebase.errors import CapacityExhausted, InputError, ModelCallError
+from knowledgebase.gemini.cli_home import cli_home
 
 if TYPE_CHECKING:
     import psycopg
 
     from knowledgebase.embedding import Embedder
 
+log = logging.getLogger("knowledgebase.gemini.runner")
+
 VIAS = ("cli", "sdk")
 # the answer is not known in advance: reserve this many tokens for it when acquiring a key
 ESTIMATED_RESPONSE_TOKENS = 1024
 MAX_PROMPT_ARG_BYTES = 100_000  # Linux refuses a single argument over 128 KiB
-SYSTEM_DEFAULTS = Path("/etc/gemini-cli/system-defaults.json")
 CLI_EXIT_REASONS = {
     41: "authentication failed (is the key valid? is security.auth.selectedType gemini-api-key?)",
     42: "the CLI refused its input",
@@ -138,17 +140,6 @@ def _cli_usage(stats: Mapping[str, Any], model: str) -> tuple[str, int, int, int
     return (next(iter(models), model) if len(models) == 1 else model), prompt, response, total or prompt + response
 
 
-def cli_defaults_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
-    """``GEMINI_CLI_SYSTEM_DEFAULTS_PATH`` pointing at ``general.maxAttempts: 1``, unless the machine has its own."""
-    if environ.get("GEMINI_CLI_SYSTEM_DEFAULTS_PATH") or SYSTEM_DEFAULTS.exists():
-        return {}
-    path = settings.home / "gemini" / "system-defaults.json"
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.write_text(json.dumps({"general": {"maxAttempts": 1}}) + "\n")
-    return {"GEMINI_CLI_SYSTEM_DEFAULTS_PATH": str(path)}
-
-
 def call_cli(
     prompt: str,
     *,
@@ -164,7 +155,10 @@ def call_cli(
 ) -> ModelReply:
     """One headless Gemini CLI run; RateLimited on a 429, ModelCallError on any other failure."""
     base_env = os.environ if environ is None else environ
-    env = {**base_env, **cli_defaults_env(settings, base_env), "GEMINI_API_KEY": secret}
+    home = cli_home(settings, base_env)
+    if home.warning:
+        log.warning("%s", home.warning)
+    env = {**base_env, **home.env, "GEMINI_API_KEY": secret}
     if base_url:
         env["GOOGLE_GEMINI_BASE_URL"] = base_url
     stdin, arg = (context or ""), prompt

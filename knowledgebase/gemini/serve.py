@@ -9,9 +9,11 @@ sure two hooks starting it at once end up with one process.
 Requests are one JSON header line followed by a body: for ``hook``, the hook's stdin verbatim (the
 answer is ``{"ok": bool, "output": {...}, "error": str, "note": str}``); for ``embed``, a JSON list of
 texts (the answer carries their ``vectors``: the MCP server borrows the model instead of loading its own);
-``status`` and ``shutdown`` have no body. The database is opened lazily
-and, after a failure, not retried for a few seconds, so a database that is down costs each hook
-milliseconds, not a connection timeout.
+for ``search`` and ``context``, a JSON object of the command's arguments (``kb search`` and ``kb context``
+as new processes ask here first, so they import neither the model nor psycopg: the answer carries the
+hits, ``hits.hit_to_wire``, or the pack, ``ContextPack.to_json``); ``status`` and ``shutdown`` have no
+body. The database is opened lazily and, after a failure, not retried for a few seconds, so a database
+that is down costs each hook milliseconds, not a connection timeout.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from knowledgebase.config import Settings
-from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError, first_line
-from knowledgebase.gemini.warm_protocol import PROTOCOL, server_address
+from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError, UnsafeSocket, first_line
+from knowledgebase.gemini.warm_protocol import PROTOCOL, check_peer, private_socket_dir, server_address
 
 if TYPE_CHECKING:
     from knowledgebase.db import Database
@@ -201,6 +203,11 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         self.server.touch()
         try:
+            check_peer(self.request)
+        except UnsafeSocket as exc:  # another user reached the socket: it learns nothing, not even the error
+            log.warning("refused a connection: %s", exc)
+            return
+        try:
             header = json.loads(self.rfile.readline())
             body = self.rfile.read()
             answer = self.server.answer(header, body)
@@ -244,7 +251,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         if op == "shutdown":
             threading.Thread(target=self.shutdown, daemon=True).start()
             return {"ok": True}
-        if op not in ("hook", "embed"):
+        if op not in ("hook", "embed", "search", "context"):
             return {"ok": False, "error": f"unknown request {op!r}"}
         if header.get("protocol") != PROTOCOL:
             return {
@@ -255,7 +262,11 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self._active += 1
             self.requests += 1
         try:
-            return self._answer_embed(header, body) if op == "embed" else self._answer_hook(header, body)
+            if op == "embed":
+                return self._answer_embed(header, body)
+            if op in ("search", "context"):
+                return self._answer_query(op, body)
+            return self._answer_hook(header, body)
         finally:
             with self._lock:
                 self._active -= 1
@@ -276,6 +287,54 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "dimension": embedder.dimension,
             "vectors": [[float(x) for x in v] for v in vectors],
         }
+
+    def _answer_query(self, op: str, body: bytes) -> dict[str, Any]:
+        """``kb search`` or ``kb context`` for a command-line process (arguments as its options)."""
+        from datetime import timedelta
+
+        from knowledgebase import store
+        from knowledgebase.search.context import build_context
+        from knowledgebase.search.hits import hit_to_wire
+        from knowledgebase.search.retrieval import search
+
+        args = json.loads(body)
+        try:
+            db = self.store.database()
+            project = args.get("project")
+            if project is None and args.get("cwd"):
+                with db.connection() as conn:
+                    found = store.project_for_path(conn, str(args["cwd"]))
+                project = found.name if found is not None else None
+            if op == "context":
+                pack = build_context(
+                    db,
+                    self.store.embedder(),
+                    str(args["prompt"]),
+                    project=project,
+                    task_id=args.get("task_id"),
+                    budget=args.get("budget"),
+                    record=bool(args.get("record", True)),
+                )
+                return {"ok": True, "project": project, "pack": pack.to_json()}
+            since = args.get("since_s")
+            hits = search(
+                db,
+                self.store.embedder(),
+                str(args["query"]),
+                project=project,
+                task_id=args.get("task_id"),
+                kinds=tuple(args["kinds"]),
+                path_glob=args.get("path_glob"),
+                since=timedelta(seconds=since) if since is not None else None,
+                limit=int(args["limit"]),
+            )
+            with db.connection() as conn:  # the command shows paths relative to where it runs
+                roots = {p.name: p.root_path for p in store.list_projects(conn)}
+        except KnowledgebaseError as exc:  # the command then runs in its own process and reports it
+            if isinstance(exc, DatabaseUnavailable):
+                self.store.database_failed(exc)
+            return {"ok": False, "error": first_line(exc)}
+        return {"ok": True, "project": project, "roots": roots, "hits": [hit_to_wire(hit) for hit in hits]}
 
     def _answer_hook(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
         from knowledgebase.gemini.hooks import HookCall, handle_hook
@@ -319,7 +378,6 @@ def _single_instance(address: str) -> Iterator[bool]:
     """Hold the lock of ``address``; yields False when another process holds it."""
     import fcntl
 
-    os.makedirs(os.path.dirname(address), exist_ok=True)
     with open(address + ".lock", "a+") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -336,6 +394,7 @@ def serve(settings: Settings, env: Mapping[str, str], *, idle_timeout_s: float |
     """Run the warm process in the foreground until idle or stopped. Returns False if one runs already."""
     address = server_address(env)
     idle = settings.serve_idle_timeout if idle_timeout_s is None else idle_timeout_s
+    private_socket_dir(os.path.dirname(address), create=True)  # UnsafeSocket if someone else holds it
     with _single_instance(address) as acquired:
         if not acquired:
             log.info("a warm process for %s runs already", address)
@@ -382,6 +441,7 @@ def _watch_idle(server: WarmServer, stop: threading.Event) -> None:
 def request(env: Mapping[str, str], op: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
     """Send a control request (``status``, ``shutdown``) to the warm process; None if none runs."""
     address = server_address(env)
+    private_socket_dir(os.path.dirname(address), create=False)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
@@ -390,6 +450,7 @@ def request(env: Mapping[str, str], op: str, timeout_s: float = 5.0) -> dict[str
         sock.close()
         return None
     with sock:
+        check_peer(sock)
         sock.sendall(json.dumps({"op": op}).encode() + b"\n")
         sock.shutdown(socket.SHUT_WR)
         data = b""

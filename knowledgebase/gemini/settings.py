@@ -6,7 +6,9 @@ and is idempotent: a second install replaces its own entries. ``uninstall_gemini
 those entries (and the containers they alone filled). A file that is not valid JSON is never
 touched. Every command is an absolute path to this installation's interpreter or executables, and the
 store's settings travel in each entry's ``env`` because Gemini CLI drops variables named like
-``*DATABASE_URL*`` from the environment it passes on.
+``*DATABASE_URL*`` from the environment it passes on. A database password never goes into the file:
+the entries get the URL without it and ``PGPASSFILE`` naming ``KB_HOME/pgpass`` (mode 0600), where
+libpq finds it. Backups are written with mode 0600 (one made before this rule may hold a password).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Wiring:
     python: Path
     package_root: Path
     env: dict[str, str]
+    # the password of the database URL, kept out of settings.json: a line of PGPASSFILE
+    password_file: Path | None = None
+    password_entry: str | None = None
 
     def hook_command(self, event: str) -> str:
         return f"{_quote(self.python)} -S -P -m knowledgebase.gemini.hook_client {event}"
@@ -105,12 +110,25 @@ def wiring_for(settings: Settings, *, bin_dir: Path | None = None) -> Wiring:
         "KB_EMBED_BACKEND": settings.embed_backend,
         "KB_CONTEXT_BUDGET": str(settings.context_budget),
     }
+    password_file = password_entry = None
     if settings.database_url:
-        env["KB_DATABASE_URL"] = settings.database_url
+        from knowledgebase.db.connect import split_password
+
+        env["KB_DATABASE_URL"], password_entry = split_password(settings.database_url)
+        if password_entry is not None:
+            password_file = settings.home / "pgpass"
+            env["PGPASSFILE"] = str(password_file)
     if settings.project:
         env["KB_PROJECT"] = settings.project
     package_root = Path(knowledgebase.__file__).resolve().parent.parent
-    return Wiring(kb_executable=kb, python=python, package_root=package_root, env=env)
+    return Wiring(
+        kb_executable=kb,
+        python=python,
+        package_root=package_root,
+        env=env,
+        password_file=password_file,
+        password_entry=password_entry,
+    )
 
 
 def read_settings(path: Path) -> dict[str, Any]:
@@ -222,7 +240,21 @@ def install_gemini(path: Path, wiring: Wiring, *, dry_run: bool = False) -> Sett
     """Merge the hooks and MCP server into ``path`` (backup first); with ``dry_run`` only report."""
     document = read_settings(path)
     merged = merged_document(document, wiring)
+    if not dry_run and wiring.password_file is not None and wiring.password_entry is not None:
+        _store_password(wiring.password_file, wiring.password_entry)
     return _apply(path, document, merged, "install", dry_run)
+
+
+def _store_password(path: Path, entry: str) -> None:
+    """Put ``entry`` into the password file at ``path`` (mode 0600), replacing the line of the same
+    host, port, database and user."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    kept = [line for line in lines if line.strip() and _pgpass_key(line) != _pgpass_key(entry)]
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_atomically(path, "\n".join([*kept, entry]) + "\n", mode=0o600)
 
 
 def uninstall_gemini(path: Path, *, dry_run: bool = False) -> SettingsChange:
@@ -239,7 +271,7 @@ def _apply(path: Path, before: dict[str, Any], after: dict[str, Any], action: st
         if path.exists():
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             backup = path.with_name(f"{path.name}.{stamp}.bak")
-            shutil.copy2(path, backup)
+            _copy_privately(path, backup)
         _write_atomically(path, json.dumps(after, indent=2, ensure_ascii=False) + "\n")
     source = after if action == "install" else before
     return SettingsChange(
@@ -254,9 +286,36 @@ def _apply(path: Path, before: dict[str, Any], after: dict[str, Any], action: st
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _pgpass_key(line: str) -> tuple[str, ...]:
+    """The host, port, database and user fields of a password-file line (``\\`` escapes ``:``)."""
+    fields: list[str] = []
+    current, escaped = "", False
+    for char in line:
+        if escaped:
+            current, escaped = current + char, False
+        elif char == "\\":
+            current, escaped = current + char, True
+        elif char == ":" and len(fields) < 4:
+            fields.append(current)
+            current = ""
+        else:
+            current += char
+    return tuple(fields)
+
+
+def _copy_privately(source: Path, backup: Path) -> None:
+    """A copy only its owner can read: the file may hold a password written by an older install."""
+    fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(source.read_bytes())
+    shutil.copystat(source, backup)
+    os.chmod(backup, 0o600)
+
+
+def _write_atomically(path: Path, text: str, *, mode: int | None = None) -> None:
     """Replace ``path`` in one rename, keeping its permissions (new files: owner only, they hold settings)."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

@@ -150,6 +150,7 @@ class PopulateReport:
     chunks_reused: int
     secrets_redacted: int
     timings: PopulateTimings
+    backend: str  # what embedded the chunks ("openvino bf16", "torch fp32"...), or why nothing was loaded
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,7 @@ class _Run:
             chunks_embedded=self.chunks_embedded,
             chunks_reused=self.chunks_reused,
             secrets_redacted=self.secrets_redacted,
+            backend=str(getattr(self.embedder, "runs_on", self.embedder.name)) if self.chunks_embedded else "unused",
             timings=PopulateTimings(
                 lock_wait=lock_wait,
                 scan=self.seconds["scan"],

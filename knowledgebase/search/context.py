@@ -31,6 +31,7 @@ from knowledgebase.errors import InputError
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
 from knowledgebase.search.hits import ChunkHit, FactHit, Hit
 from knowledgebase.search.retrieval import search
+from knowledgebase.util.jsonable import to_jsonable
 from knowledgebase.util.redact import redact
 
 DEFAULT_BUDGET = DEFAULT_CONTEXT_BUDGET
@@ -86,6 +87,18 @@ class ContextPack:
     project: str | None
     task_id: str | None
     record_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The pack as ``kb context --json`` prints it."""
+        return {
+            "text": self.text,
+            "token_count": self.token_count,
+            "budget": self.budget,
+            "project": self.project,
+            "task_id": self.task_id,
+            "record_id": self.record_id,
+            "items": [to_jsonable(item) for item in self.items],
+        }
 
 
 @dataclass(frozen=True)

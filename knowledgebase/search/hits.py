@@ -8,14 +8,18 @@ their citation and their JSON. ``to_json()`` is the one shape every adapter prin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from knowledgebase.ranking import ScoreParts
 from knowledgebase.util.jsonable import to_jsonable
+
+if TYPE_CHECKING:  # numpy only for the annotation: a process that only prints hits need not import it
+    import numpy as np
+
+KINDS = ("chunk", "fact", "command")  # what a search can return
+DEFAULT_KINDS = ("chunk", "fact")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,3 +164,24 @@ class CommandHit(Hit):
             "text": self.text,
         }
         return self._json(fields, explain)
+
+
+HIT_KINDS: dict[str, type[Hit]] = {cls.kind: cls for cls in (ChunkHit, FactHit, CommandHit)}
+
+
+def hit_to_wire(hit: Hit) -> dict[str, Any]:
+    """Every field of ``hit`` but its vector, as JSON values (what the warm process sends a command)."""
+    data = {f.name: getattr(hit, f.name) for f in fields(hit) if f.name != "vector"}
+    return {"kind": hit.kind, **to_jsonable(data)}
+
+
+def hit_from_wire(data: dict[str, Any]) -> Hit:
+    """The hit ``hit_to_wire`` described (ValueError for anything else)."""
+    try:
+        cls = HIT_KINDS[data["kind"]]
+        values = {k: v for k, v in data.items() if k != "kind"}
+        values["parts"] = ScoreParts(**values["parts"])
+        values["created_at"] = datetime.fromisoformat(values["created_at"])
+        return cls(**values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a search hit: {exc}") from None

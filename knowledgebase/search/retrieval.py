@@ -38,12 +38,10 @@ from knowledgebase.ranking import (
     mmr_order,
     score,
 )
-from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit, Hit
+from knowledgebase.search.hits import DEFAULT_KINDS, KINDS, ChunkHit, CommandHit, FactHit, Hit
 from knowledgebase.util.lexical import code_identifiers, search_terms, tsquery_from_terms
 from knowledgebase.util.pathglob import glob_to_regex
 
-KINDS = ("chunk", "fact", "command")
-DEFAULT_KINDS = ("chunk", "fact")
 MAX_LIMIT = 500
 # HNSW candidate list size; raised to the number of candidates asked for when that is larger.
 # Natural-language prompts sit far from every code chunk (top-1 cosine ~0.4, the 10th and 11th

@@ -300,10 +300,9 @@ def run_demo(
     if not prompt.strip():
         raise InputError("the demo prompt is empty; say what you want context for")
     root = resolve_root(path) if path is not None else default_demo_root()
-    url = database_url(settings)
-    upgrade(url)
+    upgrade(database_url(settings, owner=True))
     embedder = embedder or embedder_from_settings(settings)
-    with open_database(settings, url=url) as db:
+    with open_database(settings) as db:
         seeded = seed_project(db, embedder, root, settings=settings, progress=progress)
         pack = build_context(
             db,

@@ -1,2 +1,2 @@
 """Small helpers with no knowledgebase dependencies: redaction, lexical text, path globs, paths, processes,
-JSON values."""
+JSON values, private folders and logs."""
