@@ -39,7 +39,7 @@ def kb(db_url: str, fake_embedder: HashingEmbedder, monkeypatch: pytest.MonkeyPa
     """Run ``kb`` in-process against the test database; the current directory starts outside every project."""
     import knowledgebase.embedding
 
-    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda settings: fake_embedder)
+    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda settings, purpose="": fake_embedder)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     monkeypatch.chdir(outside)

@@ -96,7 +96,7 @@ def test_populate_of_an_empty_folder_says_the_project_is_empty(
 ) -> None:
     import knowledgebase.embedding
 
-    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda settings: fake_embedder)
+    monkeypatch.setattr(knowledgebase.embedding, "embedder_from_settings", lambda settings, purpose="": fake_embedder)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
