@@ -174,7 +174,7 @@ def _print_hits(
                 click.echo(f"{shown}:{hit.start_line}:1:{hit.score:.3f} {first[:200]}")
             continue
         where = f"{shown}:{hit.start_line}-{hit.end_line}" if isinstance(hit, ChunkHit) and shown else hit.citation()
-        prefix = f"[{hit.project or 'all projects'}] " if scope is None else ""
+        prefix = f"[{hit.project or 'no project'}] " if scope is None else ""
         title = prefix + where + (f"  {hit.symbol}" if isinstance(hit, ChunkHit) and hit.symbol else "")
         click.echo(click.style(f"{rank:>2}. {hit.score:.3f}  {title}", bold=True))
         if explain:
