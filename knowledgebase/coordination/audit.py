@@ -8,8 +8,9 @@ Writers (every value is redacted with ``knowledgebase.util.redact`` and NUL-free
 - ``log_command``         both at once, in one transaction (what ``kb exec`` and the shell hooks record)
 - ``log_usage``           token usage of a model request (``usage_log``)
 
-Reader: ``task_history(db, task_id)`` returns the task's log in order as plain JSON-able dicts, the
-shape of an agent's ``context['history']`` (see ``HistoryItem``), so a new agent can resume a task.
+Readers: ``task_history(db, task_id)`` returns the task's log in order as plain JSON-able dicts, the
+shape of an agent's ``context['history']`` (see ``HistoryItem``), so a new agent can resume a task;
+``recent_log(db, ...)`` the latest entries of the whole store, filtered (``kb log``).
 
 Append-only: there is no update or delete API, and a trigger on ``command_log``, ``command_output``
 and ``usage_log`` refuses UPDATE and DELETE for everyone (only clearing a reference to a deleted task,
@@ -33,6 +34,7 @@ from knowledgebase.errors import InputError, NotFound
 from knowledgebase.store.audit import (
     CommandLogEntry,
     CommandOutput,
+    LogRow,
     NewCommandLog,
     NewCommandOutput,
     NewUsage,
@@ -41,8 +43,10 @@ from knowledgebase.store.audit import (
     insert_command_log,
     insert_command_output,
     insert_usage,
+    list_log_history,
     list_task_history,
 )
+from knowledgebase.store.projects import get_project
 from knowledgebase.store.tasks import task_exists
 from knowledgebase.util.redact import redact, redact_value
 
@@ -433,6 +437,38 @@ def task_history(conn_or_db: ConnOrDb, task_id: str, *, limit: int | None = None
         if not rows and not task_exists(conn, task_id):
             raise NotFound(f"task {task_id!r} does not exist (see `kb tasks list`)")
     return [_history_item(row) for row in reversed(rows)]
+
+
+class LogItem(HistoryItem):
+    """A ``HistoryItem`` of any task, with its task and project (None: logged without one)."""
+
+    task_id: str | None
+    project: str | None
+
+
+def recent_log(
+    conn_or_db: ConnOrDb,
+    *,
+    task_id: str | None = None,
+    session_id: str | None = None,
+    project: str | None = None,
+    failed_only: bool = False,
+    limit: int = 20,
+) -> list[LogItem]:
+    """The last ``limit`` log entries (prompts, responses, commands with their outcome, tool calls)
+    matching every filter given, oldest first; ``failed_only`` keeps commands whose outcome failed."""
+    if limit < 1:
+        raise InputError(f"limit {limit} must be at least 1")
+    with transaction(conn_or_db) as conn:
+        project_id = get_project(conn, project).id if project is not None else None
+        rows = list_log_history(
+            conn, task_id=task_id, session_id=session_id, project_id=project_id, failed_only=failed_only, limit=limit
+        )
+    return [_log_item(row) for row in reversed(rows)]
+
+
+def _log_item(row: LogRow) -> LogItem:
+    return LogItem(**_history_item(row), task_id=row.task_id, project=row.project)
 
 
 def _history_item(row: TaskHistoryRow) -> HistoryItem:

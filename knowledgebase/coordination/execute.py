@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -374,7 +374,9 @@ def command_record(
     outcome = prepare_output(
         stdout=result.stdout.text,
         stderr=result.stderr.text,
-        return_code=result.return_code,
+        # a command that never started is logged with the shell's code for it (127 not found, 126
+        # not executable), the code `kb exec` exits with
+        return_code=result.exit_code if result.return_code is None else result.return_code,
         files_written=result.files_written,
         success=result.success,
         duration_ms=result.duration_ms,
@@ -403,11 +405,13 @@ def execute_shell_command(
     agent_mode: str | None = None,
     permissions: str | None = None,
     user_confirmation: bool | None = None,
+    project: str | None = None,
 ) -> ExecutionRecord:
     """Run ``command`` (see ``run_command``) and log it under ``task_id``; spool the entry if the database is down.
 
     ``db``: an open database to log to; by default one is opened from ``settings`` after the command
-    finished (so a slow or missing database never delays or stops the command).
+    finished (so a slow or missing database never delays or stops the command). The entry belongs to
+    ``project`` (a name), else to the indexed project whose root contains the working directory.
     """
     if task_id is not None and not task_id.strip():
         raise InputError("the task id must not be empty")
@@ -429,22 +433,33 @@ def execute_shell_command(
         permissions=permissions,
         user_confirmation=user_confirmation,
     )
-    return log_or_spool(record, result, settings=settings, db=db)
+    return log_or_spool(record, result, settings=settings, db=db, project=project)
 
 
 def log_or_spool(
-    record: CommandRecord, result: CommandResult, *, settings: Settings, db: Database | None = None
+    record: CommandRecord,
+    result: CommandResult,
+    *,
+    settings: Settings,
+    db: Database | None = None,
+    project: str | None = None,
 ) -> ExecutionRecord:
-    """Store ``record``, then replay anything spooled earlier; if the database is unreachable, spool it."""
+    """Store ``record``, then replay anything spooled earlier; if the database is unreachable, spool it.
+
+    A record without a project gets ``project`` (a name), else the indexed project containing the
+    command's working directory; a ``project`` that does not exist is left out, with a warning.
+    """
     from knowledgebase.coordination.spool import flush_spool, spool_command
 
     own = db is None
+    warning = None
     try:
         try:
             if db is None:
                 from knowledgebase.db import open_database
 
                 db = open_database(settings)
+            record, warning = _with_project(db, record, project, result.cwd)
             entry, _ = store_command(db, record)
         except DatabaseError as exc:
             reason = first_line(exc)
@@ -460,4 +475,24 @@ def log_or_spool(
     finally:
         if own and db is not None:
             db.close()
-    return ExecutionRecord(result, entry.id, None, None)
+    return ExecutionRecord(result, entry.id, None, warning)
+
+
+def _with_project(
+    db: Database, record: CommandRecord, project: str | None, cwd: str
+) -> tuple[CommandRecord, str | None]:
+    """``record`` attached to its project (see ``log_or_spool``), and a warning when ``project`` is unknown."""
+    from knowledgebase import store
+
+    if record.exchange.project_id is not None:
+        return record, None
+    with db.connection() as conn:
+        if project is not None:
+            found = store.find_project(conn, project)
+            if found is None:
+                return record, f"{store.unknown_project(conn, project)}; the command was logged without a project"
+        else:
+            found = store.project_for_path(conn, os.path.realpath(cwd))
+    if found is None:
+        return record, None
+    return replace(record, exchange=replace(record.exchange, project_id=found.id)), None

@@ -33,6 +33,7 @@ from knowledgebase.store.api_keys import (
 from knowledgebase.store.audit import (
     CommandLogEntry,
     CommandOutput,
+    LogRow,
     NewCommandLog,
     NewCommandOutput,
     NewUsage,
@@ -44,6 +45,7 @@ from knowledgebase.store.audit import (
     insert_usage,
     list_command_log,
     list_command_output,
+    list_log_history,
     list_task_history,
     list_usage,
 )
@@ -129,6 +131,7 @@ from knowledgebase.store.projects import (
     get_project_by_id,
     list_projects,
     project_for_path,
+    unknown_project,
 )
 from knowledgebase.store.search import (
     CandidateQuery,
@@ -146,11 +149,13 @@ from knowledgebase.store.stats import (
     ChunkVector,
     CommandOutcome,
     FileStat,
+    ProjectSummary,
     StoreCount,
     list_chunk_stats,
     list_chunk_vectors,
     list_command_outcomes,
     list_file_stats,
+    list_project_summaries,
     list_store_counts,
 )
 from knowledgebase.store.tasks import (
@@ -205,6 +210,7 @@ __all__ = [
     "KnowledgeText",
     "KnowledgeView",
     "LockedKey",
+    "LogRow",
     "NewChunk",
     "NewCommandLog",
     "NewCommandOutput",
@@ -213,6 +219,7 @@ __all__ = [
     "NewUsage",
     "Project",
     "ProjectFile",
+    "ProjectSummary",
     "RecentGrant",
     "StoreCount",
     "StoredChunk",
@@ -287,8 +294,10 @@ __all__ = [
     "list_key_usage",
     "list_knowledge",
     "list_knowledge_views",
+    "list_log_history",
     "list_minute_grants",
     "list_models",
+    "list_project_summaries",
     "list_projects",
     "list_store_counts",
     "list_task_history",
@@ -323,6 +332,7 @@ __all__ = [
     "supersede_knowledge",
     "task_exists",
     "unclaim_task",
+    "unknown_project",
     "update_file_stats",
     "upsert_api_key",
     "upsert_file",
