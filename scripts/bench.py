@@ -150,6 +150,17 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         bench_report.render_embedding,
         bench_report.headline_embedding,
     ),
+    Benchmark(
+        "redaction",
+        "Secret redaction: recall and false positives on the corpus, throughput",
+        "bench_redact.py",
+        "`redact` over tests/redaction_corpus.py (one case per secret format and structure, and ordinary "
+        "code that must stay), then MB/s on this package's source, its Markdown docs and a synthetic command log.",
+        "",
+        "--log-mb 1 --repeat 1",
+        bench_report.render_redaction,
+        bench_report.headline_redaction,
+    ),
 )
 
 

@@ -293,6 +293,30 @@ def headline_coordination(d: dict[str, Any]) -> str:
     )
 
 
+# ----- redaction ------------------------------------------------------------------------------------
+
+
+def render_redaction(d: dict[str, Any]) -> list[str]:
+    c = d["corpus"]
+    return [
+        f"Corpus: {c['true_positives']}/{c['positive_cases']} secrets cases redacted (recall {c['recall']:.1%}), "
+        f"{c['false_positives']}/{c['negative_cases']} ordinary cases changed (precision {c['precision']:.1%}).",
+        "",
+        *table(
+            ("text", "MB", "MB/s", "MB per CPU second"),
+            [(name, d["mb"][name], speed, d["mb_per_cpu_s"][name]) for name, speed in d["mb_per_s"].items()],
+        ),
+    ]
+
+
+def headline_redaction(d: dict[str, Any]) -> str:
+    c = d["corpus"]
+    return (
+        f"recall {c['recall']:.0%}, {c['false_positives']} false positives on the corpus; "
+        f"{d['mb_per_s']['package source']:.1f} MB/s on source code"
+    )
+
+
 # ----- embedding ------------------------------------------------------------------------------------
 
 

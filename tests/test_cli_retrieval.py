@@ -125,3 +125,44 @@ def test_errors_are_one_clean_line(db_url: str) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "kb: error: the search query is empty; say what you are looking for"
+
+
+def test_the_readme_fact_at_default_confidence_reaches_the_context(kb) -> None:  # type: ignore[no-untyped-def]
+    added = json.loads(kb("fact", "add", "test command", "tox -e py311", "--project", "alpha", "--json").output)
+    assert added["confidence_score"] == 0.5
+    pack = json.loads(kb("context", "how do I run the tests", "--project", "alpha", "--no-record", "--json").output)
+    facts = [item for item in pack["items"] if item["kind"] == "fact"]
+    assert [item["id"] for item in facts] == [added["id"]]
+    assert "tox -e py311" in pack["text"]
+    # the real model scores it below 0.3 once the default confidence (x0.75) is applied: the cutoff is
+    # on relevance, so that factor orders hits without leaving out a right answer
+    assert facts[0]["parts"]["relevance"] >= 0.3 > facts[0]["score"]
+
+
+def test_an_unrelated_fact_stays_out_of_the_context(kb) -> None:  # type: ignore[no-untyped-def]
+    kb("fact", "add", "db port", "5433", "--project", "alpha")
+    pack = json.loads(kb("context", "how do I run the tests", "--project", "alpha", "--no-record", "--json").output)
+    assert [item for item in pack["items"] if item["kind"] == "fact"] == []
+
+
+def test_superseding_says_so_and_keeps_the_higher_confidence_unless_given(kb) -> None:  # type: ignore[no-untyped-def]
+    first = json.loads(
+        kb("fact", "add", "test command", "make test", "--project", "alpha", "--confidence", "0.85", "--json").output
+    )
+    changed = kb("fact", "add", "test command", "tox -e py311", "--project", "alpha")
+    assert changed.exit_code == 0
+    assert f"supersedes #{first['id']} ('make test', confidence 0.85)" in changed.output
+    assert "It keeps confidence 0.85" in changed.output
+    current = json.loads(kb("fact", "list", "--project", "alpha", "--json").output)
+    assert [(f["fact_value"], f["confidence_score"], f["supersedes"]) for f in current] == [
+        ("tox -e py311", 0.85, [first["id"]])
+    ]
+    lowered = json.loads(
+        kb("fact", "add", "test command", "nox", "--project", "alpha", "--confidence", "0.4", "--json").output
+    )
+    assert lowered["confidence_score"] == 0.4 and lowered["supersedes"] == [current[0]["id"]]
+    # a restatement at a lower confidence never lowers it
+    again = json.loads(
+        kb("fact", "add", "test command", "Nox", "--project", "alpha", "--confidence", "0.1", "--json").output
+    )
+    assert again["id"] == lowered["id"] and again["confidence_score"] >= 0.4

@@ -66,11 +66,15 @@ def test_a_cold_search_starts_the_warm_process_and_the_next_one_is_answered_by_i
     warm = json.loads(_kb(warm_env, "search", QUERY, "--project", "alpha", "--json", "--limit", "3").stdout)
     assert [hit["citation"] for hit in warm] == expected
     assert warm[0].keys() == cold[0].keys() and warm[0]["text"] == cold[0]["text"]
+    assert warm[0]["project_root"] == cold[0]["project_root"] == "/src/alpha"
+    everywhere = _kb(warm_env, "search", QUERY, "--limit", "1")  # from /, in no project
+    assert "is not inside an indexed project: searched all projects" in everywhere.stderr
+    assert "[alpha] /src/alpha/src/mail.py:1-6" in everywhere.stdout
     explained = _kb(warm_env, "search", QUERY, "--project", "alpha", "--explain", "--limit", "1").stdout
     assert "similarity" in explained and expected[0] in explained
     pack = json.loads(_kb(warm_env, "context", "how are invoices emailed?", "--project", "alpha", "--json").stdout)
     assert "src/mail.py" in pack["text"] and pack["record_id"] is not None
-    assert _served_requests(warm_env) == before + 3  # the three commands (status requests are not counted)
+    assert _served_requests(warm_env) == before + 4  # the four commands (status requests are not counted)
 
 
 @pytest.mark.slow

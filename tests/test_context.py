@@ -117,7 +117,7 @@ def test_empty_store_gives_an_empty_block(db: Database, fake_embedder: HashingEm
 def test_min_score_leaves_out_weak_hits(alpha: Database, fake_embedder: HashingEmbedder) -> None:
     weights = DEFAULT_WEIGHTS.with_(min_score=0.3)
     pack = build_context(alpha, fake_embedder, "send invoice email", project="alpha", weights=weights)
-    assert pack.items and all(i.score >= 0.3 for i in pack.items)
+    assert pack.items and all(i.parts.relevance >= 0.3 for i in pack.items)
 
 
 def test_tag_like_fact_values_stay_in_code_spans(db: Database, fake_embedder: HashingEmbedder) -> None:

@@ -120,7 +120,8 @@ def test_execute_logs_the_command_and_its_outcome(settings: Settings, db: Databa
     assert output is not None and output["return_code"] == 4 and output["success"] is False
     assert output["stdout"] == "API_KEY=[REDACTED:secret]\n" and output["stderr"] == "oops\n"
     assert output["files_written"] == ["made.txt"] and output["duration_ms"] is not None
-    assert item["tool_input"] == {"argv": list(record.result.argv), "cwd": str(tmp_path.resolve())}
+    argv = ["sh", "-c", "echo 'API_KEY=[REDACTED:secret]'; echo oops >&2; touch made.txt; exit 4"]
+    assert item["tool_input"] == {"argv": argv, "cwd": str(tmp_path.resolve())}  # the key is redacted there too
 
 
 def test_kb_exec_streams_output_and_exits_with_the_commands_code(db_url: str, tmp_path: Path) -> None:

@@ -273,3 +273,15 @@ def test_populate_marks_facts_of_changed_code_stale_end_to_end(
     assert fresh.effective_confidence == pytest.approx(0.9, abs=1e-3)
     pack = build_context(db, fake_embedder, "pool size default connections", project="shop", record=False)
     assert f"fact #{stale.id}, confidence {stale.effective_confidence:.2f}, stale" in pack.text
+
+
+def test_a_correction_keeps_the_higher_confidence_unless_given(db: Database, fake_embedder: HashingEmbedder) -> None:
+    old = add_fact(db, fake_embedder, label="db port", value="5432", project="alpha", confidence=0.85)
+    new = add_fact(db, fake_embedder, label="db port", value="5433", project="alpha")
+    assert new.supersedes == (old.id,) and new.confidence_score == 0.85
+    stated = add_fact(db, fake_embedder, label="db port", value="5434", project="alpha", confidence=0.3)
+    assert stated.supersedes == (new.id,) and stated.confidence_score == 0.3
+    fresh = add_fact(db, fake_embedder, label="cache host", value="redis.internal", project="alpha")
+    assert fresh.confidence_score == 0.5
+    with pytest.raises(InputError, match="between 0 and 1"):
+        add_fact(db, fake_embedder, label="db port", value="1", project="alpha", confidence=1.5)

@@ -160,6 +160,38 @@ def test_prompts_and_commands_are_redacted_before_storing(services: WarmStore, d
     assert key not in stored and "[REDACTED:google-api-key]" in stored
 
 
+def test_tool_input_argv_flags_and_secret_keys_are_redacted_before_storing(
+    services: WarmStore, db: Database, project_dir: Path
+) -> None:
+    password, token = "hunter2-" "EXAMPLE", "tok-" "0123456789"
+    handle_hook(
+        services,
+        call(
+            "AfterTool",
+            project_dir,
+            tool_name="run_script",
+            tool_input={"argv": ["deploy", "--password", password, f"--api-key={token}"], "env": {"NPM_TOKEN": token}},
+            tool_response={"llmContent": "done"},
+        ),
+    )
+    handle_hook(
+        services,
+        call(
+            "AfterTool",
+            project_dir,
+            tool_name="run_shell_command",
+            tool_input={"command": f"API_TOKEN={token} ./deploy --password '{password}'"},
+            tool_response={"llmContent": f"Output: {'x' * 9000} aws_secret_access_key = {token}"},
+        ),
+    )
+    rows = log_rows(db)
+    stored = json.dumps([r.__dict__ for r in rows], default=str)
+    with db.connection() as conn:
+        stored += json.dumps([o.__dict__ for r in rows for o in store.list_command_output(conn, r.id)], default=str)
+    assert password not in stored and token not in stored
+    assert rows[0].tool_input["argv"][:3] == ["deploy", "--password", "[REDACTED:secret]"]
+
+
 def test_after_tool_logs_a_shell_command_with_output_and_exit_code(
     services: WarmStore, db: Database, project_dir: Path
 ) -> None:

@@ -29,7 +29,11 @@ def kb(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     return run
 
 
-def test_a_task_from_creation_to_done_with_its_history(kb) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_from_creation_to_done_with_its_history(kb, conn) -> None:  # type: ignore[no-untyped-def]
+    from knowledgebase import store
+
+    store.ensure_project(conn, "alpha")
+    conn.commit()
     created = kb("create", "T-1", "--title", "fix CI", "--context", '{"goal": "green"}', "--project", "alpha")
     assert created.returncode == 0 and created.stdout.strip() == "T-1"
     generated = kb("create", "--priority", "-1").stdout.strip()

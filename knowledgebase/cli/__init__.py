@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "context": "knowledgebase.cli.retrieval:context",
     "fact": "knowledgebase.cli.facts:fact",
     "exec": "knowledgebase.cli.exec_cmd:exec_command",
+    "log": "knowledgebase.cli.log_cmd:log",
+    "projects": "knowledgebase.cli.projects_cmds:projects",
     "audit": "knowledgebase.cli.audit_cmds:audit",
     "tasks": "knowledgebase.cli.tasks_cmds:tasks",
     "keys": "knowledgebase.cli.keys_cmds:keys",
@@ -37,11 +39,31 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# started by Gemini CLI (through `kb gemini install`), not by people: listed apart in `kb --help`
+INTERNAL_COMMANDS = ("hook", "serve", "mcp")
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands in two sections: what people run, and what Gemini CLI starts."""
+        sections: dict[str, list[tuple[str, str]]] = {"Commands": [], "Started by Gemini CLI (internal)": []}
+        names = self.list_commands(ctx)
+        limit = (formatter.width or 80) - 6 - max(len(name) for name in names)
+        for name in names:
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            section = "Started by Gemini CLI (internal)" if name in INTERNAL_COMMANDS else "Commands"
+            sections[section].append((name, command.get_short_help_str(limit=limit)))
+        for title, rows in sections.items():
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
@@ -59,7 +81,14 @@ def cli() -> None:
     """Shared memory for coding agents, on PostgreSQL + pgvector.
 
     With KB_DATABASE_URL unset, an embedded PostgreSQL under KB_HOME is started on demand.
-    Start with `kb init`, then `kb populate PATH` and `kb context "your prompt"`.
+    Every command has examples in its --help (`kb search --help`).
+
+    \b
+    Examples:
+      kb init && kb populate .          # index the current folder as a project
+      kb search "where is the retry policy configured"
+      kb context "How do I run the tests?"
+      kb projects list; kb log -n 5
     """
 
 

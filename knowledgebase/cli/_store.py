@@ -28,7 +28,7 @@ database_url_option = click.option(
 project_option = click.option(
     "--project",
     metavar="NAME",
-    help="Project to search (default: the indexed project containing the current directory, else all projects).",
+    help="Project to work in (default: the indexed project containing the current directory, else all projects).",
 )
 
 
@@ -59,13 +59,25 @@ def open_store(database_url: str | None) -> Iterator[tuple[Settings, Database, E
 
 
 def default_project(db: Database, explicit: str | None) -> str | None:
-    """``explicit``, else the indexed project whose root contains the current directory, else None."""
+    """``explicit`` if that project exists (NotFound with a did-you-mean if not), else the indexed project
+    whose root contains the current directory, else None (every project)."""
     import os
 
     from knowledgebase import store
 
-    if explicit is not None:
-        return explicit
     with db.connection() as conn:
+        if explicit is not None:
+            return store.get_project(conn, explicit).name
         project = store.project_for_path(conn, os.path.realpath(os.getcwd()))
     return project.name if project is not None else None
+
+
+def say_searching_everywhere() -> None:
+    """One line on stderr: the current directory is in no indexed project, so every project was searched."""
+    import os
+
+    click.echo(
+        f"kb: {os.path.realpath(os.getcwd())} is not inside an indexed project: searched all projects "
+        "(choose one with --project NAME; `kb projects list` shows them)",
+        err=True,
+    )

@@ -10,14 +10,24 @@ from knowledgebase.cli._store import database_url_option, settings_from
 
 @click.group()
 def audit() -> None:
-    """The audit log (command_log, command_output, usage_log)."""
+    """The audit log (command_log, command_output, usage_log).
+
+    \b
+    Example:
+      kb audit flush
+    """
 
 
 @audit.command()
 @database_url_option
 @json_option
 def flush(database_url: str | None, as_json: bool) -> None:
-    """Write the entries spooled under KB_HOME/spool while the database was unreachable."""
+    """Write the entries spooled under KB_HOME/spool while the database was unreachable.
+
+    \b
+    Example:
+      kb audit flush --json
+    """
     from knowledgebase.coordination.spool import flush_spool
     from knowledgebase.db import open_database
 

@@ -23,6 +23,11 @@ def demo(path: str | None, prompt: str | None, as_json: bool, database_url: str 
 
     Runs `kb init` first. A second run reuses the index and the facts, so it is quick and changes nothing.
     Installed from a package, PATH defaults to the current directory if it is a git work tree.
+
+    \b
+    Examples:
+      kb demo
+      kb demo ~/src/myapp --prompt "where is the retry policy configured?"
     """
     from knowledgebase.cli.retrieval import read_text_argument
     from knowledgebase.tools.demo import DEFAULT_PROMPT, run_demo

@@ -14,6 +14,11 @@ from knowledgebase.cli._store import database_url_option, settings_from
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("--task", "task_id", metavar="ID", help="Log the command under this task.")
+@click.option(
+    "--project",
+    metavar="NAME",
+    help="Log it in this project (default: the indexed project containing the current directory, if any).",
+)
 @click.option("--shell", is_flag=True, help="Run one string through /bin/sh -c (pipes, globs, &&).")
 @click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="Kill the command after SECONDS."
@@ -24,6 +29,7 @@ from knowledgebase.cli._store import database_url_option, settings_from
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_command(
     task_id: str | None,
+    project: str | None,
     shell: bool,
     timeout: float | None,
     no_track_files: bool,
@@ -38,8 +44,10 @@ def exec_command(
     KB_HOME/spool until `kb audit flush`.
 
     \b
-    kb exec --task T-42 -- pytest -x tests/
-    kb exec --shell -- 'make build 2>&1 | tail -n 20'
+    Examples:
+      kb exec --task T-42 -- pytest -x tests/
+      kb exec --shell -- 'make build 2>&1 | tail -n 20'
+      kb log --failed -n 5          # what failed lately
     """
     from knowledgebase.coordination.execute import execute_shell_command
     from knowledgebase.errors import InputError
@@ -53,6 +61,7 @@ def exec_command(
         stream=not quiet,
         track_files=not no_track_files,
         timeout=timeout,
+        project=project,
     )
     if record.result.error and record.result.return_code is None:
         click.echo(f"kb: {record.result.error}", err=True)

@@ -84,7 +84,14 @@ def _describe_source(fact: Fact) -> str:
 
 @click.group()
 def fact() -> None:
-    """Facts agents have learned: add, list, show, confirm, forget."""
+    """Facts agents have learned: add, list, show, confirm, forget.
+
+    \b
+    Examples:
+      kb fact add "test command" "tox -e py311"
+      kb fact list --stale
+      kb fact confirm 12
+    """
 
 
 @fact.command()
@@ -92,7 +99,13 @@ def fact() -> None:
 @click.argument("value")
 @project_option
 @click.option("--task", "task_id", metavar="ID", help="The task that learned it.")
-@click.option("--confidence", type=float, default=0.5, show_default=True, help="How sure, 0..1.")
+@click.option(
+    "--confidence",
+    type=float,
+    default=None,
+    help="How sure, 0..1 (default 0.5, or the confidence of the fact it supersedes when that is higher; "
+    "a restatement never lowers it).",
+)
 @click.option("--from-command", type=int, metavar="ID", help="Learned from this command_log entry.")
 @click.option("--from-file", metavar="PATH[:LINE]", help="Read from the chunk of this file covering LINE.")
 @click.option("--chunk-hash", metavar="HASH", help="With --from-file: the chunk's content hash instead of a line.")
@@ -106,7 +119,7 @@ def add(
     value: str,
     project: str | None,
     task_id: str | None,
-    confidence: float,
+    confidence: float | None,
     from_command: int | None,
     from_file: str | None,
     chunk_hash: str | None,
@@ -116,8 +129,18 @@ def add(
     as_json: bool,
     database_url: str | None,
 ) -> None:
-    """Record that LABEL is VALUE (a restatement reinforces it, a new value supersedes the old one)."""
-    from knowledgebase.facts import add_fact
+    """Record that LABEL is VALUE (a restatement reinforces it, a new value supersedes the old one).
+
+    Without --project the fact goes to the indexed project containing the current directory (else to
+    no project: visible from every project); a --project that does not exist is refused.
+
+    \b
+    Examples:
+      kb fact add "test command" "tox -e py311"
+      kb fact add "db port" 5433 --from-file docker-compose.yml:12 --confidence 0.9
+      kb fact add "deploy" "make release" --project infra --json
+    """
+    from knowledgebase.facts import DEFAULT_CONFIDENCE, add_fact, get_fact
 
     source = _source(from_command, from_file, chunk_hash, from_prompt)
     with open_store(database_url) as (_, db, embedder):
@@ -133,13 +156,17 @@ def add(
             source=source,
             pinned=pin,
         )
+        superseded = [get_fact(db, old) for old in stored.supersedes] if stored.confirmations == 1 else []
     if as_json:
         print_json(stored)
         return
     if stored.confirmations > 1:
         click.echo(f"Reinforced fact #{stored.id} ({stored.confirmations} confirmations).")
-    elif stored.supersedes:
-        click.echo(f"Added fact #{stored.id}; it supersedes " + ", ".join(f"#{i}" for i in stored.supersedes) + ".")
+    elif superseded:
+        olds = ", ".join(f"#{o.id} ({o.fact_value!r}, confidence {o.confidence_score:.2f})" for o in superseded)
+        click.echo(f"Added fact #{stored.id}; it supersedes {olds}.")
+        if confidence is None and stored.confidence_score > DEFAULT_CONFIDENCE:
+            click.echo(f"It keeps confidence {stored.confidence_score:.2f} (give --confidence to set another).")
     else:
         click.echo(f"Added fact #{stored.id}.")
     _print_fact(stored)
@@ -151,7 +178,7 @@ def add(
 @click.option("--task", "task_id", metavar="ID", help="Only facts of this task.")
 @click.option("--all", "include_inactive", is_flag=True, help="Include superseded and forgotten facts.")
 @click.option("--stale", "stale_only", is_flag=True, help="Only facts whose source chunk has changed.")
-@click.option("--limit", default=50, show_default=True, type=int)
+@click.option("-n", "--limit", default=50, show_default=True, type=int, help="At most this many facts.")
 @json_option
 @database_url_option
 def list_(
@@ -164,7 +191,13 @@ def list_(
     as_json: bool,
     database_url: str | None,
 ) -> None:
-    """List facts, newest first."""
+    """List facts, newest first.
+
+    \b
+    Examples:
+      kb fact list --label "test command" --all
+      kb fact list -n 5 --json
+    """
     from knowledgebase.facts import list_facts
 
     with open_db(database_url) as db:
@@ -191,7 +224,12 @@ def list_(
 @json_option
 @database_url_option
 def show(fact_id: int, as_json: bool, database_url: str | None) -> None:
-    """Show one fact with its source and history."""
+    """Show one fact with its source and history.
+
+    \b
+    Example:
+      kb fact show 12
+    """
     from knowledgebase.facts import get_fact
 
     with open_db(database_url) as db:
@@ -208,7 +246,12 @@ def show(fact_id: int, as_json: bool, database_url: str | None) -> None:
 @json_option
 @database_url_option
 def confirm(fact_id: int, confidence: float | None, as_json: bool, database_url: str | None) -> None:
-    """Confirm that a fact still holds (raises its confidence and clears a stale flag)."""
+    """Confirm that a fact still holds (raises its confidence and clears a stale flag).
+
+    \b
+    Example:
+      kb fact confirm 12 --confidence 0.9
+    """
     from knowledgebase.facts import confirm_fact
 
     with open_db(database_url) as db:
@@ -224,7 +267,12 @@ def confirm(fact_id: int, confidence: float | None, as_json: bool, database_url:
 @json_option
 @database_url_option
 def forget(fact_id: int, as_json: bool, database_url: str | None) -> None:
-    """Stop returning a fact (it stays on record as forgotten)."""
+    """Stop returning a fact (it stays on record as forgotten).
+
+    \b
+    Example:
+      kb fact forget 12
+    """
     from knowledgebase.facts import forget_fact
 
     with open_db(database_url) as db:

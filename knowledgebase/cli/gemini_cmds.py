@@ -8,13 +8,20 @@ from pathlib import Path
 
 import click
 
-from knowledgebase.cli._output import json_option, print_json
+from knowledgebase.cli._output import human_time, json_option, print_json
 from knowledgebase.cli._store import database_url_option, settings_from
 
 
 @click.group()
 def gemini() -> None:
-    """Wire the store into Gemini CLI (hooks + MCP server in its settings.json)."""
+    """Wire the store into Gemini CLI (hooks + MCP server in its settings.json).
+
+    \b
+    Examples:
+      kb gemini install
+      kb gemini install --scope project --dry-run
+      kb gemini uninstall
+    """
 
 
 _scope_option = click.option(
@@ -44,6 +51,11 @@ def install(scope: str, project_dir: Path | None, dry_run: bool, database_url: s
 
     Every prompt then gets ranked context from the store, every turn, tool call and shell command is
     logged, and the model can search and remember through the `knowledgebase` MCP tools.
+
+    \b
+    Examples:
+      kb gemini install --dry-run
+      kb gemini install --scope project --project-dir ~/src/shop
     """
     from knowledgebase.gemini.settings import install_gemini, settings_path, wiring_for
 
@@ -58,7 +70,12 @@ def install(scope: str, project_dir: Path | None, dry_run: bool, database_url: s
 @_dry_run_option
 @json_option
 def uninstall(scope: str, project_dir: Path | None, dry_run: bool, as_json: bool) -> None:
-    """Remove exactly what `kb gemini install` added to settings.json (backup first)."""
+    """Remove exactly what `kb gemini install` added to settings.json (backup first).
+
+    \b
+    Example:
+      kb gemini uninstall --scope project
+    """
     from knowledgebase.gemini.settings import settings_path, uninstall_gemini
 
     change = uninstall_gemini(settings_path(scope, project_dir=project_dir), dry_run=dry_run)
@@ -98,8 +115,26 @@ def _redacted_json(document: dict) -> str:
 def hook(event: str) -> None:
     """Handle a Gemini CLI hook EVENT: JSON on stdin, one JSON object on stdout, always exit 0.
 
-    EVENT is SessionStart, BeforeAgent, AfterTool, AfterAgent or SessionEnd. `kb gemini install`
-    registers the faster `kb-hook EVENT`, which does the same without loading the CLI.
+    EVENT is SessionStart, BeforeAgent, AfterTool, AfterAgent or SessionEnd. This is for trying a hook
+    by hand: `kb gemini install` does not register `kb hook`, but writes into Gemini CLI's
+    settings.json (after a timestamped backup; `kb gemini uninstall` removes exactly these):
+
+    \b
+    - hooks.EVENT: one hook named knowledgebase-EVENT per event, whose command is this
+      installation's `python -S -P -m knowledgebase.gemini.hook_client EVENT` (standard library
+      only, so it starts fast), with a timeout per event and an env of KB_HOME, KB_EMBED_MODEL,
+      KB_EMBED_BACKEND, KB_CONTEXT_BUDGET (and KB_DATABASE_URL, KB_PROJECT when set);
+    - mcpServers.knowledgebase: `kb mcp`, the search/remember tools, with the same env.
+
+    \b
+    SessionStart opens the session's task and adds a digest of the project's facts; BeforeAgent
+    logs the prompt and adds ranked context; AfterTool logs the tool call or shell command with its
+    outcome; AfterAgent logs the response and token usage; SessionEnd closes the task. The hooks talk
+    to the warm process (`kb serve`), starting it when none runs.
+
+    \b
+    Example:
+      echo '{"prompt": "how do I run the tests?", "cwd": "."}' | kb hook BeforeAgent
     """
     from knowledgebase.gemini.hook_client import main
 
@@ -121,6 +156,12 @@ def serve(idle_timeout: float | None, stop: bool, show_status: bool, as_json: bo
     """Run the warm process the hooks talk to (model + connection pool on a Unix socket under KB_HOME).
 
     Hooks start it on demand; run it by hand only to watch its log or to keep it warm.
+
+    \b
+    Examples:
+      kb serve --status
+      kb serve --stop
+      kb serve --idle-timeout 600   # in the foreground, logging to stderr
     """
     import logging
 
@@ -138,7 +179,8 @@ def serve(idle_timeout: float | None, stop: bool, show_status: bool, as_json: bo
             click.echo("no warm process is running")
         else:
             for key, value in answer["status"].items():
-                click.echo(f"{key}: {value}")
+                shown = human_time(value) if key == "started_at" else value
+                click.echo(f"{key}: {shown}")
         return
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not warm.serve(settings_from(), os.environ, idle_timeout_s=idle_timeout):
@@ -147,7 +189,12 @@ def serve(idle_timeout: float | None, stop: bool, show_status: bool, as_json: bo
 
 @click.command()
 def mcp() -> None:
-    """Run the knowledgebase MCP server on stdio (Gemini CLI starts it; see `kb gemini install`)."""
+    """Run the knowledgebase MCP server on stdio (Gemini CLI starts it; see `kb gemini install`).
+
+    \b
+    Example:
+      kb mcp   # what Gemini CLI runs; speaks MCP on stdin/stdout
+    """
     from knowledgebase.gemini.mcp_server import run_stdio
 
     run_stdio(settings_from())

@@ -36,7 +36,13 @@ def _print(key: ApiKey, as_json: bool) -> None:
 
 @click.group()
 def keys() -> None:
-    """API keys shared by all agents, each kept within its limits (requests/tokens per minute, requests per day)."""
+    """API keys shared by all agents, each kept within its limits (requests/tokens per minute, requests per day).
+
+    \b
+    Examples:
+      kb keys add team-1 --env GEMINI_API_KEY_1 --rpm 10
+      kb keys list
+    """
 
 
 @keys.command()
@@ -45,7 +51,7 @@ def keys() -> None:
 @click.option("--rpm", type=click.IntRange(1, MAX_DB_INT), help="Requests per minute (sliding 60 s).")
 @click.option("--tpm", type=click.IntRange(1, MAX_DB_INT), help="Tokens per minute (sliding 60 s).")
 @click.option("--rpd", type=click.IntRange(1, MAX_DB_INT), help="Requests per day (sliding 24 h).")
-@click.option("--provider", default="gemini", show_default=True)
+@click.option("--provider", default="gemini", show_default=True, help="Whose key it is (requests pick by provider).")
 @database_url_option
 @json_option
 def add(
@@ -61,7 +67,8 @@ def add(
     """Add a key by reference, or change its variable and limits. The key itself is never stored.
 
     \b
-    kb keys add team-1 --env GEMINI_API_KEY_1 --rpm 15 --tpm 1000000 --rpd 1500
+    Example:
+      kb keys add team-1 --env GEMINI_API_KEY_1 --rpm 15 --tpm 1000000 --rpd 1500
     """
     from knowledgebase.coordination.keypool import add_key
 
@@ -74,7 +81,12 @@ def add(
 @database_url_option
 @json_option
 def list_(database_url: str | None, as_json: bool) -> None:
-    """Keys with their limits, live usage (last 60 s / 24 h), cooldown and whether this shell can use them."""
+    """Keys with their limits, live usage (last 60 s / 24 h), cooldown and whether this shell can use them.
+
+    \b
+    Example:
+      kb keys list --json
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -108,7 +120,12 @@ def list_(database_url: str | None, as_json: bool) -> None:
 @database_url_option
 @json_option
 def disable(name: str, reason: str | None, database_url: str | None, as_json: bool) -> None:
-    """Stop handing out a key (it stays on record; `kb keys enable` brings it back)."""
+    """Stop handing out a key (it stays on record; `kb keys enable` brings it back).
+
+    \b
+    Example:
+      kb keys disable team-1 --reason "quota exhausted"
+    """
     from knowledgebase.coordination.keypool import disable_key
 
     with open_db(database_url) as db:
@@ -121,7 +138,12 @@ def disable(name: str, reason: str | None, database_url: str | None, as_json: bo
 @database_url_option
 @json_option
 def enable(name: str, database_url: str | None, as_json: bool) -> None:
-    """Hand out a disabled key again."""
+    """Hand out a disabled key again.
+
+    \b
+    Example:
+      kb keys enable team-1
+    """
     from knowledgebase.coordination.keypool import enable_key
 
     with open_db(database_url) as db:

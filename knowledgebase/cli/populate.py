@@ -35,6 +35,11 @@ def populate(path: str, project: str | None, move_root: bool, database_url: str 
 
     Honours .gitignore and .kbignore; skips binary, huge, vendored, lock and secret files; redacts
     secrets. Re-runs only read changed files and only embed chunks whose content is new.
+
+    \b
+    Examples:
+      kb populate                       # this folder, as a project named after it
+      kb populate ~/src/shop --project shop --json
     """
     from knowledgebase.db import open_database
     from knowledgebase.embedding import embedder_from_settings
@@ -56,6 +61,12 @@ def populate(path: str, project: str | None, move_root: bool, database_url: str 
         print_json(report)
     else:
         _print_summary(report)
+    if report.files_indexed == 0:
+        click.echo(
+            f"kb: warning: nothing to index under {report.root} ({len(report.skipped)} skipped): project "
+            f"{report.project!r} is empty; remove it with `kb projects rm {report.project}`",
+            err=True,
+        )
 
 
 @click.command()

@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from knowledgebase.cli._output import json_option, print_json
-from knowledgebase.cli._store import database_url_option, default_project, open_store, project_option
+from knowledgebase.cli._output import json_option, print_json, print_jsonl
+from knowledgebase.cli._store import (
+    database_url_option,
+    default_project,
+    open_store,
+    project_option,
+    say_searching_everywhere,
+)
 
 if TYPE_CHECKING:
     from knowledgebase.search.hits import Hit
@@ -47,12 +53,15 @@ def parse_age(value: str | None) -> timedelta | None:
     multiple=True,
     help="What to search: chunk, fact, command or all (repeatable; default: chunk and fact).",
 )
-@click.option("--limit", default=10, show_default=True, type=int, help="Number of hits.")
+@click.option("-n", "--limit", default=10, show_default=True, type=int, help="Number of hits.")
 @click.option("--glob", "path_glob", metavar="GLOB", help="Only files matching this path glob (e.g. 'src/**/*.py').")
 @click.option("--task", "task_id", metavar="ID", help="Only facts and commands of this task.")
 @click.option("--since", metavar="AGE", help="Only what was indexed, confirmed or run within this age (7d, 12h).")
 @click.option("--explain", is_flag=True, help="Show the parts of every score.")
+@click.option("-l", "--files-with-matches", "files_only", is_flag=True, help="Print only the files of code hits.")
+@click.option("--vimgrep", is_flag=True, help="Print code hits as path:line:column:text, for editors' quickfix lists.")
 @json_option
+@click.option("--jsonl", "as_jsonl", is_flag=True, help="Print one JSON object per hit and line.")
 @database_url_option
 def search(
     query: str,
@@ -63,12 +72,30 @@ def search(
     task_id: str | None,
     since: str | None,
     explain: bool,
+    files_only: bool,
+    vimgrep: bool,
     as_json: bool,
+    as_jsonl: bool,
     database_url: str | None,
 ) -> None:
-    """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin)."""
-    from knowledgebase.search.hits import DEFAULT_KINDS, KINDS, ChunkHit
+    """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin).
 
+    Text output shows paths relative to the current directory (absolute for another project's files);
+    JSON keeps paths relative to the project root and adds `project_root`.
+
+    \b
+    Examples:
+      kb search "where are invoices emailed"
+      kb search send_invoice_email --kind all --explain
+      kb search "retry policy" -n 3 --vimgrep     # :cexpr system('kb search ... --vimgrep') in vim
+      kb search "database pool" -l                # files only
+      kb search "test command" --kind fact --json | jq '.[0].fact_value'
+    """
+    from knowledgebase.errors import InputError
+    from knowledgebase.search.hits import DEFAULT_KINDS, KINDS
+
+    if sum((files_only, vimgrep, as_json, as_jsonl)) > 1:
+        raise InputError("choose one output: --json, --jsonl, --files-with-matches (-l) or --vimgrep")
     query = read_text_argument(query)
     age = parse_age(since)
     chosen = KINDS if "all" in kinds else (kinds or DEFAULT_KINDS)
@@ -82,15 +109,73 @@ def search(
         "since_s": age.total_seconds() if age is not None else None,
         "limit": limit,
     }
-    hits = _search_hits(args, database_url)
-    if as_json:
-        print_json([hit.to_json(explain=explain) for hit in hits])
+    hits, scope, roots = _search_hits(args, database_url)
+    if scope is None:
+        say_searching_everywhere()
+    if as_json or as_jsonl:
+        rows = [hit.to_json(explain=explain) | {"project_root": roots.get(hit.project or "")} for hit in hits]
+        (print_jsonl if as_jsonl else print_json)(rows)
         return
     if not hits:
         click.echo("No hits.", err=True)
         return
+    _print_hits(hits, roots, scope, explain=explain, files_only=files_only, vimgrep=vimgrep)
+
+
+def _search_hits(
+    args: dict[str, Any], database_url: str | None
+) -> tuple[list[Hit], str | None, dict[str, str | None]]:
+    """The hits for ``args``, the project searched (None: all) and every project's root: from the warm
+    process when it runs, else searched in this process."""
+    from knowledgebase.cli._warm import ask_warm_process
+    from knowledgebase.search.hits import hit_from_wire
+
+    answer = ask_warm_process("search", args, database_url)
+    if answer is not None:
+        return [hit_from_wire(hit) for hit in answer["hits"]], answer.get("project"), answer.get("roots") or {}
+    from knowledgebase import store
+    from knowledgebase.search.retrieval import search as run_search
+
+    with open_store(database_url) as (_, db, embedder):
+        scope = default_project(db, args["project"])
+        hits = run_search(
+            db,
+            embedder,
+            args["query"],
+            project=scope,
+            task_id=args["task_id"],
+            kinds=tuple(args["kinds"]),
+            path_glob=args["path_glob"],
+            since=timedelta(seconds=args["since_s"]) if args["since_s"] is not None else None,
+            limit=args["limit"],
+        )
+        with db.connection() as conn:
+            roots = {p.name: p.root_path for p in store.list_projects(conn)}
+    return hits, scope, roots
+
+
+def _print_hits(
+    hits: list[Hit], roots: dict[str, str | None], scope: str | None, *, explain: bool, files_only: bool, vimgrep: bool
+) -> None:
+    from knowledgebase.search.hits import ChunkHit
+
+    here = os.path.realpath(os.getcwd())
+    seen: set[str] = set()
     for rank, hit in enumerate(hits, start=1):
-        title = hit.citation() + (f"  {hit.symbol}" if isinstance(hit, ChunkHit) and hit.symbol else "")
+        shown = display_path(hit, roots, here)
+        if files_only or vimgrep:
+            if not isinstance(hit, ChunkHit) or shown is None:
+                continue
+            if files_only and shown not in seen:
+                seen.add(shown)
+                click.echo(shown)
+            elif vimgrep:
+                first = next((line.strip() for line in hit.text.splitlines() if line.strip()), "")
+                click.echo(f"{shown}:{hit.start_line}:1:{hit.score:.3f} {first[:200]}")
+            continue
+        where = f"{shown}:{hit.start_line}-{hit.end_line}" if isinstance(hit, ChunkHit) and shown else hit.citation()
+        prefix = f"[{hit.project or 'no project'}] " if scope is None else ""
+        title = prefix + where + (f"  {hit.symbol}" if isinstance(hit, ChunkHit) and hit.symbol else "")
         click.echo(click.style(f"{rank:>2}. {hit.score:.3f}  {title}", bold=True))
         if explain:
             click.echo(f"    {hit.parts.explain()}")
@@ -101,28 +186,19 @@ def search(
             click.echo(f"    ... ({len(lines) - 4} more lines)")
 
 
-def _search_hits(args: dict[str, Any], database_url: str | None) -> list[Hit]:
-    """The hits for ``args``: from the warm process when it runs, else searched in this process."""
-    from knowledgebase.cli._warm import ask_warm_process
-    from knowledgebase.search.hits import hit_from_wire
+def display_path(hit: Hit, roots: dict[str, str | None], here: str) -> str | None:
+    """Where a chunk hit's file is, for people and editors: relative to ``here`` when ``here`` is inside
+    the hit's project, else absolute; the project-relative path when the project has no root."""
+    from knowledgebase.search.hits import ChunkHit
 
-    answer = ask_warm_process("search", args, database_url)
-    if answer is not None:
-        return [hit_from_wire(hit) for hit in answer["hits"]]
-    from knowledgebase.search.retrieval import search as run_search
-
-    with open_store(database_url) as (_, db, embedder):
-        return run_search(
-            db,
-            embedder,
-            args["query"],
-            project=default_project(db, args["project"]),
-            task_id=args["task_id"],
-            kinds=tuple(args["kinds"]),
-            path_glob=args["path_glob"],
-            since=timedelta(seconds=args["since_s"]) if args["since_s"] is not None else None,
-            limit=args["limit"],
-        )
+    if not isinstance(hit, ChunkHit):
+        return None
+    root = roots.get(hit.project or "")
+    if not root:
+        return hit.path
+    full = os.path.join(root, hit.path)
+    inside = here == root or here.startswith(root.rstrip("/") + "/")
+    return os.path.relpath(full, here) if inside else full
 
 
 @click.command()
@@ -142,7 +218,13 @@ def context(
     as_json: bool,
     database_url: str | None,
 ) -> None:
-    """Print the ranked context block for PROMPT, as Markdown within the token budget ('-' reads stdin)."""
+    """Print the ranked context block for PROMPT, as Markdown within the token budget ('-' reads stdin).
+
+    \b
+    Examples:
+      kb context "How do I run the tests?"
+      git diff | kb context - --budget 800 --json
+    """
     from knowledgebase.cli._store import settings_from
     from knowledgebase.cli._warm import ask_warm_process
 
@@ -160,20 +242,24 @@ def context(
     answer = ask_warm_process("context", args, database_url)
     if answer is not None:
         data: dict[str, Any] = answer["pack"]
+        scope = answer.get("project")
     else:
         from knowledgebase.search.context import build_context
 
         with open_store(database_url) as (_, db, embedder):
+            scope = default_project(db, project)
             pack = build_context(
                 db,
                 embedder,
                 prompt,
-                project=default_project(db, project),
+                project=scope,
                 task_id=task_id,
                 budget=chosen_budget,
                 record=not no_record,
             )
         data = pack.to_json()
+    if scope is None:
+        say_searching_everywhere()
     if as_json:
         print_json(data)
     elif data["text"]:

@@ -63,6 +63,10 @@ def run_gemini(
 
     The prompt, the answer and the token usage are logged; a rate-limited key cools down and the
     request moves to another key.
+
+    \b
+    Example:
+      kb run-gemini "Summarise README.md" --task T-42
     """
     from knowledgebase.db import open_database
     from knowledgebase.gemini.runner import run_gemini_command

@@ -14,7 +14,13 @@ from knowledgebase.cli._store import database_url_option, settings_from
 @database_url_option
 @json_option
 def init(database_url: str | None, as_json: bool) -> None:
-    """Create or upgrade the schema (idempotent; safe to run from several processes at once)."""
+    """Create or upgrade the schema (idempotent; safe to run from several processes at once).
+
+    \b
+    Examples:
+      kb init
+      KB_DATABASE_URL=postgresql://kb@db/kb kb init --json
+    """
     from knowledgebase.db import database_url as resolve_url
     from knowledgebase.db import redact_url
     from knowledgebase.db.schema import SCHEMA_REVISION, upgrade
@@ -32,7 +38,12 @@ def init(database_url: str | None, as_json: bool) -> None:
 @database_url_option
 @json_option
 def status(database_url: str | None, as_json: bool) -> None:
-    """Show the database, server and pgvector versions, schema revision, model and row counts."""
+    """Show the database, server and pgvector versions, schema revision, model and row counts.
+
+    \b
+    Example:
+      kb status --json | jq .row_counts
+    """
     from knowledgebase.db.status import store_status
     from knowledgebase.embedding import choose_backend
     from knowledgebase.util.jsonable import to_jsonable
@@ -69,12 +80,22 @@ def status(database_url: str | None, as_json: bool) -> None:
 
 @click.group()
 def db() -> None:
-    """Manage the embedded PostgreSQL server (used when KB_DATABASE_URL is unset)."""
+    """Manage the embedded PostgreSQL server (used when KB_DATABASE_URL is unset).
+
+    \b
+    Example:
+      kb db start; kb db url; kb db stop
+    """
 
 
 @db.command()
 def start() -> None:
-    """Start the embedded server (no-op if it runs already)."""
+    """Start the embedded server (no-op if it runs already).
+
+    \b
+    Example:
+      kb db start && kb db url
+    """
     from knowledgebase.db.embedded import ensure_server
 
     settings = settings_from()
@@ -84,10 +105,30 @@ def start() -> None:
 
 @db.command()
 def stop() -> None:
-    """Stop the embedded server."""
+    """Stop the embedded server under KB_HOME and the hooks' warm process (`kb serve`) that uses it.
+
+    With KB_DATABASE_URL set, kb does not use the embedded server: nothing is stopped (your server
+    is not kb's to stop), and it says so.
+
+    \b
+    Example:
+      kb db stop
+    """
+    import os
+
+    from knowledgebase.db import redact_url
     from knowledgebase.db.embedded import stop_server
+    from knowledgebase.gemini import serve as warm
 
     settings = settings_from()
+    if settings.database_url:
+        click.echo(
+            f"KB_DATABASE_URL is set ({redact_url(settings.database_url)}): the embedded server is not in use, "
+            "nothing stopped (unset KB_DATABASE_URL to stop the embedded server under KB_HOME)"
+        )
+        return
+    if warm.stop_server(os.environ):
+        click.echo("warm process (kb serve) stopped")
     if stop_server(settings.pgdata):
         click.echo("embedded PostgreSQL stopped")
     else:
@@ -97,7 +138,12 @@ def stop() -> None:
 @db.command()
 @database_url_option
 def url(database_url: str | None) -> None:
-    """Print the database URL (password hidden), starting the embedded server if needed."""
+    """Print the database URL (password hidden), starting the embedded server if needed.
+
+    \b
+    Example:
+      psql "$(kb db url)"
+    """
     from knowledgebase.db import database_url as resolve_url
     from knowledgebase.db import redact_url
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from knowledgebase.cli._output import json_option, print_json
-from knowledgebase.cli._store import database_url_option, open_db, settings_from
+from knowledgebase.cli._store import database_url_option, default_project, open_db, settings_from
+from knowledgebase.cli.log_cmd import echo_log_item, one_line
 from knowledgebase.config import MAX_DB_INT, MAX_LEASE_SECONDS
 
 if TYPE_CHECKING:
@@ -43,14 +44,17 @@ def _context(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _project_id(db: Database, name: str | None, *, create: bool) -> int | None:
+def _project_id(db: Database, name: str | None, *, from_cwd: bool = False) -> int | None:
+    """The id of project ``name`` (NotFound with a did-you-mean when it does not exist); without a
+    name, with ``from_cwd``, the indexed project containing the current directory, if any."""
     from knowledgebase import store
 
+    if name is None and from_cwd:
+        name = default_project(db, None)
     if name is None:
         return None
     with db.connection() as conn:
-        project = store.ensure_project(conn, name) if create else store.get_project(conn, name)
-    return project.id
+        return store.get_project(conn, name).id
 
 
 def _show(task: Task, as_json: bool) -> None:
@@ -68,20 +72,32 @@ def _show(task: Task, as_json: bool) -> None:
         click.echo(f"  result:  {task.result}")
     for change in task.history:
         who = f" by {change['owner']}" if change.get("owner") else ""
-        note = f": {_one_line(change['note'], 100)}" if change.get("note") else ""
+        note = f": {one_line(change['note'], 100)}" if change.get("note") else ""
         click.echo(f"  {str(change['at'])[:19]}  {change['status']}{who} (attempt {change['attempt']}){note}")
 
 
 @click.group()
 def tasks() -> None:
-    """Tasks shared by agents: create, claim with a lease, finish; read a task's history."""
+    """Tasks shared by agents: create, claim with a lease, finish; read a task's history.
+
+    \b
+    Examples:
+      kb tasks create T-42 --title "fix CI"
+      kb tasks claim --owner agent-1 --json
+      kb tasks done T-42 --result green
+    """
 
 
 @tasks.command()
 @click.argument("task_id", required=False)
 @click.option("--title", default="", help="What the task is about.")
 @context_option
-@click.option("--project", metavar="NAME", help="The project the task belongs to (created if new).")
+@click.option(
+    "--project",
+    metavar="NAME",
+    help="The project the task belongs to (an existing one; default: the indexed project containing the "
+    "current directory, if any).",
+)
 @click.option(
     "--priority",
     type=click.IntRange(-MAX_DB_INT - 1, MAX_DB_INT),
@@ -100,7 +116,12 @@ def create(
     database_url: str | None,
     as_json: bool,
 ) -> None:
-    """Create a pending task (TASK_ID generated when left out)."""
+    """Create a pending task (TASK_ID generated when left out).
+
+    \b
+    Example:
+      kb tasks create T-42 --title "fix CI" --context '{"goal": "green"}' --priority 5
+    """
     from knowledgebase.coordination.taskqueue import create_task
 
     context = _context(context_json)
@@ -110,7 +131,7 @@ def create(
             task_id,
             title=title,
             context=context,
-            project_id=_project_id(db, project, create=True),
+            project_id=_project_id(db, project, from_cwd=True),
             priority=priority,
         )
     if as_json:
@@ -120,25 +141,35 @@ def create(
 
 
 @tasks.command("list")
-@click.option("--status", help="pending, running, done, failed or cancelled.")
-@click.option("--project", metavar="NAME")
-@click.option("--limit", type=click.IntRange(1, MAX_DB_INT), default=50, show_default=True)
+@click.option("--status", help="Only tasks with this status: pending, running, done, failed or cancelled.")
+@click.option("--project", metavar="NAME", help="Only tasks of this project (default: tasks of every project).")
+@click.option(
+    "-n", "--limit", type=click.IntRange(1, MAX_DB_INT), default=50, show_default=True, help="At most this many tasks."
+)
 @database_url_option
 @json_option
 def list_(status: str | None, project: str | None, limit: int, database_url: str | None, as_json: bool) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first.
+
+    \b
+    Example:
+      kb tasks list --status pending -n 10
+    """
     from knowledgebase.store.tasks import list_tasks
 
     with open_db(database_url) as db:
-        project_id = _project_id(db, project, create=False)
+        project_id = _project_id(db, project)
         with db.connection() as conn:
             rows = list_tasks(conn, status=status, project_id=project_id, limit=limit)
     if as_json:
         print_json(rows)
         return
+    if not rows:
+        click.echo("No tasks.", err=True)
+        return
+    click.echo("ID\tSTATUS\tPRIORITY\tTITLE\tOWNER")
     for task in rows:
-        owner = f"  {task.owner}" if task.owner else ""
-        click.echo(f"{task.id}\t{task.status}\t{task.priority}\t{task.title}{owner}")
+        click.echo(f"{task.id}\t{task.status}\t{task.priority}\t{task.title}\t{task.owner or '-'}")
 
 
 @tasks.command()
@@ -161,6 +192,10 @@ def claim(
     The lease lasts KB_TASK_LEASE_SECONDS unless renewed with `kb tasks heartbeat`; when it runs
     out, the task can be claimed by someone else. A task claimed KB_TASK_MAX_ATTEMPTS times whose
     last lease ran out is failed ("given up") instead of being claimed again.
+
+    \b
+    Example:
+      kb tasks claim --owner agent-1 --lease 300 --json || echo nothing to do
     """
     from knowledgebase.coordination.taskqueue import claim_next_task
 
@@ -170,7 +205,7 @@ def claim(
             db,
             owner=owner or settings.agent_id,
             lease_seconds=lease_seconds or settings.task_lease_seconds,
-            project_id=_project_id(db, project, create=False),
+            project_id=_project_id(db, project),
             max_attempts=settings.task_max_attempts,
         )
     if task is None:
@@ -187,7 +222,12 @@ def claim(
 @database_url_option
 @json_option
 def show(task_id: str, database_url: str | None, as_json: bool) -> None:
-    """Show one task with its status changes (`kb tasks history` has what was done in it)."""
+    """Show one task with its status changes (`kb tasks history` has what was done in it).
+
+    \b
+    Example:
+      kb tasks show T-42 --json
+    """
     from knowledgebase.coordination.taskqueue import get_task
 
     with open_db(database_url) as db:
@@ -200,7 +240,12 @@ def show(task_id: str, database_url: str | None, as_json: bool) -> None:
 @database_url_option
 @json_option
 def history(task_id: str, limit: int | None, database_url: str | None, as_json: bool) -> None:
-    """The task's log in order: prompts, responses, commands and their outcomes (to resume it)."""
+    """The task's log in order: prompts, responses, commands and their outcomes (to resume it).
+
+    \b
+    Example:
+      kb tasks history T-42 --limit 20
+    """
     from knowledgebase.coordination.audit import task_history
 
     with open_db(database_url) as db:
@@ -209,36 +254,7 @@ def history(task_id: str, limit: int | None, database_url: str | None, as_json: 
         print_json(items)
         return
     for item in items:
-        _echo_history_item(dict(item))
-
-
-def _echo_history_item(item: dict[str, Any]) -> None:
-    who = f" {item['agent_id']}" if item["agent_id"] else ""
-    click.echo(f"#{item['id']} {item['executed_at']} {item['kind']}{who}")
-    for label in ("prompt", "response", "command"):
-        if item[label]:
-            click.echo(f"  {label}: {_one_line(item[label])}")
-    if item["tool_name"]:
-        click.echo(f"  tool: {item['tool_name']} {_one_line(json.dumps(item['tool_input']))}")
-    output = item["output"]
-    if output is not None:
-        status = "ok" if output["success"] else f"failed (return code {output['return_code']})"
-        truncated = " [truncated]" if output["truncated"] else ""
-        click.echo(f"  outcome: {status}, {output['duration_ms']} ms{truncated}")
-        for stream in ("stdout", "stderr"):
-            if output[stream]:
-                click.echo(f"  {stream}: {_one_line(output[stream])}")
-        if output["files_written"]:
-            click.echo(f"  files written: {', '.join(output['files_written'])}")
-        if output["error"]:
-            click.echo(f"  error: {output['error']}")
-    if item["usage"]:
-        click.echo(f"  tokens: {item['usage']['total_tokens']}")
-
-
-def _one_line(text: str, width: int = 160) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
+        echo_log_item(dict(item))
 
 
 @tasks.command()
@@ -256,7 +272,12 @@ def done(
     database_url: str | None,
     as_json: bool,
 ) -> None:
-    """Mark a task done (with --owner: only if that claimer still holds it)."""
+    """Mark a task done (with --owner: only if that claimer still holds it).
+
+    \b
+    Example:
+      kb tasks done T-42 --owner agent-1 --result "CI green"
+    """
     from knowledgebase.coordination.taskqueue import complete_task
 
     context = _context(context_json)
@@ -272,7 +293,12 @@ def done(
 @database_url_option
 @json_option
 def fail(task_id: str, reason: str, requeue: bool, owner: str | None, database_url: str | None, as_json: bool) -> None:
-    """Mark a task failed (or give it back with --requeue)."""
+    """Mark a task failed (or give it back with --requeue).
+
+    \b
+    Example:
+      kb tasks fail T-42 --reason "flaky test" --requeue
+    """
     from knowledgebase.coordination.taskqueue import fail_task
 
     with open_db(database_url) as db:
@@ -286,7 +312,12 @@ def fail(task_id: str, reason: str, requeue: bool, owner: str | None, database_u
 @database_url_option
 @json_option
 def cancel(task_id: str, reason: str | None, owner: str | None, database_url: str | None, as_json: bool) -> None:
-    """Cancel a pending or running task for good: nobody will claim it again."""
+    """Cancel a pending or running task for good: nobody will claim it again.
+
+    \b
+    Example:
+      kb tasks cancel T-42 --reason "duplicate of T-41"
+    """
     from knowledgebase.coordination.taskqueue import cancel_task
 
     with open_db(database_url) as db:
@@ -299,7 +330,12 @@ def cancel(task_id: str, reason: str | None, owner: str | None, database_url: st
 @database_url_option
 @json_option
 def release(task_id: str, owner: str | None, database_url: str | None, as_json: bool) -> None:
-    """Give a claimed task back to the queue at once."""
+    """Give a claimed task back to the queue at once.
+
+    \b
+    Example:
+      kb tasks release T-42 --owner agent-1
+    """
     from knowledgebase.coordination.taskqueue import release_task
 
     with open_db(database_url) as db:
@@ -321,7 +357,12 @@ def release(task_id: str, owner: str | None, database_url: str | None, as_json: 
 def heartbeat(
     task_id: str, owner: str | None, lease_seconds: float | None, database_url: str | None, as_json: bool
 ) -> None:
-    """Renew the lease of a task you hold (--owner or KB_AGENT_ID is required)."""
+    """Renew the lease of a task you hold (--owner or KB_AGENT_ID is required).
+
+    \b
+    Example:
+      kb tasks heartbeat T-42 --owner agent-1 --lease 600
+    """
     from knowledgebase.coordination.taskqueue import heartbeat as renew
     from knowledgebase.errors import InputError
 

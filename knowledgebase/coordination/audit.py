@@ -8,8 +8,9 @@ Writers (every value is redacted with ``knowledgebase.util.redact`` and NUL-free
 - ``log_command``         both at once, in one transaction (what ``kb exec`` and the shell hooks record)
 - ``log_usage``           token usage of a model request (``usage_log``)
 
-Reader: ``task_history(db, task_id)`` returns the task's log in order as plain JSON-able dicts, the
-shape of an agent's ``context['history']`` (see ``HistoryItem``), so a new agent can resume a task.
+Readers: ``task_history(db, task_id)`` returns the task's log in order as plain JSON-able dicts, the
+shape of an agent's ``context['history']`` (see ``HistoryItem``), so a new agent can resume a task;
+``recent_log(db, ...)`` the latest entries of the whole store, filtered (``kb log``).
 
 Append-only: there is no update or delete API, and a trigger on ``command_log``, ``command_output``
 and ``usage_log`` refuses UPDATE and DELETE for everyone (only clearing a reference to a deleted task,
@@ -20,6 +21,7 @@ as running outside the queue (no lease, so no worker claims it): a log row is ne
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypedDict
@@ -32,6 +34,7 @@ from knowledgebase.errors import InputError, NotFound
 from knowledgebase.store.audit import (
     CommandLogEntry,
     CommandOutput,
+    LogRow,
     NewCommandLog,
     NewCommandOutput,
     NewUsage,
@@ -40,8 +43,10 @@ from knowledgebase.store.audit import (
     insert_command_log,
     insert_command_output,
     insert_usage,
+    list_log_history,
     list_task_history,
 )
+from knowledgebase.store.projects import get_project
 from knowledgebase.store.tasks import task_exists
 from knowledgebase.util.redact import redact, redact_value
 from knowledgebase.util.text import storable_text
@@ -66,32 +71,81 @@ def omission_marker(count: int, unit: str) -> str:
 
 
 def clip_text(text: str, limit: int) -> tuple[str, bool]:
-    """``text`` cut to about ``limit`` characters keeping its head and tail, and whether it was cut."""
+    """``text`` cut to about ``limit`` characters keeping its head and tail, and whether it was cut.
+
+    The cuts move back (head) and forward (tail) to a line break or space within a short distance, so
+    a token or a redaction marker is kept whole or not at all.
+    """
     if len(text) <= limit:
         return text, False
-    head = limit // 2
-    tail = limit - head
-    return text[:head] + omission_marker(len(text) - head - tail, "characters") + text[-tail:], True
+    head_end = _snap_back(text, limit // 2)
+    tail_start = _snap_forward(text, len(text) - (limit - limit // 2))
+    omitted = tail_start - head_end
+    return text[:head_end] + omission_marker(omitted, "characters") + text[tail_start:], True
+
+
+_SNAP = 256  # how far a cut may move to reach a space or line break
+
+
+def _snap_back(text: str, end: int) -> int:
+    cut = max(text.rfind("\n", max(0, end - _SNAP), end), text.rfind(" ", max(0, end - _SNAP), end))
+    return cut + 1 if cut >= 0 else end
+
+
+def _snap_forward(text: str, start: int) -> int:
+    found = [i for i in (text.find("\n", start, start + _SNAP), text.find(" ", start, start + _SNAP)) if i >= 0]
+    return min(found) if found else start
+
+
+_OMISSION = re.compile(r"\n\[\.\.\. \d+ (?:characters|bytes) omitted \.\.\.\]\n")
+
+
+def redact_clipped(text: str) -> str:
+    """Redact ``text`` piece by piece between omission markers (a private key's BEGIN kept in the head
+    is redacted to the cut, and the END kept in the tail back from it, never joined across)."""
+    pieces = _OMISSION.split(text)
+    if len(pieces) == 1:
+        return redact(text) or ""
+    markers = _OMISSION.findall(text)
+    out = [redact(pieces[0]) or ""]
+    for marker, piece in zip(markers, pieces[1:], strict=True):
+        out += [marker, redact(piece) or ""]
+    return "".join(out)
 
 
 def _storable(text: str | None, limit: int = MAX_TEXT_CHARS) -> str | None:
-    """Redacted, clipped, without NUL characters or lone surrogates (PostgreSQL text cannot hold them)."""
+    """Redacted, then clipped, and without NUL characters or lone surrogates (PostgreSQL text cannot hold them).
+
+    Redaction comes first, so no secret is cut in half; text far over the limit is first cut to
+    four times it (those cuts fall in the part the final clip drops), to bound the work.
+    """
     if text is None:
         return None
-    clipped, _ = clip_text(storable_text(text), limit)
-    return redact(clipped) or ""
+    return redact_and_clip(storable_text(text), limit)[0]
 
 
-def _storable_json(value: Any) -> Any:
-    if value is None:
-        return None
+def redact_and_clip(text: str, limit: int) -> tuple[str, bool]:
+    """``text`` redacted, then clipped to about ``limit`` characters (``clip_text``), and whether it was cut."""
+    cut = False
+    if len(text) > 4 * limit:
+        text, cut = clip_text(text, 4 * limit)
+    clipped, cut_again = clip_text(redact_clipped(text), limit)
+    return clipped, cut or cut_again
+
+
+def _storable_json(value: Any, limit: int = MAX_TEXT_CHARS) -> Any:
+    """A JSON-like value redacted as a whole (secret-named keys, argv flags: ``redact_value``), then clipped."""
+    return _clean_json(redact_value(value), limit)
+
+
+def _clean_json(value: Any, limit: int) -> Any:
     if isinstance(value, str):
-        return _storable(value)
+        return storable_text(clip_text(value, limit)[0])
     if isinstance(value, dict):
-        return {storable_text(str(k)): _storable_json(v) for k, v in value.items()}
+        return {storable_text(str(k)): _clean_json(v, limit) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_storable_json(v) for v in value]
-    return redact_value(value)
+        return [_clean_json(v, limit) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,7 +183,7 @@ def prepare_exchange(
         prompt=_storable(prompt),
         response=_storable(response),
         command=_storable(command),
-        tool_name=tool_name,
+        tool_name=_storable(tool_name),
         tool_input=_storable_json(tool_input),
         permissions=_storable(permissions),
         user_confirmation=user_confirmation,
@@ -208,9 +262,9 @@ def prepare_output(
         if text is None:
             clipped.append(None)
             continue
-        short, cut = clip_text(text, max_chars)
+        short, cut = redact_and_clip(text, max_chars)
         truncated = truncated or cut
-        clipped.append(_storable(short, max_chars + 100))
+        clipped.append(storable_text(short))
     return NewCommandOutput(
         command_log_id=0,
         success=success if success is not None else (return_code == 0 and error is None),
@@ -406,6 +460,38 @@ def task_history(conn_or_db: ConnOrDb, task_id: str, *, limit: int | None = None
         if not rows and not task_exists(conn, task_id):
             raise NotFound(f"task {task_id!r} does not exist (see `kb tasks list`)")
     return [_history_item(row) for row in reversed(rows)]
+
+
+class LogItem(HistoryItem):
+    """A ``HistoryItem`` of any task, with its task and project (None: logged without one)."""
+
+    task_id: str | None
+    project: str | None
+
+
+def recent_log(
+    conn_or_db: ConnOrDb,
+    *,
+    task_id: str | None = None,
+    session_id: str | None = None,
+    project: str | None = None,
+    failed_only: bool = False,
+    limit: int = 20,
+) -> list[LogItem]:
+    """The last ``limit`` log entries (prompts, responses, commands with their outcome, tool calls)
+    matching every filter given, oldest first; ``failed_only`` keeps commands whose outcome failed."""
+    if limit < 1:
+        raise InputError(f"limit {limit} must be at least 1")
+    with transaction(conn_or_db) as conn:
+        project_id = get_project(conn, project).id if project is not None else None
+        rows = list_log_history(
+            conn, task_id=task_id, session_id=session_id, project_id=project_id, failed_only=failed_only, limit=limit
+        )
+    return [_log_item(row) for row in reversed(rows)]
+
+
+def _log_item(row: LogRow) -> LogItem:
+    return LogItem(**_history_item(row), task_id=row.task_id, project=row.project)
 
 
 def _history_item(row: TaskHistoryRow) -> HistoryItem:

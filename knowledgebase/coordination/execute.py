@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +35,7 @@ from knowledgebase.coordination.audit import (
 )
 from knowledgebase.db import Database
 from knowledgebase.errors import DatabaseError, InputError, first_line
+from knowledgebase.util.redact import redact
 
 READ_SIZE = 65536
 # Folders not walked when looking for written files: version control, dependencies, caches.
@@ -128,16 +129,46 @@ class _HeadTail:
                 del self.tail[: len(self.tail) - self.tail_cap]
 
     def captured(self) -> CapturedOutput:
-        omitted = self.total - len(self.head) - len(self.tail)
-        if _looks_binary(bytes(self.head) or bytes(self.tail)):
-            preview = bytes(self.head[:32]).hex(" ")
-            text = f"[binary output: {self.total} bytes; first bytes: {preview}]"
+        head, tail = bytes(self.head), bytes(self.tail)
+        omitted = self.total - len(head) - len(tail)
+        if _looks_binary(head or tail):
+            text = f"[binary output: {self.total} bytes; first bytes: {_hex_preview(head)}]"
             return CapturedOutput(text, self.total, omitted > 0, True)
-        text = self.head.decode("utf-8", "replace")
+        if omitted:
+            # cut at a space or line break near the cut, so no token is kept in part; a private-key
+            # block cut in two is redacted on each side (``audit.redact_clipped``)
+            head, tail = _snap_head(head), _snap_tail(tail)
+            omitted = self.total - len(head) - len(tail)
+        text = head.decode("utf-8", "replace")
         if omitted:
             text += omission_marker(omitted, "bytes")
-        text += self.tail.decode("utf-8", "replace")
+        text += tail.decode("utf-8", "replace")
         return CapturedOutput(text, self.total, omitted > 0, False)
+
+
+_SNAP_BYTES = 256
+PREVIEW_BYTES = 32
+
+
+def _snap_head(head: bytes) -> bytes:
+    start = max(0, len(head) - _SNAP_BYTES)
+    cut = max(head.rfind(b"\n", start), head.rfind(b" ", start))
+    return head[: cut + 1] if cut >= 0 else head
+
+
+def _snap_tail(tail: bytes) -> bytes:
+    found = [i for i in (tail.find(b"\n", 0, _SNAP_BYTES), tail.find(b" ", 0, _SNAP_BYTES)) if i >= 0]
+    return tail[min(found) :] if found else tail
+
+
+def _hex_preview(head: bytes) -> str:
+    """The first bytes of binary output in hex, up to where a recognised secret starts."""
+    sample = head[:4096].decode("latin-1")  # one character per byte, so positions match
+    cleaned = redact(sample) or ""
+    same = next((i for i, (a, b) in enumerate(zip(sample, cleaned, strict=False)) if a != b), len(sample))
+    if cleaned == sample or same >= PREVIEW_BYTES:
+        return head[:PREVIEW_BYTES].hex(" ")
+    return (head[:same].hex(" ") + " [REDACTED]").strip()
 
 
 def _looks_binary(sample: bytes) -> bool:
@@ -343,7 +374,9 @@ def command_record(
     outcome = prepare_output(
         stdout=result.stdout.text,
         stderr=result.stderr.text,
-        return_code=result.return_code,
+        # a command that never started is logged with the shell's code for it (127 not found, 126
+        # not executable), the code `kb exec` exits with
+        return_code=result.exit_code if result.return_code is None else result.return_code,
         files_written=result.files_written,
         success=result.success,
         duration_ms=result.duration_ms,
@@ -351,8 +384,8 @@ def command_record(
         stderr_bytes=result.stderr.total_bytes,
         truncated=result.stdout.truncated or result.stderr.truncated,
         error=result.error,
-        # the capture already kept head and tail; leave room for the omission marker
-        max_chars=max(len(result.stdout.text), len(result.stderr.text), 1),
+        # the capture already kept head and tail; leave room for redaction markers, longer than short secrets
+        max_chars=2 * max(len(result.stdout.text), len(result.stderr.text)) + 1024,
     )
     return CommandRecord(exchange, outcome)
 
@@ -372,11 +405,13 @@ def execute_shell_command(
     agent_mode: str | None = None,
     permissions: str | None = None,
     user_confirmation: bool | None = None,
+    project: str | None = None,
 ) -> ExecutionRecord:
     """Run ``command`` (see ``run_command``) and log it under ``task_id``; spool the entry if the database is down.
 
     ``db``: an open database to log to; by default one is opened from ``settings`` after the command
-    finished (so a slow or missing database never delays or stops the command).
+    finished (so a slow or missing database never delays or stops the command). The entry belongs to
+    ``project`` (a name), else to the indexed project whose root contains the working directory.
     """
     if task_id is not None and not task_id.strip():
         raise InputError("the task id must not be empty")
@@ -398,22 +433,33 @@ def execute_shell_command(
         permissions=permissions,
         user_confirmation=user_confirmation,
     )
-    return log_or_spool(record, result, settings=settings, db=db)
+    return log_or_spool(record, result, settings=settings, db=db, project=project)
 
 
 def log_or_spool(
-    record: CommandRecord, result: CommandResult, *, settings: Settings, db: Database | None = None
+    record: CommandRecord,
+    result: CommandResult,
+    *,
+    settings: Settings,
+    db: Database | None = None,
+    project: str | None = None,
 ) -> ExecutionRecord:
-    """Store ``record``, then replay anything spooled earlier; if the database is unreachable, spool it."""
+    """Store ``record``, then replay anything spooled earlier; if the database is unreachable, spool it.
+
+    A record without a project gets ``project`` (a name), else the indexed project containing the
+    command's working directory; a ``project`` that does not exist is left out, with a warning.
+    """
     from knowledgebase.coordination.spool import flush_spool, spool_entry
 
     own = db is None
+    warning = None
     try:
         try:
             if db is None:
                 from knowledgebase.db import open_database
 
                 db = open_database(settings)
+            record, warning = _with_project(db, record, project, result.cwd)
             entry, _ = store_command(db, record)
         except DatabaseError as exc:
             reason = first_line(exc)
@@ -429,4 +475,24 @@ def log_or_spool(
     finally:
         if own and db is not None:
             db.close()
-    return ExecutionRecord(result, entry.id, None, None)
+    return ExecutionRecord(result, entry.id, None, warning)
+
+
+def _with_project(
+    db: Database, record: CommandRecord, project: str | None, cwd: str
+) -> tuple[CommandRecord, str | None]:
+    """``record`` attached to its project (see ``log_or_spool``), and a warning when ``project`` is unknown."""
+    from knowledgebase import store
+
+    if record.exchange.project_id is not None:
+        return record, None
+    with db.connection() as conn:
+        if project is not None:
+            found = store.find_project(conn, project)
+            if found is None:
+                return record, f"{store.unknown_project(conn, project)}; the command was logged without a project"
+        else:
+            found = store.project_for_path(conn, os.path.realpath(cwd))
+    if found is None:
+        return record, None
+    return replace(record, exchange=replace(record.exchange, project_id=found.id)), None

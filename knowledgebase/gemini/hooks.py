@@ -31,6 +31,7 @@ from knowledgebase.coordination import audit, spool, taskqueue
 from knowledgebase.errors import DatabaseError, InputError, LeaseError, NotFound, first_line
 from knowledgebase.gemini import events as gemini_events
 from knowledgebase.gemini import session as gemini_session
+from knowledgebase.util.redact import redact_value
 from knowledgebase.util.text import storable_text
 
 if TYPE_CHECKING:
@@ -416,24 +417,30 @@ def _turn_usage(transcript_path: Any) -> tuple[list[gemini_events.ModelCall], st
 def _tool_summary(response: Any) -> tuple[str, str | None]:
     """A tool's result as a short text, and its error message if it failed."""
     if not isinstance(response, dict):
-        return audit.clip_text(gemini_events.text_of(response), MAX_SUMMARY_CHARS)[0], None
+        return audit.redact_and_clip(gemini_events.text_of(response), MAX_SUMMARY_CHARS)[0], None
     error = response.get("error")
     error_text = gemini_events.text_of(error.get("message") if isinstance(error, dict) else error) or None
     content = response.get("llmContent")
     if content is None:
         content = response.get("returnDisplay")
     text = gemini_events.unwrap_untrusted(gemini_events.text_of(content))
-    return audit.clip_text(text, MAX_SUMMARY_CHARS)[0], error_text
+    return audit.redact_and_clip(text, MAX_SUMMARY_CHARS)[0], error_text
 
 
 def _shrink(value: Any) -> Any:
-    """A tool input with long strings (file contents to write, say) cut to MAX_INPUT_STRING_CHARS."""
+    """A tool input redacted as a whole (secret-named keys, argv flags), with long strings (file contents
+    to write, say) then cut to MAX_INPUT_STRING_CHARS."""
+    # first cut to 4x the limit (bounding the work; those cuts fall in the part the final cut drops)
+    return _clip_strings(redact_value(_clip_strings(value, 4 * MAX_INPUT_STRING_CHARS)), MAX_INPUT_STRING_CHARS)
+
+
+def _clip_strings(value: Any, limit: int) -> Any:
     if isinstance(value, str):
-        return audit.clip_text(value, MAX_INPUT_STRING_CHARS)[0]
+        return audit.clip_text(value, limit)[0]
     if isinstance(value, dict):
-        return {k: _shrink(v) for k, v in value.items()}
+        return {k: _clip_strings(v, limit) for k, v in value.items()}
     if isinstance(value, list):
-        return [_shrink(v) for v in value]
+        return [_clip_strings(v, limit) for v in value]
     return value
 
 

@@ -2,7 +2,8 @@
 
 One process per store (KB_HOME, database, model) listens on a Unix socket (see
 ``warm_protocol.server_address``). The first hook that finds none starts it detached; it exits after
-``KB_SERVE_IDLE_TIMEOUT`` seconds without a request, or on ``kb serve --stop``. A lock file makes
+``KB_SERVE_IDLE_TIMEOUT`` seconds without a request, on ``kb serve --stop`` or ``kb db stop``, or
+within 5 seconds once its KB_HOME is deleted. A lock file makes
 sure two hooks starting it at once end up with one process.
 
 Requests are one JSON header line followed by a body: for ``hook``, the hook's stdin verbatim (the
@@ -231,6 +232,8 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._last_activity = time.monotonic()
         self._active = 0
         self._lock = threading.Lock()
+        # a store under a KB_HOME that exists now: once it is deleted, nobody can reach this process again
+        self.watch_home = store.settings.home.is_dir()
         super().__init__(address, _Handler)
 
     def touch(self) -> None:
@@ -325,11 +328,13 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 since=timedelta(seconds=since) if since is not None else None,
                 limit=int(args["limit"]),
             )
+            with db.connection() as conn:  # the command shows paths relative to where it runs
+                roots = {p.name: p.root_path for p in store.list_projects(conn)}
         except KnowledgebaseError as exc:  # the command then runs in its own process and reports it
             if isinstance(exc, DatabaseUnavailable):
                 self.store.database_failed(exc)
             return {"ok": False, "error": first_line(exc)}
-        return {"ok": True, "project": project, "hits": [hit_to_wire(hit) for hit in hits]}
+        return {"ok": True, "project": project, "roots": roots, "hits": [hit_to_wire(hit) for hit in hits]}
 
     def _answer_hook(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
         from knowledgebase.gemini.hooks import HookCall, handle_hook
@@ -421,9 +426,14 @@ def serve(settings: Settings, env: Mapping[str, str], *, idle_timeout_s: float |
 
 
 def _watch_idle(server: WarmServer, stop: threading.Event) -> None:
+    home = server.store.settings.home
     while not stop.wait(min(5.0, max(server.idle_timeout_s / 4, 0.1))):
         if server.idle_for() >= server.idle_timeout_s:
             log.info("idle for %.0fs: stopping", server.idle_timeout_s)
+            server.shutdown()
+            return
+        if server.watch_home and not home.is_dir():
+            log.info("KB_HOME %s is gone: stopping", home)
             server.shutdown()
             return
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from pathspec import GitIgnoreSpec
 
 from knowledgebase.config import Settings
 from knowledgebase.errors import ProjectPathError
+from knowledgebase.util.redact import redact_text
 
 # Directory names never entered: dependencies, build output, caches, VCS metadata.
 VENDORED_DIRS = frozenset(
@@ -58,10 +60,22 @@ LOCK_FILES = frozenset(
 )  # fmt: skip
 SECRET_FILES = frozenset(
     {
-        ".env", ".envrc", ".netrc", ".pgpass", ".pypirc", ".npmrc", ".git-credentials", ".htpasswd",
-        "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", "credentials.json", "service-account.json",
+        ".env", ".envrc", ".netrc", "_netrc", ".pgpass", ".pypirc", ".npmrc", ".yarnrc", ".git-credentials",
+        ".htpasswd", ".my.cnf", ".mylogin.cnf", ".s3cfg", ".boto", ".dockercfg", ".vault-token", ".terraformrc",
+        "terraform.tfstate", "credentials.json", "service-account.json", "client_secret.json", "secrets.json",
+        "kubeconfig",
     }
 )  # fmt: skip
+# Files secret by the folder they sit in: ~/.aws/credentials, ~/.docker/config.json, ~/.kube/config...
+SECRET_FOLDER_FILES = frozenset(
+    {
+        (".aws", "credentials"), (".docker", "config.json"), (".kube", "config"),
+        (".gem", "credentials"), (".cargo", "credentials"), (".cargo", "credentials.toml"),
+        (".config/gh", "hosts.yml"), (".gnupg", "secring.gpg"),
+    }
+)  # fmt: skip
+# SSH keys: id_rsa, id_ed25519, id_ecdsa_sk, id_anything (not id_rsa.pub, not id_utils.py)
+SSH_KEY_NAME = re.compile(r"id_[a-z0-9_]+|.*_(?:rsa|dsa|ecdsa|ed25519)")
 # ``.env.local``, ``.env.production``... are secret; these conventional templates are not (and are redacted anyway).
 ENV_TEMPLATES = frozenset({".env.example", ".env.sample", ".env.template", ".env.dist", ".env.defaults"})
 SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".jks", ".keystore", ".kdbx", ".gpg", ".age", ".ovpn")
@@ -302,17 +316,28 @@ def _symlink_skip(root: Path, link: Path, rel: str) -> SkippedFile:
     return SkippedFile(rel, SkipReason.SYMLINK_OUTSIDE, f"-> {target}")
 
 
+def is_secret_file(rel: str) -> bool:
+    """Whether the file at ``rel`` (relative, ``/``-separated) holds credentials by its name or folder."""
+    folder, _, name = rel.rpartition("/")
+    lower = name.lower()
+    return (
+        name in SECRET_FILES
+        or (lower.startswith(".env.") and lower not in ENV_TEMPLATES)
+        or lower.endswith(SECRET_SUFFIXES)
+        or SSH_KEY_NAME.fullmatch(lower) is not None
+        or any(folder == f or folder.endswith("/" + f) for f, n in SECRET_FOLDER_FILES if n == name)
+    )
+
+
 def _classify_file(path: Path, rel: str, st: os.stat_result, max_bytes: int) -> ScannedFile | SkippedFile:
     name = path.name
     lower = name.lower()
     if name in LOCK_FILES or lower.endswith(".lock"):
         return SkippedFile(rel, SkipReason.LOCK_FILE)
-    if (
-        name in SECRET_FILES
-        or (lower.startswith(".env.") and lower not in ENV_TEMPLATES)
-        or lower.endswith(SECRET_SUFFIXES)
-    ):
+    if is_secret_file(rel):
         return SkippedFile(rel, SkipReason.SECRET_FILE)
+    if redact_text(rel).count:
+        return SkippedFile(redact_text(rel).text, SkipReason.SECRET_FILE, "a secret in its name")
     if lower.endswith(GENERATED_SUFFIXES):
         return SkippedFile(rel, SkipReason.GENERATED)
     if os.path.splitext(lower)[1] in BINARY_SUFFIXES:

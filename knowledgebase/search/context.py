@@ -1,10 +1,11 @@
 """Context assembly: the few things an agent most needs for a prompt, as Markdown within a token budget.
 
-``build_context`` searches the project's chunks and facts (``knowledgebase.search.retrieval``), keeps hits in
-score order while they fit, and renders them as a Markdown block (no HTML or XML tags) in which every
-item cites its source: ``path:start-end`` for code, ``fact #id, confidence c`` for facts. A chunk that
-does not fit whole may be cut at a line boundary when enough budget is left; its citation then gives
-the lines actually shown.
+``build_context`` searches the project's chunks and facts (``knowledgebase.search.retrieval``), keeps the
+hits relevant enough (relevance >= ``RankingWeights.min_score``) in score order while they fit, and
+renders them as a Markdown block (no HTML or XML tags) in which every item cites its source:
+``path:start-end`` for code, ``fact #id, confidence c`` for facts. A chunk that does not fit whole
+may be cut at a line boundary when enough budget is left; its citation then gives the lines actually
+shown.
 
 The budget is counted in the embedding model's tokenizer (``embedder.count_tokens``), over the whole
 block including headings. That is a proxy for the agent model's tokenizer, not an exact count; for
@@ -130,7 +131,9 @@ def build_context(
     weights = weights or DEFAULT_WEIGHTS
     prompt = storable_text(prompt) if isinstance(prompt, str) else prompt  # recorded as given, minus NUL
     hits = search(db, embedder, prompt, project=project, limit=CANDIDATE_HITS, weights=weights)
-    hits = [h for h in hits if h.score >= weights.min_score]
+    # the cutoff asks "does it answer the prompt?" (relevance, what min_score was calibrated on); a
+    # fact's confidence and recency order the hits and show in its citation, but do not decide that
+    hits = [h for h in hits if h.parts.relevance >= weights.min_score]
     blocks = _pack(hits, embedder, budget, project)
     text = _render(blocks, project)
     token_count = embedder.count_tokens(text) if text else 0

@@ -33,6 +33,7 @@ from knowledgebase.store.api_keys import (
 from knowledgebase.store.audit import (
     CommandLogEntry,
     CommandOutput,
+    LogRow,
     NewCommandLog,
     NewCommandOutput,
     NewUsage,
@@ -44,6 +45,7 @@ from knowledgebase.store.audit import (
     insert_usage,
     list_command_log,
     list_command_output,
+    list_log_history,
     list_task_history,
     list_usage,
 )
@@ -131,6 +133,7 @@ from knowledgebase.store.projects import (
     get_project_by_id,
     list_projects,
     project_for_path,
+    unknown_project,
 )
 from knowledgebase.store.search import (
     CandidateQuery,
@@ -148,11 +151,13 @@ from knowledgebase.store.stats import (
     ChunkVector,
     CommandOutcome,
     FileStat,
+    ProjectSummary,
     StoreCount,
     list_chunk_stats,
     list_chunk_vectors,
     list_command_outcomes,
     list_file_stats,
+    list_project_summaries,
     list_store_counts,
 )
 from knowledgebase.store.tasks import (
@@ -207,6 +212,7 @@ __all__ = [
     "KnowledgeText",
     "KnowledgeView",
     "LockedKey",
+    "LogRow",
     "NewChunk",
     "NewCommandLog",
     "NewCommandOutput",
@@ -215,6 +221,7 @@ __all__ = [
     "NewUsage",
     "Project",
     "ProjectFile",
+    "ProjectSummary",
     "RecentGrant",
     "StoreCount",
     "StoredChunk",
@@ -290,8 +297,10 @@ __all__ = [
     "list_key_usage",
     "list_knowledge",
     "list_knowledge_views",
+    "list_log_history",
     "list_minute_grants",
     "list_models",
+    "list_project_summaries",
     "list_projects",
     "list_store_counts",
     "list_task_history",
@@ -327,6 +336,7 @@ __all__ = [
     "supersede_knowledge",
     "task_exists",
     "unclaim_task",
+    "unknown_project",
     "update_file_stats",
     "upsert_api_key",
     "upsert_file",

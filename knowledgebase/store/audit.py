@@ -157,6 +157,14 @@ class TaskHistoryRow:
         return split_paths(self.file_written)
 
 
+@dataclass(frozen=True)
+class LogRow(TaskHistoryRow):
+    """A log entry of any task (or none) with its project, latest output and usage (``kb log``)."""
+
+    task_id: str | None
+    project: str | None
+
+
 def join_paths(paths: list[str]) -> str | None:
     """``command_output.file_written`` for a list of paths: one per line (a newline inside a path is
     written as ``\\n``), None for none; the design's column holds one path as plain text."""
@@ -210,12 +218,15 @@ SELECT {_USAGE_COLS} FROM usage_log
  ORDER BY id
  LIMIT %(limit)s
 """
-TASK_HISTORY = """
+# a log entry with its latest output and its usage totals (the task history's and `kb log`'s rows)
+_HISTORY_SELECT = """
 SELECT l.id, l.executed_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.prompt, l.response,
        l.command, l.permissions, l.user_confirmation, l.tool_name, l.tool_input,
        o.id AS output_id, o.stdout, o.stderr, o.return_code, o.success, o.file_written, o.duration_ms,
        o.truncated, o.error,
        u.requests, u.prompt_tokens, u.response_tokens, u.total_tokens, u.models
+"""
+_HISTORY_JOINS = """
   FROM command_log l
   LEFT JOIN LATERAL (
         SELECT * FROM command_output WHERE command_log_id = l.id ORDER BY id DESC LIMIT 1
@@ -226,10 +237,30 @@ SELECT l.id, l.executed_at, l.kind, l.session_id, l.agent_id, l.agent_mode, l.pr
                array_remove(array_agg(DISTINCT model), NULL) AS models
           FROM usage_log WHERE command_log_id = l.id
   ) u ON true
+"""
+TASK_HISTORY = (
+    _HISTORY_SELECT
+    + _HISTORY_JOINS
+    + """
  WHERE l.task_id = %(task_id)s
  ORDER BY l.executed_at DESC, l.id DESC
  LIMIT %(limit)s
 """
+)
+LOG_HISTORY = (
+    _HISTORY_SELECT
+    + ", l.task_id, p.name AS project"
+    + _HISTORY_JOINS
+    + """
+  LEFT JOIN projects p ON p.id = l.project_id
+ WHERE (%(task_id)s::text IS NULL OR l.task_id = %(task_id)s)
+   AND (%(session_id)s::text IS NULL OR l.session_id = %(session_id)s)
+   AND (%(project_id)s::bigint IS NULL OR l.project_id = %(project_id)s)
+   AND (NOT %(failed)s OR o.success IS FALSE)
+ ORDER BY l.executed_at DESC, l.id DESC
+ LIMIT %(limit)s
+"""
+)
 
 
 def insert_command_log(conn: psycopg.Connection, new: NewCommandLog) -> CommandLogEntry:
@@ -276,3 +307,24 @@ def list_usage(conn: psycopg.Connection, *, task_id: str | None = None, limit: i
 def list_task_history(conn: psycopg.Connection, task_id: str, *, limit: int | None = None) -> list[TaskHistoryRow]:
     """The task's log entries with their latest output and usage totals, newest first (``limit``: at most)."""
     return fetch_all(conn, TaskHistoryRow, TASK_HISTORY, {"task_id": task_id, "limit": limit})
+
+
+def list_log_history(
+    conn: psycopg.Connection,
+    *,
+    task_id: str | None = None,
+    session_id: str | None = None,
+    project_id: int | None = None,
+    failed_only: bool = False,
+    limit: int = 20,
+) -> list[LogRow]:
+    """The most recent log entries matching every filter given, newest first (``failed_only``: commands
+    whose latest outcome failed)."""
+    params = {
+        "task_id": task_id,
+        "session_id": session_id,
+        "project_id": project_id,
+        "failed": failed_only,
+        "limit": limit,
+    }
+    return fetch_all(conn, LogRow, LOG_HISTORY, params)

@@ -139,11 +139,12 @@ class KnowledgeView:
 
 @dataclass(frozen=True)
 class ActiveKnowledge:
-    """An active fact's value and vector, compared with a new statement of the same label."""
+    """An active fact's value, vector and stored confidence, compared with a new statement of the same label."""
 
     id: int
     fact_value: str
     embedding: Vector | None
+    confidence_score: Decimal
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ LIST_KNOWLEDGE_VIEWS = (
 # one writer per (project, label) at a time, so two agents stating the same fact do not both insert it
 LOCK_LABEL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 4))"
 ACTIVE_WITH_LABEL = """
-SELECT id, fact_value, embedding FROM knowledge
+SELECT id, fact_value, embedding, confidence_score FROM knowledge
  WHERE project_id IS NOT DISTINCT FROM %(project_id)s AND status = 'active'
    AND lower(fact_label) = lower(%(fact_label)s)
  ORDER BY id DESC

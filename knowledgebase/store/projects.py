@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 
-from knowledgebase.errors import InputError, ProjectRootConflict
+from knowledgebase.errors import InputError, NotFound, ProjectRootConflict
 from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
 
 
 @dataclass(frozen=True)
 class Project:
+    """A project; ``updated_at`` is when it was last populated (``kb populate`` records its root each
+    run), else when it was created."""
+
     id: int
     name: str
     root_path: str | None
@@ -25,9 +29,7 @@ ENSURE_PROJECT = f"""
 INSERT INTO projects (name, root_path) VALUES (%(name)s, %(root_path)s)
 ON CONFLICT (name) DO UPDATE
    SET root_path = COALESCE(EXCLUDED.root_path, projects.root_path),
-       updated_at = CASE WHEN EXCLUDED.root_path IS DISTINCT FROM projects.root_path
-                              AND EXCLUDED.root_path IS NOT NULL
-                         THEN now() ELSE projects.updated_at END
+       updated_at = CASE WHEN EXCLUDED.root_path IS NOT NULL THEN now() ELSE projects.updated_at END
 RETURNING {_COLS}
 """
 # a project keeps the root it was first indexed from (a name without a root takes the given one)
@@ -35,7 +37,8 @@ BIND_PROJECT = f"""
 INSERT INTO projects (name, root_path) VALUES (%(name)s, %(root_path)s)
 ON CONFLICT (name) DO UPDATE
    SET root_path = COALESCE(projects.root_path, EXCLUDED.root_path),
-       updated_at = CASE WHEN projects.root_path IS NULL THEN now() ELSE projects.updated_at END
+       updated_at = CASE WHEN projects.root_path IS NULL OR projects.root_path = EXCLUDED.root_path THEN now()
+                         ELSE projects.updated_at END
 RETURNING {_COLS}
 """
 MOVE_PROJECT_ROOT = (
@@ -44,6 +47,7 @@ MOVE_PROJECT_ROOT = (
 GET_PROJECT = f"SELECT {_COLS} FROM projects WHERE name = %s"
 GET_PROJECT_BY_ID = f"SELECT {_COLS} FROM projects WHERE id = %s"
 LIST_PROJECTS = f"SELECT {_COLS} FROM projects ORDER BY name"
+LIST_PROJECT_NAMES = "SELECT name FROM projects ORDER BY name"
 # the project whose root is the path or its nearest ancestor
 PROJECT_FOR_PATH = f"""
 SELECT {_COLS} FROM projects
@@ -88,13 +92,22 @@ def bind_project(conn: psycopg.Connection, name: str, root_path: str, *, move_ro
 
 
 def get_project(conn: psycopg.Connection, name: str) -> Project:
-    """The project called ``name``; NotFound lists how to create it."""
-    return fetch_required(
-        conn,
-        Project,
-        GET_PROJECT,
-        (name,),
-        f"project {name!r} (index it first with `kb populate PATH --project {name}`)",
+    """The project called ``name``; NotFound names the closest existing projects and how to create it."""
+    project = find_project(conn, name)
+    if project is None:
+        raise unknown_project(conn, name)
+    return project
+
+
+def unknown_project(conn: psycopg.Connection, name: str) -> NotFound:
+    """The error for a project name that does not exist, with a did-you-mean from the existing names."""
+    names = [row[0] for row in conn.execute(LIST_PROJECT_NAMES).fetchall()]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(n) for n in close)}?" if close else ""
+    known = "" if close or not names else f" (projects: {', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+    return NotFound(
+        f"project {name!r} does not exist{hint}{known}; index a folder as it with "
+        f"`kb populate PATH --project {name}`, or create it empty with `kb projects add {name}`"
     )
 
 

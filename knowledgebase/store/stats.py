@@ -79,6 +79,36 @@ class CommandOutcome:
     duration_ms: int | None
 
 
+@dataclass(frozen=True)
+class ProjectSummary:
+    """What one project holds: its root, indexed files and chunks, active facts, logged commands and
+    tasks, and when it was created and last populated (None: never populated)."""
+
+    id: int
+    name: str
+    root_path: str | None
+    files: int
+    chunks: int
+    facts: int
+    commands: int
+    tasks: int
+    created_at: datetime
+    last_populated_at: datetime | None
+
+
+PROJECT_SUMMARIES = """
+SELECT p.id, p.name, p.root_path,
+       (SELECT count(*) FROM project_files f WHERE f.project_id = p.id) AS files,
+       (SELECT count(*) FROM file_chunks c WHERE c.project_id = p.id) AS chunks,
+       (SELECT count(*) FROM knowledge k WHERE k.project_id = p.id AND k.status = 'active') AS facts,
+       (SELECT count(*) FROM command_log l WHERE l.project_id = p.id) AS commands,
+       (SELECT count(*) FROM tasks t WHERE t.project_id = p.id) AS tasks,
+       p.created_at,
+       CASE WHEN p.root_path IS NOT NULL THEN p.updated_at END AS last_populated_at
+  FROM projects p
+ WHERE %(name)s::text IS NULL OR p.name = %(name)s
+ ORDER BY p.name
+"""
 # What the store holds, per project (NULL: facts and commands recorded without one) and kind:
 # files by language, chunks by kind, facts by status (active ones split into fresh and stale),
 # commands by kind.
@@ -140,6 +170,11 @@ SELECT l.id, p.name AS project, l.task_id, l.kind, l.agent_id,
  ORDER BY l.executed_at DESC, l.id DESC
  LIMIT %(limit)s
 """
+
+
+def list_project_summaries(conn: psycopg.Connection, name: str | None = None) -> list[ProjectSummary]:
+    """Every project (or the one called ``name``) with its counts, by name."""
+    return fetch_all(conn, ProjectSummary, PROJECT_SUMMARIES, {"name": name})
 
 
 def list_store_counts(conn: psycopg.Connection) -> list[StoreCount]:
