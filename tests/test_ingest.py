@@ -407,7 +407,7 @@ def test_a_file_that_keeps_changing_keeps_its_previous_version(
         before = file_rows(conn)["app/util.py"]
     target = root / "app/util.py"
     target.write_text(target.read_text() + "\n# one\n")
-    real_read_all = scanning._read_all
+    real_read_all = scanning.read_at_most
 
     def read_while_appending(fd: int, limit: int) -> bytes:
         data = real_read_all(fd, limit)
@@ -416,13 +416,13 @@ def test_a_file_that_keeps_changing_keeps_its_previous_version(
                 fh.write("# another writer\n")
         return data
 
-    monkeypatch.setattr(scanning, "_read_all", read_while_appending)
+    monkeypatch.setattr(scanning, "read_at_most", read_while_appending)
     report = populate(db, fake_embedder, root, settings)
     assert [(s.rel_path, s.reason) for s in report.skipped] == [("app/util.py", SkipReason.CHANGING)]
     assert report.deleted == 0 and report.files_indexed == 4
     with db.connection() as conn:
         assert file_rows(conn)["app/util.py"] == before
-    monkeypatch.setattr(scanning, "_read_all", real_read_all)
+    monkeypatch.setattr(scanning, "read_at_most", real_read_all)
     report = populate(db, fake_embedder, root, settings)  # the writer stopped: the next run catches up
     assert report.changed == 1
     with db.connection() as conn:

@@ -258,7 +258,7 @@ def test_read_a_file_that_keeps_changing_while_read_is_skipped(tmp_path: Path, m
     root = tmp_path / "proj"
     path = _write(root, "log.txt", "line\n")
     scanned = _scanned(root, "log.txt")
-    real_read_all = scanning._read_all
+    real_read_all = scanning.read_at_most
 
     def read_while_a_writer_appends(fd: int, limit: int) -> bytes:
         data = real_read_all(fd, limit)
@@ -266,7 +266,7 @@ def test_read_a_file_that_keeps_changing_while_read_is_skipped(tmp_path: Path, m
             fh.write("more\n")
         return data
 
-    monkeypatch.setattr(scanning, "_read_all", read_while_a_writer_appends)
+    monkeypatch.setattr(scanning, "read_at_most", read_while_a_writer_appends)
     result = read_scanned(scanned, max_bytes=10_000)
     assert isinstance(result, SkippedFile)
     assert result.reason is SkipReason.CHANGING

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from knowledgebase.util.fileio import read_at_most
+
 SESSION_TASK_PREFIX = "gemini-"
 MAX_TRANSCRIPT_BYTES = 16 * 1024 * 1024  # only the tail of a larger transcript is read
 TRANSCRIPT_DEADLINE_S = 3.0  # reading a transcript never takes more of a hook's budget than this
@@ -167,20 +169,10 @@ def _read_tail(path: Path, limit: int) -> tuple[bytes, bool]:
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         start = max(0, info.st_size - limit)
         os.lseek(fd, start, os.SEEK_SET)
-        deadline = time.monotonic() + TRANSCRIPT_DEADLINE_S
-        parts: list[bytes] = []
-        remaining = limit
-        while remaining > 0:
-            part = os.read(fd, min(remaining, 1 << 20))
-            if not part:
-                break
-            parts.append(part)
-            remaining -= len(part)
-            if time.monotonic() > deadline:
-                raise OSError(errno.ETIMEDOUT, f"not read within {TRANSCRIPT_DEADLINE_S:g} s", str(path))
+        data = read_at_most(fd, limit, deadline=time.monotonic() + TRANSCRIPT_DEADLINE_S, name=str(path))
     finally:
         os.close(fd)
-    return b"".join(parts), start > 0
+    return data, start > 0
 
 
 def _transcript_messages(path: Path) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from pathspec import GitIgnoreSpec
 
 from knowledgebase.config import Settings
 from knowledgebase.errors import ProjectPathError
+from knowledgebase.util.fileio import read_at_most
 from knowledgebase.util.redact import redact_text
 
 # Directory names never entered: dependencies, build output, caches, VCS metadata.
@@ -369,7 +370,7 @@ def read_scanned(file: ScannedFile, *, max_bytes: int) -> FileText | SkippedFile
                 return SkippedFile(file.rel_path, SkipReason.NOT_REGULAR)
             if before.st_size > max_bytes:
                 return SkippedFile(file.rel_path, SkipReason.TOO_LARGE, f"{before.st_size} bytes")
-            data = _read_all(fd, max_bytes + 1)
+            data = read_at_most(fd, max_bytes + 1)
         except OSError as exc:
             return SkippedFile(file.rel_path, SkipReason.UNREADABLE, exc.strerror or str(exc))
         finally:
@@ -391,16 +392,6 @@ def read_scanned(file: ScannedFile, *, max_bytes: int) -> FileText | SkippedFile
     return SkippedFile(file.rel_path, SkipReason.CHANGING, "it will be read again on the next run")
 
 
-def _read_all(fd: int, limit: int) -> bytes:
-    parts: list[bytes] = []
-    remaining = limit
-    while remaining > 0:
-        part = os.read(fd, min(remaining, 1 << 20))
-        if not part:
-            break
-        parts.append(part)
-        remaining -= len(part)
-    return b"".join(parts)
 
 
 def _decode(file: ScannedFile, data: bytes) -> FileText | SkippedFile:
