@@ -14,7 +14,9 @@ with them (``knowledgebase.search.context``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,11 +27,14 @@ from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder
 from knowledgebase.ranking import RankingWeights, ScoreParts, score
 from knowledgebase.search.hits import CommandHit
+from knowledgebase.search.retrieval import MAX_EMBED_CHARS
 from knowledgebase.util.lexical import code_identifiers, tsquery_text
 
 COMMAND_SCAN = 500  # newest shell commands of the project looked at
-TEXT_CANDIDATES = 20  # best full-text matches among them
-RECENT_CANDIDATES = 20  # ... and the newest, whatever their text
+TEXT_CANDIDATES = 12  # best full-text matches among them
+RECENT_CANDIDATES = 12  # ... and the newest, whatever their text
+# vectors of command readings kept in the (warm) process: the same commands come back prompt after prompt
+VECTOR_CACHE_SIZE = 4096
 CONTEXT_COMMANDS = 3  # at most this many commands in one block
 OUTPUT_CHARS = 4000  # of each end of stdout and stderr read to find the error line
 MAX_COMMAND_CHARS = 200
@@ -42,6 +47,27 @@ HEADING = "## Commands run before"
 
 _ERROR = re.compile(r"\b(error|exception|fatal|failed|failure|traceback|panic|denied|not found)\b|Error\b", re.I)
 _TRACEBACK = "Traceback (most recent call last)"
+_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+_vectors_lock = threading.Lock()
+
+
+def _embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """``embedder.embed_documents(texts)``, each distinct text embedded once per process (LRU)."""
+    with _vectors_lock:
+        missing = list(dict.fromkeys(t for t in texts if (embedder.name, t) not in _vectors))
+    if missing:
+        fresh = embedder.embed_documents(missing)
+        with _vectors_lock:
+            for text, vector in zip(missing, fresh, strict=True):
+                _vectors[(embedder.name, text)] = vector
+                _vectors.move_to_end((embedder.name, text))
+            while len(_vectors) > VECTOR_CACHE_SIZE:
+                _vectors.popitem(last=False)
+    known = {t: v for t in texts if (v := _vectors.get((embedder.name, t))) is not None}
+    if len(known) < len(set(texts)):  # evicted meanwhile by another thread: embed those again
+        again = [t for t in dict.fromkeys(texts) if t not in known]
+        known |= dict(zip(again, embedder.embed_documents(again), strict=True))
+    return np.stack([known[t] for t in texts]) if texts else np.zeros((0, embedder.dimension), dtype=np.float32)
 
 
 def first_error_line(
@@ -159,8 +185,8 @@ def past_command_hits(
     # a command is read as its text and, for a failure, also as "failed: ..." and with its error line;
     # its similarity is that of the closest reading
     readings = [_readings(r, errors.get(r.id)) for r in rows]
-    qvec = embedder.embed_query(prompt)
-    flat = embedder.embed_documents([text for texts in readings for text in texts])
+    qvec = embedder.embed_query(prompt.strip()[:MAX_EMBED_CHARS])  # as retrieval does: one model call
+    flat = _embed(embedder, [text for texts in readings for text in texts])
     names = {*code_identifiers(prompt)}
     for path in paths:
         names |= {path, path.rsplit("/", 1)[-1]}
@@ -245,7 +271,7 @@ def _pairs(
         options = by_failure.get(row.id) if row.success is False else None
         if not options:
             continue
-        vectors = embedder.embed_documents([row.command, *(o.command for o in options)])
+        vectors = _embed(embedder, [row.command, *(o.command for o in options)])
         for option, vec in zip(options, vectors[1:], strict=True):
             if _program(option.command) == _program(row.command) or float(vec @ vectors[0]) >= PAIR_MIN_SIMILARITY:
                 pairs[row.id] = option

@@ -38,7 +38,7 @@ from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
 from knowledgebase.ranking import score as score_parts
 from knowledgebase.search import commands as past_commands
 from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit, Hit
-from knowledgebase.search.retrieval import search
+from knowledgebase.search.retrieval import MAX_EMBED_CHARS, search
 from knowledgebase.util.jsonable import to_jsonable
 from knowledgebase.util.redact import redact
 from knowledgebase.util.text import storable_text
@@ -147,6 +147,7 @@ def build_context(
         raise InputError(f"the context budget must be a positive number of tokens, not {budget!r}")
     weights = weights or DEFAULT_WEIGHTS
     prompt = storable_text(prompt) if isinstance(prompt, str) else prompt  # recorded as given, minus NUL
+    embedder = _SharedQuery(embedder)  # the prompt is embedded once for every part of the block
     hits = search(db, embedder, prompt, project=project, limit=CANDIDATE_HITS, weights=weights)
     # the cutoff asks "does it answer the prompt?" (relevance, what min_score was calibrated on); a
     # fact's confidence and recency order the hits and show in its citation, but do not decide that
@@ -187,6 +188,39 @@ def build_context(
         task_id=task_id,
         record_id=record_id,
     )
+
+
+class _SharedQuery:
+    """``embedder`` with its query vectors remembered: retrieval, past commands and the activity section
+    all compare with the prompt's vector, and a model call costs more than the rest of the block."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self._queries: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self._embedder.name
+
+    @property
+    def dimension(self) -> int:
+        return self._embedder.dimension
+
+    def embed_documents(self, texts: Any) -> Any:
+        return self._embedder.embed_documents(texts)
+
+    def embed_query(self, text: str) -> Any:
+        if text not in self._queries:
+            self._queries[text] = self._embedder.embed_query(text)
+        return self._queries[text]
+
+    def count_tokens(self, text: str) -> int:
+        return self._embedder.count_tokens(text)
+
+
+def query_text(prompt: str) -> str:
+    """What of a prompt is embedded (as retrieval embeds it)."""
+    return prompt.strip()[:MAX_EMBED_CHARS]
 
 
 def _merge(hits: list[Hit], extra: list[Hit]) -> list[Hit]:
@@ -239,7 +273,7 @@ def _with_activity(
     changes = tuple(c for c in work.changes if c.path in shown)
     tasks = work.tasks
     if tasks:
-        qvec = embedder.embed_query(prompt)
+        qvec = embedder.embed_query(query_text(prompt))
         vectors = embedder.embed_documents([t.title for t in tasks])
         tasks = tuple(t for t, v in zip(tasks, vectors, strict=True) if float(v @ qvec) >= TASK_MIN_SIMILARITY)
     text = render_active_work(work, tasks=tasks, changes=changes)

@@ -85,11 +85,11 @@ _OUTCOME = """
   ) o ON true
 """
 # The newest ``scan`` shell commands of the scope; of those, the best ``k`` by full text over the
-# command and its error, and the ``recent`` newest.
+# command, and the ``recent`` newest; then their outcome (with the ends of its output) for those only.
 PAST_COMMANDS = f"""
 WITH scanned AS MATERIALIZED (
-    SELECT l.id, l.command || ' ' || COALESCE(o.error, '') || ' ' || COALESCE(left(o.stderr, %(head)s), '') AS doc
-      FROM command_log l {_OUTCOME}
+    SELECT l.id, l.command AS doc
+      FROM command_log l
      WHERE l.kind = 'shell' AND COALESCE(l.command, '') <> ''
        AND (%(project_id)s::bigint IS NULL OR l.project_id = %(project_id)s)
      ORDER BY l.executed_at DESC, l.id DESC
