@@ -156,6 +156,19 @@ def test_context_flags_a_chunk_another_agent_changed_and_says_who(
         assert small.token_count <= budget and fake_embedder.count_tokens(small.text) == small.token_count
 
 
+def test_context_names_a_running_task_only_when_its_title_is_close_to_the_prompt(
+    db: Database, fake_embedder: HashingEmbedder, shop: Path
+) -> None:
+    with db.connection() as conn:
+        taskqueue.open_task(conn, THEIRS, owner="agent-b", project_id=project_id(db), title="slugify a title for urls")
+    work = active_work(db, "shop", exclude_task_id=MINE)
+    assert [t.id for t in work.tasks] == [THEIRS] and work.changes == ()
+    close = build_context(db, fake_embedder, "slugify a title", project="shop", activity=work, record=False)
+    assert HEADING in close.text and f"task `{THEIRS}` (slugify a title for urls) held by agent-b" in close.text
+    far = build_context(db, fake_embedder, "send_invoice_email customer", project="shop", activity=work, record=False)
+    assert HEADING not in far.text and THEIRS not in far.text
+
+
 # --------------------------------------------------------------------------------------------------
 # Hooks: two Gemini CLI sessions on one project
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from knowledgebase import store
 from knowledgebase.coordination import audit
 from knowledgebase.db import Database
 from knowledgebase.ranking import DEFAULT_WEIGHTS
-from knowledgebase.search.commands import HEADING, first_error_line, recent_failures
+from knowledgebase.search.commands import HEADING, first_error_line, past_command_hits, recent_failures
 from knowledgebase.search.context import build_context
 from tests.retrieval_support import SOURCES, index_files
 from tests.support import HashingEmbedder, as_agent
@@ -194,3 +194,18 @@ def test_the_relevant_command_is_chosen_by_meaning(db: Database, real_embedder: 
     assert f"command #{failed}" in pack.text and "then worked: `make test`" in pack.text
     for unrelated in ("git status", "ls -la", "docker compose", "du -sh"):
         assert unrelated not in pack.text
+
+
+def test_a_command_naming_a_file_of_the_retrieved_chunks_gets_the_identifier_bonus(
+    db: Database, fake_embedder: HashingEmbedder, alpha: int
+) -> None:
+    mail = shell(db, alpha, "python -m pytest src/mail.py", return_code=1, stderr="error: boom")
+    text = shell(db, alpha, "python -m pytest src/text.py", return_code=1, stderr="error: boom")
+    every = DEFAULT_WEIGHTS.with_(min_score=0.0)
+    found = past_command_hits(db, fake_embedder, "send invoice", project="alpha", paths=["src/mail.py"], weights=every)
+    parts = {h.id: h.parts for h in found}
+    assert parts[mail].identifier_match and not parts[text].identifier_match
+    assert parts[mail].similarity == pytest.approx(parts[text].similarity)  # the bonus alone sets them apart
+    assert [h.id for h in found].index(mail) < [h.id for h in found].index(text)
+    plain = past_command_hits(db, fake_embedder, "send invoice", project="alpha", weights=every)
+    assert not any(h.parts.identifier_match for h in plain)
