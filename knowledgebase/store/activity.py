@@ -132,7 +132,9 @@ RUNNING_TASKS = """
 SELECT t.id, t.project_id, t.title, t.owner, t.started_at,
        GREATEST(t.updated_at, COALESCE(a.last_logged, t.updated_at)) AS last_activity
   FROM tasks t
-  LEFT JOIN LATERAL (SELECT max(executed_at) AS last_logged FROM command_log WHERE task_id = t.id) a ON true
+  LEFT JOIN LATERAL (  -- the task's newest entry, by the (task_id, id) index
+      SELECT executed_at AS last_logged FROM command_log WHERE task_id = t.id ORDER BY id DESC LIMIT 1
+  ) a ON true
  WHERE t.status = 'running'
    AND (t.lease_expires_at IS NULL OR t.lease_expires_at > now())
    AND (%(project_id)s::bigint IS NULL OR t.project_id = %(project_id)s)
@@ -141,11 +143,13 @@ SELECT t.id, t.project_id, t.title, t.owner, t.started_at,
  ORDER BY last_activity DESC, t.id
  LIMIT %(limit)s
 """
+# by command_log.executed_at (indexed) first: the outputs of the last minutes' commands only
 FILE_CHANGES = """
 SELECT l.id AS command_log_id, l.task_id, l.agent_id, o.file_written, o.created_at AS changed_at
-  FROM command_output o
-  JOIN command_log l ON l.id = o.command_log_id
- WHERE o.file_written IS NOT NULL AND o.file_written <> ''
+  FROM command_log l
+  JOIN command_output o ON o.command_log_id = l.id
+ WHERE l.executed_at >= now() - make_interval(mins => %(minutes)s)
+   AND o.file_written IS NOT NULL AND o.file_written <> ''
    AND o.created_at >= now() - make_interval(mins => %(minutes)s)
    AND (%(project_id)s::bigint IS NULL OR l.project_id = %(project_id)s)
    AND (%(exclude_task_id)s::text IS NULL OR l.task_id IS DISTINCT FROM %(exclude_task_id)s)
