@@ -209,3 +209,27 @@ def test_a_command_naming_a_file_of_the_retrieved_chunks_gets_the_identifier_bon
     assert [h.id for h in found].index(mail) < [h.id for h in found].index(text)
     plain = past_command_hits(db, fake_embedder, "send invoice", project="alpha", weights=every)
     assert not any(h.parts.identifier_match for h in plain)
+
+
+class CountingEmbedder(HashingEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[str] = []
+
+    def embed_query(self, text: str) -> Any:
+        self.queries.append(text)
+        return super().embed_query(text)
+
+
+def test_the_prompt_is_embedded_once_per_block(db: Database, fake_embedder: HashingEmbedder, alpha: int) -> None:
+    from knowledgebase.coordination import taskqueue
+    from knowledgebase.search.activity import active_work
+
+    shell(db, alpha, "pytest tests/", return_code=1, stdout=TRACEBACK)
+    with db.connection() as conn:
+        taskqueue.open_task(conn, "other", owner="agent-b", project_id=alpha, title="fix the pytest ImportError")
+    counting = CountingEmbedder()
+    work = active_work(db, "alpha", exclude_task_id="mine")
+    assert work.tasks
+    pack = build_context(db, counting, "  pytest tests ImportError  ", project="alpha", activity=work, record=False)
+    assert HEADING in pack.text and counting.queries == ["pytest tests ImportError"]

@@ -51,7 +51,7 @@ _vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 _vectors_lock = threading.Lock()
 
 
-def _embed(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+def cached_vectors(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
     """``embedder.embed_documents(texts)``, each distinct text embedded once per process (LRU)."""
     with _vectors_lock:
         missing = list(dict.fromkeys(t for t in texts if (embedder.name, t) not in _vectors))
@@ -186,7 +186,7 @@ def past_command_hits(
     # its similarity is that of the closest reading
     readings = [_readings(r, errors.get(r.id)) for r in rows]
     qvec = embedder.embed_query(prompt.strip()[:MAX_EMBED_CHARS])  # as retrieval does: one model call
-    flat = _embed(embedder, [text for texts in readings for text in texts])
+    flat = cached_vectors(embedder, [text for texts in readings for text in texts])
     names = {*code_identifiers(prompt)}
     for path in paths:
         names |= {path, path.rsplit("/", 1)[-1]}
@@ -271,7 +271,7 @@ def _pairs(
         options = by_failure.get(row.id) if row.success is False else None
         if not options:
             continue
-        vectors = _embed(embedder, [row.command, *(o.command for o in options)])
+        vectors = cached_vectors(embedder, [row.command, *(o.command for o in options)])
         for option, vec in zip(options, vectors[1:], strict=True):
             if _program(option.command) == _program(row.command) or float(vec @ vectors[0]) >= PAIR_MIN_SIMILARITY:
                 pairs[row.id] = option

@@ -274,7 +274,7 @@ def _with_activity(
     tasks = work.tasks
     if tasks:
         qvec = embedder.embed_query(query_text(prompt))
-        vectors = embedder.embed_documents([t.title for t in tasks])
+        vectors = past_commands.cached_vectors(embedder, [t.title for t in tasks])
         tasks = tuple(t for t, v in zip(tasks, vectors, strict=True) if float(v @ qvec) >= TASK_MIN_SIMILARITY)
     text = render_active_work(work, tasks=tasks, changes=changes)
     if not text:
