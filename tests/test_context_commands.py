@@ -54,10 +54,12 @@ def shell(db: Database, project_id: int | None, command: str, **outcome: Any) ->
 
 def test_first_error_line_reads_tracebacks_error_lines_and_falls_back() -> None:
     assert first_error_line(TRACEBACK) == "ImportError: cannot import name 'send_invoice_email' from 'app.mail'"
-    pytest_e = "collected 3\nE   ModuleNotFoundError: No module named 'httpx'\nE   more\n"
+    pytest_e = "collected 3 items / 1 error\n\nE   ModuleNotFoundError: No module named 'httpx'\n= 1 error in 0.1s =\n"
     assert first_error_line(None, None, pytest_e) == "E ModuleNotFoundError: No module named 'httpx'"
     assert first_error_line("npm ERR! missing script: test\n") == "npm ERR! missing script: test"
     assert first_error_line("warming up\nsomething odd happened\n") == "something odd happened"  # last stderr line
+    assert first_error_line("fetching\n3 tests failed\n") == "3 tests failed"  # only mentions one
+    assert first_error_line(None, "ok\nfatal: not a git repository\n") == "fatal: not a git repository"
     assert first_error_line(None, None, None, None, "signal 9") == "signal 9"
     assert first_error_line(None) is None and first_error_line("", "", "\n\n", "") is None
     long = "error: " + "x" * 5000

@@ -43,6 +43,8 @@ agents and people recorded (with a confidence that fades unless confirmed), and 
 run with their outcome. Use `search` or `get_context` before exploring the code by hand, `remember`
 when you learn something another agent would need (a command that works, a convention, a decision and
 its reason), `confirm_fact` when you checked a fact and it holds, `forget_fact` when it is wrong.
+Other agents may work on the same project: `active_work` names their tasks and the files they changed
+lately, `recent_failures` the commands that failed here (and what worked instead).
 """
 
 

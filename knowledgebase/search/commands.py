@@ -45,7 +45,10 @@ FOLLOW_UPS = 5  # later successes of the same task looked at for a failed comman
 PAIR_MIN_SIMILARITY = 0.4
 HEADING = "## Commands run before"
 
-_ERROR = re.compile(r"\b(error|exception|fatal|failed|failure|traceback|panic|denied|not found)\b|Error\b", re.I)
+# a line that states an error ("ImportError: ...", "error: ...", "npm ERR!", "fatal: ...") beats one that
+# only mentions one ("collected 3 items / 1 error", "1 failed, 2 passed")
+_STATED = re.compile(r"\w(Error|Exception)\b:?|\b(error|fatal|panic)(\[[\w-]+\])?:|\bERR!|^E\s", re.I)
+_ERROR = re.compile(r"\b(error|errors|exception|fatal|failed|failure|panic|denied|not found)\b", re.I)
 _TRACEBACK = "Traceback (most recent call last)"
 _vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 _vectors_lock = threading.Lock()
@@ -78,9 +81,16 @@ def first_error_line(
     error: str | None = None,
 ) -> str | None:
     """The line that says what went wrong: a Python traceback's exception line, else the first line
-    naming an error (stderr before stdout), else the last line of stderr, else ``error``; clipped."""
+    stating an error, else the first mentioning one (stderr before stdout, each by its head then its
+    tail), else the last line of stderr, else ``error``; clipped to ``MAX_ERROR_CHARS``."""
     for head, tail in ((stderr_head, stderr_tail), (stdout_head, stdout_tail)):
-        found = _traceback_line(head, tail) or _error_line(head) or _error_line(tail)
+        found = (
+            _traceback_line(head, tail)
+            or _error_line(head, _STATED)
+            or _error_line(tail, _STATED)
+            or _error_line(head, _ERROR)
+            or _error_line(tail, _ERROR)
+        )
         if found:
             return _clip(found, MAX_ERROR_CHARS)
     for text in (stderr_tail, stderr_head, error):
@@ -106,8 +116,8 @@ def _traceback_line(head: str | None, tail: str | None) -> str | None:
     return None
 
 
-def _error_line(text: str | None) -> str | None:
-    return next((line for line in _lines(text) if _ERROR.search(line)), None)
+def _error_line(text: str | None, pattern: re.Pattern[str]) -> str | None:
+    return next((line for line in _lines(text) if pattern.search(line)), None)
 
 
 def _clip(text: str, limit: int) -> str:
