@@ -242,7 +242,8 @@ def test_kb_status_and_projects_show_name_the_agents_at_work(
     other_agent_writes(db, shop, "src/mail.py")
     for args in (["projects", "show"], ["status"]):
         text = runner.invoke(cli, args, env=env, catch_exceptions=False).stdout
-        assert "Other agents at work" in text and f"task `{THEIRS}` (fix the mailer)" in text, text
+        heading = "Agents at work" if args == ["status"] else "Other agents at work"
+        assert heading in text and f"task `{THEIRS}` (fix the mailer)" in text, text
         assert "`src/mail.py` changed" in text and "by gemini-cli@host:42" in text
         data = json.loads(runner.invoke(cli, [*args, "--json"], env=env, catch_exceptions=False).stdout)
         assert [t["id"] for t in data["active_work"]["tasks"]] == [THEIRS]

@@ -91,7 +91,8 @@ def status(database_url: str | None, as_json: bool) -> None:
         from knowledgebase.search.activity import render_active_work
 
         others = render_active_work(work)
-        click.echo(others.replace("## ", "", 1) if others else f"no agent active in the last {work.minutes} min")
+        shown = others.replace("## Other agents", "Agents", 1)  # no session here: everyone's work
+        click.echo(shown if others else f"no agent active in the last {work.minutes} min")
 
 
 def _active_work(database_url: str | None, minutes: int) -> ActiveWork:
