@@ -19,6 +19,9 @@ from knowledgebase.errors import ConfigError
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 # tokens of context handed to an agent per prompt, counted in the embedding model's tokenizer
 DEFAULT_CONTEXT_BUDGET = 1500
+# minutes within which another agent counts as active: a running task that logged something, a file
+# it wrote (KB_ACTIVE_MINUTES)
+DEFAULT_ACTIVE_MINUTES = 30
 # Bounds of numbers users hand in, checked before they reach the database (INTEGER columns, intervals).
 MAX_DB_INT = 2**31 - 1
 MAX_LEASE_SECONDS = 366 * 86400  # a year: longer leases are renewed with heartbeats
@@ -62,6 +65,7 @@ class Settings:
     chunk_tokens: int = 256
     ingest_batch_chunks: int = 256
     context_budget: int = DEFAULT_CONTEXT_BUDGET
+    active_minutes: int = DEFAULT_ACTIVE_MINUTES  # KB_ACTIVE_MINUTES: see knowledgebase.search.activity
     agent_id: str = ""
     pool_size: int = 4
     serve_idle_timeout: int = 1800
@@ -93,6 +97,7 @@ class Settings:
             chunk_tokens=_int(env, "KB_CHUNK_TOKENS", 256, minimum=64),
             ingest_batch_chunks=_int(env, "KB_INGEST_BATCH_CHUNKS", 256, minimum=1),
             context_budget=_int(env, "KB_CONTEXT_BUDGET", DEFAULT_CONTEXT_BUDGET, minimum=1),
+            active_minutes=_int(env, "KB_ACTIVE_MINUTES", DEFAULT_ACTIVE_MINUTES, minimum=1),
             agent_id=env.get("KB_AGENT_ID") or f"{socket.gethostname()}:{os.getpid()}",
             pool_size=_int(env, "KB_POOL_SIZE", 4, minimum=1),
             serve_idle_timeout=_int(env, "KB_SERVE_IDLE_TIMEOUT", 1800, minimum=1),

@@ -28,8 +28,18 @@ def db_url(db_url: str) -> str:
     """As `kb` and the agents reach the store by default: the least-privilege agent login."""
     return as_agent(db_url)
 
+
 TASK = "gemini-mcp-session"
-TOOLS = {"search", "get_context", "remember", "confirm_fact", "forget_fact", "recent_commands"}
+TOOLS = {
+    "search",
+    "get_context",
+    "remember",
+    "confirm_fact",
+    "forget_fact",
+    "recent_commands",
+    "active_work",
+    "recent_failures",
+}
 
 
 @pytest.fixture

@@ -9,8 +9,10 @@ import click
 
 from knowledgebase.cli._output import human_time, json_option, print_json
 from knowledgebase.cli._store import database_url_option, default_project, open_db
+from knowledgebase.util.jsonable import to_jsonable
 
 if TYPE_CHECKING:
+    from knowledgebase.search.activity import ActiveWork
     from knowledgebase.store import ProjectSummary
 
 
@@ -29,16 +31,19 @@ def projects() -> None:
     """
 
 
-def _summary(database_url: str | None, name: str | None) -> ProjectSummary:
+def _summary(database_url: str | None, name: str | None) -> tuple[ProjectSummary, ActiveWork]:
     from knowledgebase import store
+    from knowledgebase.cli._store import settings_from
     from knowledgebase.errors import InputError
+    from knowledgebase.search.activity import active_work
 
     with open_db(database_url) as db:
         name = default_project(db, name)
         if name is None:
             raise InputError("the current directory is in no indexed project: name one (`kb projects list`)")
         with db.connection() as conn:
-            return store.list_project_summaries(conn, name)[0]
+            row = store.list_project_summaries(conn, name)[0]
+        return row, active_work(db, row.name, minutes=settings_from(database_url).active_minutes)
 
 
 @projects.command("list")
@@ -76,15 +81,18 @@ def list_(as_json: bool, database_url: str | None) -> None:
 @json_option
 @database_url_option
 def show(name: str | None, as_json: bool, database_url: str | None) -> None:
-    """Show one project (default: the one containing the current directory) and what it holds.
+    """Show one project (default: the one containing the current directory), what it holds, and the
+    agents at work on it: running tasks and files changed in the last KB_ACTIVE_MINUTES (30).
 
     \b
     Example:
       kb projects show myapp
     """
-    row = _summary(database_url, name)
+    from knowledgebase.search.activity import render_active_work
+
+    row, work = _summary(database_url, name)
     if as_json:
-        print_json(row)
+        print_json({**to_jsonable(row), "active_work": work.to_json()})
         return
     for label, value in (
         ("project", row.name),
@@ -98,6 +106,8 @@ def show(name: str | None, as_json: bool, database_url: str | None) -> None:
         ("last populate", human_time(row.last_populated_at)),
     ):
         click.echo(f"{label:<16} {value}")
+    others = render_active_work(work)
+    click.echo(others.replace("## ", "", 1) if others else f"no other agent active in the last {work.minutes} min")
 
 
 @projects.command()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.console import Console
 from rich.table import Table
 
 from knowledgebase.cli._output import json_option, print_json
 from knowledgebase.cli._store import database_url_option, settings_from
+
+if TYPE_CHECKING:
+    from knowledgebase.search.activity import ActiveWork
 
 
 @click.command()
@@ -38,7 +43,9 @@ def init(database_url: str | None, as_json: bool) -> None:
 @database_url_option
 @json_option
 def status(database_url: str | None, as_json: bool) -> None:
-    """Show the database, server and pgvector versions, schema revision, model and row counts.
+    """Show the database, server and pgvector versions, schema revision, model and row counts, and the
+    agents at work (running tasks, files changed in the last KB_ACTIVE_MINUTES) of the current
+    directory's project, or of every project outside one.
 
     \b
     Example:
@@ -52,8 +59,12 @@ def status(database_url: str | None, as_json: bool) -> None:
     report = store_status(settings)
     choice = choose_backend(settings, "index")
     backend = f"{choice.backend} ({choice.reason})"
+    work = _active_work(database_url, settings.active_minutes) if report.schema_ok else None
     if as_json:
-        print_json({**to_jsonable(report), "embed_backend": choice.backend, "embed_backend_reason": choice.reason})
+        extra = {"active_work": work.to_json() if work else None}
+        print_json(
+            {**to_jsonable(report), "embed_backend": choice.backend, "embed_backend_reason": choice.reason, **extra}
+        )
         return
     console = Console()
     table = Table(show_header=False, box=None)
@@ -76,6 +87,22 @@ def status(database_url: str | None, as_json: bool) -> None:
         for name, count in report.row_counts.items():
             counts.add_row(name, str(count))
         console.print(counts)
+    if work is not None:
+        from knowledgebase.search.activity import render_active_work
+
+        others = render_active_work(work)
+        shown = others.replace("## Other agents", "Agents", 1)  # no session here: everyone's work
+        click.echo(shown if others else f"no agent active in the last {work.minutes} min")
+
+
+def _active_work(database_url: str | None, minutes: int) -> ActiveWork:
+    """Running tasks and files changed in the last ``minutes``, in every project (the current
+    directory's project when it is in one)."""
+    from knowledgebase.cli._store import default_project, open_db
+    from knowledgebase.search.activity import active_work
+
+    with open_db(database_url) as db:
+        return active_work(db, default_project(db, None), minutes=minutes)
 
 
 @click.group()

@@ -5,11 +5,14 @@ hook process itself (``knowledgebase.gemini.hook_client``) only relays. Every ha
 Gemini CLI reads from the hook's stdout:
 
 - SessionStart: opens (or, on resume, reopens) the session's task ``gemini-<session id>`` and returns
-  a short digest of the project: pinned and well-established facts, and recent decisions.
+  a short digest of the project: pinned and well-established facts, recent decisions, and the other
+  agents at work (running tasks, files changed in the last ``KB_ACTIVE_MINUTES``).
 - BeforeAgent: logs the prompt (without a leading ``<hook_context>`` block) and returns the ranked
-  context for it (``knowledgebase.search.context``) within ``KB_CONTEXT_BUDGET`` tokens.
+  context for it (``knowledgebase.search.context``: code, facts, past commands, and the other agents'
+  changes to the files shown) within ``KB_CONTEXT_BUDGET`` tokens.
 - AfterTool: ``run_shell_command`` is logged as a shell command with its output and exit code; other
-  tools as a tool call with a summary of their result.
+  tools as a tool call with a summary of their result (``write_file`` and ``replace`` with the file
+  they wrote, in ``command_output.file_written``).
 - AfterAgent: logs the turn's response and the token usage of each model call in the turn (read from
   the session transcript).
 - SessionEnd: closes the session's task.
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 
 AGENT_MODE = "gemini-cli"
 SHELL_TOOL = "run_shell_command"
+WRITE_TOOLS = ("write_file", "replace")  # their tool_input["file_path"] is the file they wrote
 MAX_SUMMARY_CHARS = 4000  # result summary kept for tools other than the shell
 MAX_INPUT_STRING_CHARS = 8000  # per string inside a tool's input (write_file content and the like)
 # what of a prompt retrieval reads: the model embeds about 1000 characters anyway, and a pasted
@@ -210,6 +214,9 @@ def session_start(services: HookServices, call: HookCall) -> HookResult:
         return HookResult({}, note=f"database unavailable, session spooled to {path.name}: {first_line(exc)}")
     _register(services, call, session)
     digest = session_digest(db, session.project)
+    others = _active_work(services, db, session)
+    if others:
+        digest = (digest or f"# Knowledgebase digest for project {session.project}\n") + "\n" + others + "\n"
     return HookResult(
         _additional_context("SessionStart", digest),
         note=f"task={session.task_id} project={session.project or '-'} source={source} digest={len(digest)}c{held}",
@@ -243,6 +250,7 @@ def before_agent(services: HookServices, call: HookCall) -> HookResult:
         project=logged.session.project,
         task_id=logged.session.task_id,
         budget=services.settings.context_budget,
+        activity=_others(services, logged.db, logged.session),
     )
     context_ms = (time.perf_counter() - started) * 1000
     return HookResult(
@@ -270,7 +278,9 @@ def after_tool(services: HookServices, call: HookCall) -> HookResult:
         note = f" exit={outcome.exit_code} truncated={output.truncated}"
     else:
         summary, error = _tool_summary(response)
-        output = audit.prepare_output(success=error is None, error=error)
+        path = tool_input.get("file_path") if tool_name in WRITE_TOOLS and error is None else None
+        written = [path] if isinstance(path, str) and path.strip() else []
+        output = audit.prepare_output(success=error is None, error=error, files_written=written)
         command = None
         note = f" tool={tool_name}"
 
@@ -392,6 +402,23 @@ def session_digest(db: Database, project: str | None) -> str:
         lines += ["", "## Recent decisions", ""]
         lines += [_fact_line(f) for f in decisions]
     return "\n".join(lines) + "\n"
+
+
+def _others(services: HookServices, db: Database, session: _Session) -> Any:
+    """What the other agents do on the session's project (None without a project)."""
+    from knowledgebase.search.activity import active_work
+
+    if session.project is None:
+        return None
+    minutes = services.settings.active_minutes
+    return active_work(db, session.project, exclude_task_id=session.task_id, minutes=minutes)
+
+
+def _active_work(services: HookServices, db: Database, session: _Session) -> str:
+    from knowledgebase.search.activity import render_active_work
+
+    work = _others(services, db, session)
+    return render_active_work(work) if work is not None else ""
 
 
 def _fact_line(fact: Any) -> str:

@@ -1,7 +1,8 @@
 """``kb mcp``: the knowledgebase as MCP tools for the model (stdio; Gemini CLI starts it).
 
 Tools (Gemini CLI shows them to the model as ``mcp_knowledgebase_<tool>``): ``search``,
-``get_context``, ``remember``, ``confirm_fact``, ``forget_fact``, ``recent_commands``. Each is a thin
+``get_context``, ``remember``, ``confirm_fact``, ``forget_fact``, ``recent_commands``, ``active_work``,
+``recent_failures``. Each is a thin
 adapter over the library (retrieval, context, facts, audit). The session's project and task come
 from the registry SessionStart writes (``knowledgebase.gemini.session``), found by this process's
 parent, Gemini CLI; without one, the project is resolved from the working directory.
@@ -42,6 +43,8 @@ agents and people recorded (with a confidence that fades unless confirmed), and 
 run with their outcome. Use `search` or `get_context` before exploring the code by hand, `remember`
 when you learn something another agent would need (a command that works, a convention, a decision and
 its reason), `confirm_fact` when you checked a fact and it holds, `forget_fact` when it is wrong.
+Other agents may work on the same project: `active_work` names their tasks and the files they changed
+lately, `recent_failures` the commands that failed here (and what worked instead).
 """
 
 
@@ -251,6 +254,40 @@ def build_server(services: McpServices) -> MCPServer:
             if failed_only:
                 items = [i for i in items if i["output"] is not None and not i["output"]["success"]]
             return [_command_json(i) for i in items[-max(1, min(limit, 100)) :]]
+
+        return guarded(run)
+
+    @server.tool()
+    def active_work(minutes: int | None = None) -> dict[str, Any]:
+        """What the other agents on this project are doing: their running tasks (id, title, owner, since
+        when, last active) and the files they changed in the last `minutes` (default KB_ACTIVE_MINUTES,
+        30), newest first. Check it before editing a file another agent may be working on."""
+
+        def run() -> dict[str, Any]:
+            from knowledgebase.search.activity import active_work as work_of
+
+            scope = services.scope()
+            if scope.project is None:
+                raise InputError("no project is known for this session: run it inside an indexed project")
+            window = services.settings.active_minutes if minutes is None else minutes
+            return work_of(services.database(), scope.project, exclude_task_id=scope.task_id, minutes=window).to_json()
+
+        return guarded(run)
+
+    @server.tool()
+    def recent_failures(limit: int = 10) -> list[dict[str, Any]]:
+        """Shell commands that failed lately on this project, by any agent, newest first: each with its
+        exit code, first error line, who ran it and when, and `then_worked`, the similar command that
+        succeeded after it in the same task (null: none did). Read it before running a build or test
+        command, so a known failure is not repeated."""
+
+        def run() -> list[dict[str, Any]]:
+            from knowledgebase.search.commands import recent_failures as failures_of
+            from knowledgebase.util.jsonable import to_jsonable
+
+            scope = services.scope()
+            found = failures_of(services.database(), services.embedder(), project=scope.project, limit=limit)
+            return [to_jsonable(f) for f in found]
 
         return guarded(run)
 

@@ -12,6 +12,12 @@ block including headings. That is a proxy for the agent model's tokenizer, not a
 code and English it is conservative for Gemini-class tokenizers, whose vocabularies are larger than
 MiniLM's WordPiece and spend fewer tokens on the same text.
 
+Past shell commands close to the prompt (``knowledgebase.search.commands``) compete for the same budget
+under "Commands run before". With ``activity`` (``knowledgebase.search.activity``), a chunk of a file
+another agent changed in the last minutes carries a note saying so, and an "Other agents at work"
+section names those changes and the running tasks whose title is close to the prompt; it is added
+last, only if it fits.
+
 Each assembled block is recorded in ``context_log`` (prompt, items with their score parts, text), so
 "why did the agent see this?" has an answer later.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowledgebase import store
 from knowledgebase.config import DEFAULT_CONTEXT_BUDGET
@@ -29,11 +35,16 @@ from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder
 from knowledgebase.errors import InputError
 from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
-from knowledgebase.search.hits import ChunkHit, FactHit, Hit
-from knowledgebase.search.retrieval import search
+from knowledgebase.ranking import score as score_parts
+from knowledgebase.search import commands as past_commands
+from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit, Hit
+from knowledgebase.search.retrieval import MAX_EMBED_CHARS, search
 from knowledgebase.util.jsonable import to_jsonable
 from knowledgebase.util.redact import redact
 from knowledgebase.util.text import storable_text
+
+if TYPE_CHECKING:
+    from knowledgebase.search.activity import ActiveWork
 
 DEFAULT_BUDGET = DEFAULT_CONTEXT_BUDGET
 # hits considered for one block; more than fit in any usual budget
@@ -44,6 +55,9 @@ HEADER = "# Context from the knowledgebase"
 INTRO = "Ranked for this prompt from {scope}; each item cites its source."
 FACTS_HEADING = "## Known facts"
 CODE_HEADING = "## Code"
+COMMANDS_HEADING = past_commands.HEADING
+# a running task of another agent is named in a block when its title is this close to the prompt
+TASK_MIN_SIMILARITY = 0.35
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ class ContextPack:
 
 @dataclass(frozen=True)
 class _Block:
-    hit: Hit
+    hit: Hit | None  # None: the "Other agents at work" section
     text: str
     item: ContextItem
 
@@ -119,10 +133,13 @@ def build_context(
     budget: int | None = None,
     weights: RankingWeights | None = None,
     record: bool = True,
+    commands: bool = True,
+    activity: ActiveWork | None = None,
 ) -> ContextPack:
     """The context block for ``prompt`` within ``budget`` tokens (default ``KB_CONTEXT_BUDGET``'s default,
     1500; adapters pass ``settings.context_budget``), recorded in ``context_log`` unless ``record`` is False.
 
+    ``commands`` False leaves past commands out; ``activity`` is what other agents do (see the module).
     An empty block (``text == ""``) means nothing relevant fitted or the store holds nothing yet.
     """
     budget = DEFAULT_BUDGET if budget is None else budget
@@ -130,11 +147,18 @@ def build_context(
         raise InputError(f"the context budget must be a positive number of tokens, not {budget!r}")
     weights = weights or DEFAULT_WEIGHTS
     prompt = storable_text(prompt) if isinstance(prompt, str) else prompt  # recorded as given, minus NUL
+    embedder = _SharedQuery(embedder)  # the prompt is embedded once for every part of the block
     hits = search(db, embedder, prompt, project=project, limit=CANDIDATE_HITS, weights=weights)
     # the cutoff asks "does it answer the prompt?" (relevance, what min_score was calibrated on); a
     # fact's confidence and recency order the hits and show in its citation, but do not decide that
     hits = [h for h in hits if h.parts.relevance >= weights.min_score]
-    blocks = _pack(hits, embedder, budget, project)
+    if commands and isinstance(prompt, str) and prompt.strip():
+        paths = [h.path for h in hits if isinstance(h, ChunkHit)]
+        found = past_commands.past_command_hits(db, embedder, prompt, project=project, paths=paths, weights=weights)
+        hits = _merge(hits, list(found))
+    blocks = _pack(hits, embedder, budget, project, activity)
+    if activity is not None and not activity.empty:
+        blocks = _with_activity(blocks, activity, embedder, prompt, budget, project)
     text = _render(blocks, project)
     token_count = embedder.count_tokens(text) if text else 0
     items = tuple(b.item for b in blocks)
@@ -166,7 +190,53 @@ def build_context(
     )
 
 
-def _pack(hits: list[Hit], embedder: Embedder, budget: int, project: str | None) -> list[_Block]:
+class _SharedQuery:
+    """``embedder`` with its query vectors remembered: retrieval, past commands and the activity section
+    all compare with the prompt's vector, and a model call costs more than the rest of the block."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self._queries: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self._embedder.name
+
+    @property
+    def dimension(self) -> int:
+        return self._embedder.dimension
+
+    def embed_documents(self, texts: Any) -> Any:
+        return self._embedder.embed_documents(texts)
+
+    def embed_query(self, text: str) -> Any:
+        if text not in self._queries:
+            self._queries[text] = self._embedder.embed_query(text)
+        return self._queries[text]
+
+    def count_tokens(self, text: str) -> int:
+        return self._embedder.count_tokens(text)
+
+
+def query_text(prompt: str) -> str:
+    """What of a prompt is embedded (as retrieval embeds it)."""
+    return prompt.strip()[:MAX_EMBED_CHARS]
+
+
+def _merge(hits: list[Hit], extra: list[Hit]) -> list[Hit]:
+    """``hits`` in their order, with each of ``extra`` (best first) before the first hit it outscores."""
+    merged: list[Hit] = []
+    pending = sorted(extra, key=lambda h: -h.score)
+    for hit in hits:
+        while pending and pending[0].score > hit.score:
+            merged.append(pending.pop(0))
+        merged.append(hit)
+    return merged + pending
+
+
+def _pack(
+    hits: list[Hit], embedder: Embedder, budget: int, project: str | None, activity: ActiveWork | None = None
+) -> list[_Block]:
     """Choose blocks greedily by score while the whole rendered text stays within ``budget``."""
     chosen: list[_Block] = []
     used = embedder.count_tokens(_render([], project, force_header=True))
@@ -174,11 +244,11 @@ def _pack(hits: list[Hit], embedder: Embedder, budget: int, project: str | None)
         remaining = budget - used
         if remaining <= 0:
             break
-        block = _block(hit, embedder)
+        block = _block(hit, embedder, activity)
         # a section heading costs a few tokens the first time a kind appears
-        heading = 0 if any(b.hit.kind == hit.kind for b in chosen) else embedder.count_tokens(_heading(hit))
+        heading = 0 if any(b.item.kind == hit.kind for b in chosen) else embedder.count_tokens(_heading(hit))
         if block.item.tokens + heading > remaining and isinstance(hit, ChunkHit):
-            cut = _cut_chunk(hit, embedder, remaining - heading)
+            cut = _cut_chunk(hit, embedder, remaining - heading, activity)
             if cut is None:
                 continue
             block = cut
@@ -192,8 +262,41 @@ def _pack(hits: list[Hit], embedder: Embedder, budget: int, project: str | None)
     return chosen
 
 
+def _with_activity(
+    blocks: list[_Block], work: ActiveWork, embedder: Embedder, prompt: str, budget: int, project: str | None
+) -> list[_Block]:
+    """``blocks`` and, if it fits, the section on the other agents' work that concerns this block: the
+    changes of the files shown, and the running tasks whose title is close to the prompt."""
+    from knowledgebase.search.activity import render_active_work
+
+    shown = {b.hit.path for b in blocks if isinstance(b.hit, ChunkHit)}
+    changes = tuple(c for c in work.changes if c.path in shown)
+    tasks = work.tasks
+    if tasks:
+        qvec = embedder.embed_query(query_text(prompt))
+        vectors = past_commands.cached_vectors(embedder, [t.title for t in tasks])
+        tasks = tuple(t for t, v in zip(tasks, vectors, strict=True) if float(v @ qvec) >= TASK_MIN_SIMILARITY)
+    text = render_active_work(work, tasks=tasks, changes=changes)
+    if not text:
+        return blocks
+    tokens = embedder.count_tokens(text)
+    who = sorted({c.agent_id or "unknown" for c in changes} | {t.owner or "unknown" for t in tasks})
+    item = ContextItem(
+        kind="activity",
+        id=0,
+        citation=f"{len(tasks)} tasks, {len(changes)} changed files of " + ", ".join(who),
+        score=0.0,
+        parts=score_parts(similarity=0.0),
+        tokens=tokens,
+    )
+    with_section = [*blocks, _Block(None, text, item)]
+    return with_section if embedder.count_tokens(_render(with_section, project)) <= budget else blocks
+
+
 def _heading(hit: Hit) -> str:
-    return FACTS_HEADING if isinstance(hit, FactHit) else CODE_HEADING
+    if isinstance(hit, FactHit):
+        return FACTS_HEADING
+    return COMMANDS_HEADING if isinstance(hit, CommandHit) else CODE_HEADING
 
 
 def _render(blocks: list[_Block], project: str | None, *, force_header: bool = False) -> str:
@@ -202,13 +305,20 @@ def _render(blocks: list[_Block], project: str | None, *, force_header: bool = F
     scope = f"project {project}" if project else "all projects"
     lines = [HEADER, "", INTRO.format(scope=scope)]
     facts = [b for b in blocks if isinstance(b.hit, FactHit)]
-    code = [b for b in blocks if not isinstance(b.hit, FactHit)]
+    commands = [b for b in blocks if isinstance(b.hit, CommandHit)]
+    code = [b for b in blocks if b.hit is not None and not isinstance(b.hit, FactHit | CommandHit)]
     if facts:
         lines += ["", FACTS_HEADING, ""]
         lines += [b.text for b in facts]
+    if commands:
+        lines += ["", COMMANDS_HEADING, ""]
+        lines += [b.text for b in commands]
     if code:
         lines += ["", CODE_HEADING]
         for b in code:
+            lines += ["", b.text]
+    for b in blocks:
+        if b.hit is None:
             lines += ["", b.text]
     return "\n".join(lines) + "\n"
 
@@ -227,17 +337,38 @@ def _fence(content: str) -> str:
     return "`" * (longest + 1)
 
 
-def _chunk_text(hit: ChunkHit, content: str, end_line: int) -> str:
+def _chunk_text(hit: ChunkHit, content: str, end_line: int, activity: ActiveWork | None = None) -> str:
     symbol = f" `{hit.symbol}`" if hit.symbol else ""
     fence = _fence(content)
-    return f"### {hit.path}:{hit.start_line}-{end_line}{symbol}\n\n{fence}{hit.language or ''}\n{content}\n{fence}"
+    note = _changed_note(hit.path, activity)
+    return (
+        f"### {hit.path}:{hit.start_line}-{end_line}{symbol}\n\n{note}{fence}{hit.language or ''}\n{content}\n{fence}"
+    )
 
 
-def _block(hit: Hit, embedder: Embedder) -> _Block:
+def _changed_note(path: str, activity: ActiveWork | None) -> str:
+    """The warning above a chunk of a file another agent changed lately ("" when none did)."""
+    change = activity.changed(path) if activity is not None else None
+    if change is None:
+        return ""
+    from knowledgebase.search.activity import change_line
+
+    return f"> Note: {change_line(change, _now())} (another agent); the file may differ from this text.\n\n"
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def _block(hit: Hit, embedder: Embedder, activity: ActiveWork | None = None) -> _Block:
     if isinstance(hit, FactHit):
         text = f"- **{_inline(hit.fact_label)}**: {_inline(hit.fact_value)} ({hit.citation()})"
+    elif isinstance(hit, CommandHit):
+        text = f"- {hit.text}"
     elif isinstance(hit, ChunkHit):
-        text = _chunk_text(hit, hit.text.rstrip("\n"), hit.end_line)
+        text = _chunk_text(hit, hit.text.rstrip("\n"), hit.end_line, activity)
     else:
         text = f"### {hit.citation()}\n\n{_fence(hit.text)}\n{hit.text}\n{_fence(hit.text)}"
     return _Block(hit, text, _item(hit, embedder.count_tokens(text), hit.citation()))
@@ -261,7 +392,7 @@ def _item(hit: Hit, tokens: int, citation: str, *, cut_at: int | None = None) ->
     )
 
 
-def _cut_chunk(hit: ChunkHit, embedder: Embedder, room: int) -> _Block | None:
+def _cut_chunk(hit: ChunkHit, embedder: Embedder, room: int, activity: ActiveWork | None = None) -> _Block | None:
     """The longest leading part of a chunk (whole lines) whose block fits in ``room`` tokens."""
     if room < MIN_PARTIAL_TOKENS:
         return None
@@ -271,7 +402,7 @@ def _cut_chunk(hit: ChunkHit, embedder: Embedder, room: int) -> _Block | None:
     while low <= high:
         middle = (low + high) // 2
         end_line = hit.start_line + middle - 1
-        text = _chunk_text(hit, "\n".join(lines[:middle]), end_line)
+        text = _chunk_text(hit, "\n".join(lines[:middle]), end_line, activity)
         tokens = embedder.count_tokens(text)
         if tokens <= room:
             citation = f"{hit.path}:{hit.start_line}-{end_line}"
