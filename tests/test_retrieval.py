@@ -85,6 +85,9 @@ def test_every_kind_of_hit_as_json() -> None:
         symbol="x",
         language="python",
         content_hash="h",
+        role="source",
+        definition_start=1,
+        definition_end=9,
         **common,
     )
     assert chunk.to_json() == {
@@ -97,8 +100,11 @@ def test_every_kind_of_hit_as_json() -> None:
         "end_line": 4,
         "symbol": "x",
         "language": "python",
+        "role": "source",
+        "definition_start": 1,
+        "definition_end": 9,
         "text": "x = 1",
-        "citation": "src/x.py:3-4",
+        "citation": "src/x.py:1-9",
     }
     fact = FactHit(
         id=2,

@@ -51,6 +51,16 @@ def parse_age(value: str | None) -> timedelta | None:
 @click.option("--glob", "path_glob", metavar="GLOB", help="Only files matching this path glob (e.g. 'src/**/*.py').")
 @click.option("--task", "task_id", metavar="ID", help="Only facts and commands of this task.")
 @click.option("--since", metavar="AGE", help="Only what was indexed, confirmed or run within this age (7d, 12h).")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="ROLE",
+    help="Only files with this role: source, test, docs, changelog, config, generated, example, vendored.",
+)
+@click.option("--code", "shortcuts", flag_value="source", multiple=True, help="Only source files (--role source).")
+@click.option("--docs", "shortcuts", flag_value="docs", multiple=True, help="Only documentation (--role docs).")
+@click.option("--tests", "shortcuts", flag_value="test", multiple=True, help="Only tests (--role test).")
 @click.option("--explain", is_flag=True, help="Show the parts of every score.")
 @json_option
 @database_url_option
@@ -62,16 +72,23 @@ def search(
     path_glob: str | None,
     task_id: str | None,
     since: str | None,
+    roles: tuple[str, ...],
+    shortcuts: tuple[str, ...],
     explain: bool,
     as_json: bool,
     database_url: str | None,
 ) -> None:
-    """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin)."""
+    """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin).
+
+    A role filter (--role, --code, --docs, --tests) searches file chunks only."""
     from knowledgebase.search.hits import DEFAULT_KINDS, KINDS, ChunkHit
 
     query = read_text_argument(query)
     age = parse_age(since)
     chosen = KINDS if "all" in kinds else (kinds or DEFAULT_KINDS)
+    wanted = list(dict.fromkeys([*roles, *shortcuts])) or None
+    if wanted is not None and not kinds:
+        chosen = ("chunk",)
     args = {
         "query": query,
         "project": project,
@@ -81,6 +98,7 @@ def search(
         "task_id": task_id,
         "since_s": age.total_seconds() if age is not None else None,
         "limit": limit,
+        "roles": wanted,
     }
     hits = _search_hits(args, database_url)
     if as_json:
@@ -91,6 +109,10 @@ def search(
         return
     for rank, hit in enumerate(hits, start=1):
         title = hit.citation() + (f"  {hit.symbol}" if isinstance(hit, ChunkHit) and hit.symbol else "")
+        if isinstance(hit, ChunkHit):
+            title += f"  [{hit.role or 'source'}]"
+            if hit.span != (hit.start_line, hit.end_line):
+                title += f"  (best part: lines {hit.start_line}-{hit.end_line})"
         click.echo(click.style(f"{rank:>2}. {hit.score:.3f}  {title}", bold=True))
         if explain:
             click.echo(f"    {hit.parts.explain()}")
@@ -122,6 +144,7 @@ def _search_hits(args: dict[str, Any], database_url: str | None) -> list[Hit]:
             path_glob=args["path_glob"],
             since=timedelta(seconds=args["since_s"]) if args["since_s"] is not None else None,
             limit=args["limit"],
+            roles=args.get("roles"),
         )
 
 

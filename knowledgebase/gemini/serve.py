@@ -324,6 +324,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 path_glob=args.get("path_glob"),
                 since=timedelta(seconds=since) if since is not None else None,
                 limit=int(args["limit"]),
+                roles=args.get("roles"),
             )
         except KnowledgebaseError as exc:  # the command then runs in its own process and reports it
             if isinstance(exc, DatabaseUnavailable):
