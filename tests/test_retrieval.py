@@ -375,6 +375,8 @@ def test_path_globs() -> None:
 def test_query_helpers() -> None:
     assert tsquery_text("Where is the populate_project function?") == "populate_project | populate | project | function"
     assert tsquery_text("what is it") is None
+    versions = code_identifiers("what changed in 0.47.0 and in v3.1, since 2.0rc1? not 12 or x2.5y")
+    assert versions == ["0.47.0", "3.1", "2.0rc1"]
     assert code_identifiers("call os.path.join, populate_project and ContextPack, e.g. not plain words") == [
         "os.path.join",
         "populate_project",
