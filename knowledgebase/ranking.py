@@ -18,7 +18,8 @@ The score of a hit::
   ``ContextPack``) occurs verbatim in the item: the case where exact text beats meaning.
 - ``role_prior`` (chunks only) is minus the penalty of the file's role (``role_penalties``: tests, docs,
   changelogs... rank below the source of similar meaning), or ``asked_role_bonus`` when the query asks
-  for that role (``knowledgebase.util.roles.query_roles``: "how do I test ..." lifts tests).
+  for that role (``knowledgebase.util.roles.query_roles``: "how do I test ..." lifts tests); a chunk of
+  source outside every definition gets ``-outside_definition``.
 - ``confidence_factor`` (facts only) is ``1 - fact_confidence + fact_confidence * effective``, where the
   effective confidence decays with time since the fact was last confirmed and drops for stale facts.
 - ``recency_factor`` (facts and commands) is ``1 - recency + recency * 0.5 ** (age / half-life)``.
@@ -85,6 +86,9 @@ class RankingWeights:
     role_penalties: tuple[tuple[str, float], ...] = DEFAULT_ROLE_PENALTIES
     # added instead when the query asks for the file's role ("how do I test", "what changed in")
     asked_role_bonus: float = 0.1
+    # subtracted from a chunk of source that is part of no definition (module docstring, top-level
+    # statements): it describes or sets up, the definitions implement (0.1: best of 0, 0.03, 0.06, 0.1)
+    outside_definition: float = 0.1
 
     def __post_init__(self) -> None:
         for name in (
@@ -97,6 +101,7 @@ class RankingWeights:
             "diversity",
             "min_score",
             "asked_role_bonus",
+            "outside_definition",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"ranking weight {name} must not be negative")
@@ -115,10 +120,11 @@ class RankingWeights:
         """A copy with some weights replaced."""
         return replace(self, **changes)
 
-    def role_prior(self, role: str | None, asked: frozenset[str] = frozenset()) -> float:
-        """What a chunk of a file with ``role`` gets added to its relevance, given the roles asked for."""
+    def role_prior(self, role: str | None, asked: frozenset[str] = frozenset(), *, in_definition: bool = True) -> float:
+        """What a chunk of a file with ``role`` gets added to its relevance, given the roles asked for;
+        ``in_definition`` False for a chunk outside every definition (its symbol is None)."""
         if role is None or role == "source":
-            return 0.0
+            return 0.0 if in_definition else -self.outside_definition
         if role in asked:
             return self.asked_role_bonus
         return -dict(self.role_penalties).get(role, 0.0)
@@ -126,7 +132,12 @@ class RankingWeights:
 
 DEFAULT_WEIGHTS = RankingWeights()
 # the ranking before definitions and roles (every chunk its own hit, no role prior): for comparisons
-LEGACY: dict[str, Any] = {"definitions": False, "role_penalties": (), "asked_role_bonus": 0.0}
+LEGACY: dict[str, Any] = {
+    "definitions": False,
+    "role_penalties": (),
+    "asked_role_bonus": 0.0,
+    "outside_definition": 0.0,
+}
 
 
 @dataclass(frozen=True)

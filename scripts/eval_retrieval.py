@@ -1,6 +1,8 @@
 """Retrieval quality and speed: a CodeSearchNet-style evaluation, HumanEval, baselines, HNSW recall, latency.
 
     .venv/bin/python scripts/eval_retrieval.py [--home DIR] [--max-queries 600] [--json] [--skip-scale]
+        [--sets csn,humaneval,identifiers,starlette,jinja,questions] [--grid none|lexical|roles]
+        [--skip-hnsw] [--no-baselines] [--dump DIR]
 
 Data sets (built offline from what is installed in the venv):
 
@@ -12,6 +14,16 @@ Data sets (built offline from what is installed in the venv):
   blanked + canonical solution); the query is the docstring's description (before the examples).
 - ``identifiers``: the names of csn functions defined once in the corpus (``get_current_heads``), queried
   as they are: the case where exact text should beat meaning.
+- ``starlette``, ``jinja``: whole repositories from git snapshots (``scripts/eval_corpora.py``: source,
+  tests, docs, changelog, examples), every Python docstring blanked, queried by the summary lines of
+  their source package's functions: the csn method where docs and tests compete with the answer.
+- ``questions``: the hand-written developer questions of ``scripts/data/dev_questions.json`` (starlette,
+  jinja and this repository at a fixed commit, unmodified), each answered by one definition, section or
+  test; reported per repository and together, with the top-3 rate ("right definition in the top 3").
+
+Modes: ``full`` is the ranking before definitions and roles (``knowledgebase.ranking.LEGACY``), ``new``
+the current defaults (one hit per definition, role priors). ``--grid roles`` scores a grid of role
+priors and prints it (the defaults are its first row); ``--dump DIR`` keeps every query's candidates.
 
 For each set it reports recall@1, recall@10 and MRR@10 of: vector only, full text only (ts_rank_cd), the
 full ranking (``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference),

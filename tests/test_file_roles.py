@@ -85,9 +85,9 @@ def _hit(id: int, path: str, similarity: float, *, role: str, start: int, end: i
 
 def test_role_priors_rank_source_first_unless_the_question_asks_for_tests() -> None:
     hits = [
-        _hit(1, "tests/test_invoice.py", 0.52, role="test", start=1, end=9),
-        _hit(2, "docs/invoice.md", 0.51, role="docs", start=1, end=9),
-        _hit(3, "src/invoice.py", 0.50, role="source", start=1, end=9),
+        _hit(1, "tests/test_invoice.py", 0.52, role="test", start=1, end=9, symbol="test_total"),
+        _hit(2, "docs/invoice.md", 0.51, role="docs", start=1, end=9, symbol="Invoices"),
+        _hit(3, "src/invoice.py", 0.50, role="source", start=1, end=9, symbol="invoice_total"),
     ]
     assert rerank(hits, weights=DEFAULT_WEIGHTS.with_(**LEGACY))[0].path == "tests/test_invoice.py"
     ranked = rerank(hits, query="where is the invoice total computed")
@@ -213,3 +213,14 @@ def test_revision_0005_adds_the_role_column_and_takes_it_away(fresh_database_url
         )
     downgrade(fresh_database_url, "0004")
     assert "role" not in columns()
+
+
+def test_source_outside_every_definition_ranks_below_a_definition() -> None:
+    """A module docstring (no symbol) that reads like the question yields to the function it describes."""
+    hits = [
+        _hit(1, "src/invoice.py", 0.55, role="source", start=1, end=6),
+        _hit(2, "src/invoice.py", 0.50, role="source", start=8, end=30, symbol="invoice_total"),
+    ]
+    assert [h.id for h in rerank(hits, weights=DEFAULT_WEIGHTS.with_(**LEGACY))] == [1, 2]
+    ranked = rerank(hits, query="where is the invoice total computed")
+    assert [h.id for h in ranked] == [2, 1] and ranked[1].parts.role_prior == -DEFAULT_WEIGHTS.outside_definition

@@ -13,7 +13,7 @@ from knowledgebase import store
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, ModelMismatch, NotFound
 from knowledgebase.facts import FactSource, add_fact
-from knowledgebase.ranking import DEFAULT_WEIGHTS, score
+from knowledgebase.ranking import DEFAULT_WEIGHTS, LEGACY, score
 from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit
 from knowledgebase.search.retrieval import rerank, search, search_candidates
 from knowledgebase.util.lexical import code_identifiers, tsquery_text
@@ -269,7 +269,8 @@ def test_rerank_reorders_candidates_as_search_would(db: Database, fake_embedder:
         assert [(h.kind, h.id) for h in rerank(candidates, weights=weights, limit=5)] == [
             (h.kind, h.id) for h in expected
         ]
-    vector_only = rerank(candidates, weights=DEFAULT_WEIGHTS.with_(text=0.0, identifier=0.0), limit=5)
+    # no priors either: the score is the similarity
+    vector_only = rerank(candidates, weights=DEFAULT_WEIGHTS.with_(text=0.0, identifier=0.0, **LEGACY), limit=5)
     assert all(
         h.score == pytest.approx(h.parts.similarity * h.parts.confidence_factor * h.parts.recency_factor)
         for h in vector_only

@@ -190,7 +190,11 @@ def _scored(hit: Hit, weights: RankingWeights, now: datetime, asked: frozenset[s
         identifier_match=hit.parts.identifier_match,
         confidence=confidence,
         age_seconds=age,
-        role_prior=weights.role_prior(hit.role, asked) if isinstance(hit, ChunkHit) else 0.0,
+        role_prior=(
+            weights.role_prior(hit.role, asked, in_definition=hit.symbol is not None)
+            if isinstance(hit, ChunkHit)
+            else 0.0
+        ),
         weights=weights,
     )
     if isinstance(hit, FactHit):
