@@ -37,13 +37,13 @@ SECONDS_PER_DAY = 86_400.0
 # then the best mean MRR@10 over the csn, humaneval, starlette, jinja and question sets (README, "How
 # well it retrieves")
 DEFAULT_ROLE_PENALTIES: tuple[tuple[str, float], ...] = (
-    ("test", 0.12),
+    ("test", 0.16),
     ("docs", 0.05),
     ("example", 0.05),
-    ("changelog", 0.1),
-    ("config", 0.1),
-    ("generated", 0.1),
-    ("vendored", 0.1),
+    ("changelog", 0.15),
+    ("config", 0.15),
+    ("generated", 0.15),
+    ("vendored", 0.15),
 )
 
 
