@@ -6,7 +6,7 @@ frozen ``RankingWeights``; ``DEFAULT_WEIGHTS`` holds the defaults chosen from
 
 The score of a hit::
 
-    relevance = vector * similarity + text * text_score + identifier * identifier_match
+    relevance = vector * similarity + text * text_score + identifier * identifier_match + role_prior
     score     = relevance * confidence_factor * recency_factor
 
 - ``similarity`` is the cosine similarity of the query and the item's embedding (-1..1).
@@ -16,6 +16,10 @@ The score of a hit::
   additive bonus that reorders hits of similar meaning, never a list of equal standing.
 - ``identifier_match`` is 1 when a code identifier written in the query (``populate_project``,
   ``ContextPack``) occurs verbatim in the item: the case where exact text beats meaning.
+- ``role_prior`` (chunks only) is minus the penalty of the file's role (``role_penalties``: tests, docs,
+  changelogs... rank below the source of similar meaning), or ``asked_role_bonus`` when the query asks
+  for that role (``knowledgebase.util.roles.query_roles``: "how do I test ..." lifts tests); a chunk of
+  source outside every definition gets ``-outside_definition``.
 - ``confidence_factor`` (facts only) is ``1 - fact_confidence + fact_confidence * effective``, where the
   effective confidence decays with time since the fact was last confirmed and drops for stale facts.
 - ``recency_factor`` (facts and commands) is ``1 - recency + recency * 0.5 ** (age / half-life)``.
@@ -26,8 +30,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 SECONDS_PER_DAY = 86_400.0
+# fitted by scripts/eval_retrieval.py --grid roles: the highest top-3 rate on the developer questions,
+# then the best mean MRR@10 over the csn, humaneval, starlette, jinja and question sets (README, "How
+# well it retrieves")
+DEFAULT_ROLE_PENALTIES: tuple[tuple[str, float], ...] = (
+    ("test", 0.16),
+    ("docs", 0.05),
+    ("example", 0.05),
+    ("changelog", 0.15),
+    ("config", 0.15),
+    ("generated", 0.15),
+    ("vendored", 0.15),
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,15 @@ class RankingWeights:
     # the question ("test command: tox -e py311" for "how do I run the tests", similarity 0.36) would
     # otherwise fall below it.
     min_score: float = 0.3
+    # one hit per definition (function, class) or section: its best chunk stands for its other chunks
+    definitions: bool = True
+    # subtracted from the relevance of a chunk of a file with this role (source: none)
+    role_penalties: tuple[tuple[str, float], ...] = DEFAULT_ROLE_PENALTIES
+    # added instead when the query asks for the file's role ("how do I test", "what changed in")
+    asked_role_bonus: float = 0.1
+    # subtracted from a chunk of source that is part of no definition (module docstring, top-level
+    # statements): it describes or sets up, the definitions implement (0.1: best of 0, 0.03, 0.06, 0.1)
+    outside_definition: float = 0.1
 
     def __post_init__(self) -> None:
         for name in (
@@ -78,6 +104,8 @@ class RankingWeights:
             "stale_factor",
             "diversity",
             "min_score",
+            "asked_role_bonus",
+            "outside_definition",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"ranking weight {name} must not be negative")
@@ -89,13 +117,31 @@ class RankingWeights:
                 raise ValueError(f"ranking weight {name} must be positive")
         if self.candidates < 1:
             raise ValueError("ranking weight candidates must be at least 1")
+        if any(penalty < 0 for _, penalty in self.role_penalties):
+            raise ValueError("ranking weight role_penalties must not be negative")
 
-    def with_(self, **changes: float | int) -> RankingWeights:
+    def with_(self, **changes: Any) -> RankingWeights:
         """A copy with some weights replaced."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)
+
+    def role_prior(self, role: str | None, asked: frozenset[str] = frozenset(), *, in_definition: bool = True) -> float:
+        """What a chunk of a file with ``role`` gets added to its relevance, given the roles asked for;
+        ``in_definition`` False for a chunk outside every definition (its symbol is None)."""
+        if role is None or role == "source":
+            return 0.0 if in_definition else -self.outside_definition
+        if role in asked:
+            return self.asked_role_bonus
+        return -dict(self.role_penalties).get(role, 0.0)
 
 
 DEFAULT_WEIGHTS = RankingWeights()
+# the ranking before definitions and roles (every chunk its own hit, no role prior): for comparisons
+LEGACY: dict[str, Any] = {
+    "definitions": False,
+    "role_penalties": (),
+    "asked_role_bonus": 0.0,
+    "outside_definition": 0.0,
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +158,7 @@ class ScoreParts:
     recency: float | None
     recency_factor: float
     score: float
+    role_prior: float = 0.0
 
     def explain(self) -> str:
         """One line: every part and how they combine."""
@@ -121,6 +168,8 @@ class ScoreParts:
         ]
         if self.identifier_match:
             parts.append("identifier match")
+        if self.role_prior:
+            parts.append(f"role prior {self.role_prior:+.3f}")
         parts.append(f"relevance {self.relevance:.3f}")
         if self.confidence is not None:
             parts.append(f"confidence {self.confidence:.3f} (x{self.confidence_factor:.3f})")
@@ -178,13 +227,17 @@ def score(
     identifier_match: bool = False,
     confidence: float | None = None,
     age_seconds: float | None = None,
+    role_prior: float = 0.0,
     weights: RankingWeights = DEFAULT_WEIGHTS,
 ) -> ScoreParts:
     """Combine the signals of one item (``confidence`` already effective; ``age_seconds`` None for
     items without recency) into its score and the parts that explain it."""
     squashed = text_score(text_rank, weights)
     relevance = (
-        weights.vector * float(similarity) + weights.text * squashed + (weights.identifier if identifier_match else 0.0)
+        weights.vector * float(similarity)
+        + weights.text * squashed
+        + (weights.identifier if identifier_match else 0.0)
+        + role_prior
     )
     confidence_factor = 1.0
     if confidence is not None:
@@ -205,6 +258,7 @@ def score(
         recency=recency,
         recency_factor=recency_factor,
         score=relevance * confidence_factor * recency_factor,
+        role_prior=role_prior,
     )
 
 

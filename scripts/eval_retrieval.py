@@ -1,6 +1,8 @@
 """Retrieval quality and speed: a CodeSearchNet-style evaluation, HumanEval, baselines, HNSW recall, latency.
 
     .venv/bin/python scripts/eval_retrieval.py [--home DIR] [--max-queries 600] [--json] [--skip-scale]
+        [--sets csn,humaneval,identifiers,starlette,jinja,questions] [--grid none|lexical|roles]
+        [--skip-hnsw] [--no-baselines] [--dump DIR]
 
 Data sets (built offline from what is installed in the venv):
 
@@ -12,6 +14,16 @@ Data sets (built offline from what is installed in the venv):
   blanked + canonical solution); the query is the docstring's description (before the examples).
 - ``identifiers``: the names of csn functions defined once in the corpus (``get_current_heads``), queried
   as they are: the case where exact text should beat meaning.
+- ``starlette``, ``jinja``: whole repositories from git snapshots (``scripts/eval_corpora.py``: source,
+  tests, docs, changelog, examples), every Python docstring blanked, queried by the summary lines of
+  their source package's functions: the csn method where docs and tests compete with the answer.
+- ``questions``: the hand-written developer questions of ``scripts/data/dev_questions.json`` (starlette,
+  jinja and this repository at a fixed commit, unmodified), each answered by one definition, section or
+  test; reported per repository and together, with the top-3 rate ("right definition in the top 3").
+
+Modes: ``full`` is the ranking before definitions and roles (``knowledgebase.ranking.LEGACY``), ``new``
+the current defaults (one hit per definition, role priors). ``--grid roles`` scores a grid of role
+priors and prints it (the defaults are its first row); ``--dump DIR`` keeps every query's candidates.
 
 For each set it reports recall@1, recall@10 and MRR@10 of: vector only, full text only (ts_rank_cd), the
 full ranking (``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference),
@@ -60,7 +72,7 @@ from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder, embedder_from_settings
 from knowledgebase.index.ingest import populate_project
-from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights
+from knowledgebase.ranking import DEFAULT_WEIGHTS, LEGACY, RankingWeights
 from knowledgebase.search.context import build_context
 from knowledgebase.search.hits import ChunkHit, Hit
 from knowledgebase.search.retrieval import EF_SEARCH, rerank, search_candidates
@@ -224,11 +236,17 @@ def build_humaneval(home: Path) -> EvalSet:
     return EvalSet("humaneval", "eval-humaneval", root, queries)
 
 
+WINDOW_SUFFIXES = (".py", ".md", ".rst", ".txt", ".toml", ".cfg", ".ini", ".yml", ".yaml", ".json", ".html")
+
+
 def windows(root: Path) -> list[Window]:
-    """Non-overlapping 40-line windows of every .py file under ``root``."""
+    """Non-overlapping 40-line windows of every text file under ``root`` a user would index."""
     out = []
-    for path in sorted(root.rglob("*.py")):
-        lines = path.read_text(encoding="utf-8").split("\n")
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WINDOW_SUFFIXES):
+        try:
+            lines = path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError:
+            continue
         relative = path.relative_to(root).as_posix()
         for start in range(0, len(lines), WINDOW_LINES):
             text = "\n".join(lines[start : start + WINDOW_LINES])
@@ -252,6 +270,7 @@ def metrics(ranks: Sequence[int | None]) -> dict[str, float]:
     n = len(ranks) or 1
     return {
         "recall@1": sum(1 for r in ranks if r == 1) / n,
+        "recall@3": sum(1 for r in ranks if r is not None and r <= 3) / n,
         "recall@10": sum(1 for r in ranks if r is not None) / n,
         "mrr@10": sum(1.0 / r for r in ranks if r is not None) / n,
     }
@@ -302,8 +321,10 @@ def tokenize(text: str) -> list[str]:
 # --------------------------------------------------------------------------- evaluation
 
 
-VECTOR_ONLY = DEFAULT_WEIGHTS.with_(text=0.0, identifier=0.0)
-TEXT_ONLY = DEFAULT_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0)
+# the ranking before issue 14 (every chunk a hit of its own, no role priors): "full" in the tables
+OLD_WEIGHTS = DEFAULT_WEIGHTS.with_(**LEGACY)
+VECTOR_ONLY = OLD_WEIGHTS.with_(text=0.0, identifier=0.0)
+TEXT_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0)
 
 
 def evaluate_set(
@@ -312,9 +333,11 @@ def evaluate_set(
     eval_set: EvalSet,
     baseline: dict[str, list[list[tuple[str, int, int]]]],
     grid: list[RankingWeights],
+    dump: list[tuple[Query, list[Hit]]] | None = None,
 ) -> dict[str, Any]:
-    """Every mode on one set; ``baseline`` holds the window rankings per query, by name."""
-    ranks: dict[str, list[int | None]] = {k: [] for k in ("vector", "full_text", "full", "rrf", *baseline)}
+    """Every mode on one set; ``baseline`` holds the window rankings per query, by name; ``dump``
+    receives every query with its candidates (to fit ranking offline, ``--dump``)."""
+    ranks: dict[str, list[int | None]] = {k: [] for k in ("vector", "full_text", "full", "new", "rrf", *baseline)}
     grid_ranks: list[list[int | None]] = [[] for _ in grid]
     correct_scores: list[float] = []
     started = time.perf_counter()
@@ -322,25 +345,32 @@ def evaluate_set(
         candidates = search_candidates(
             db, embedder, query.text, project=eval_set.project, kinds=("chunk",), limit=TOP_K
         )
+        if dump is not None:
+            dump.append((query, candidates))
         vector = rerank(candidates, weights=VECTOR_ONLY, limit=TOP_K)
         text = [h for h in rerank(candidates, weights=TEXT_ONLY, limit=len(candidates)) if h.parts.text_rank > 0]
         ranks["vector"].append(first_hit(spans(vector), query))
         ranks["full_text"].append(first_hit(spans(text), query))
-        full = rerank(candidates, limit=TOP_K)
+        full = rerank(candidates, weights=OLD_WEIGHTS, limit=TOP_K)
         ranks["full"].append(first_hit(spans(full), query))
-        if ranks["full"][-1] is not None:
-            correct_scores.append(full[ranks["full"][-1] - 1].score)
+        new = rerank(candidates, weights=DEFAULT_WEIGHTS, limit=TOP_K, query=query.text)
+        ranks["new"].append(first_hit(spans(new), query))
+        if ranks["new"][-1] is not None:
+            correct_scores.append(new[ranks["new"][-1] - 1].score)
         ranks["rrf"].append(first_hit(rrf(vector, text[:TOP_K]), query))
         for name, ranked in baseline.items():
             ranks[name].append(first_hit(ranked[i], query))
         for g, weights in enumerate(grid):
-            grid_ranks[g].append(first_hit(spans(rerank(candidates, weights=weights, limit=TOP_K)), query))
+            ranked = rerank(candidates, weights=weights, limit=TOP_K, query=query.text)
+            grid_ranks[g].append(first_hit(spans(ranked), query))
     return {
         "queries": len(eval_set.queries),
         "seconds": round(time.perf_counter() - started, 1),
         "modes": {name: metrics(r) for name, r in ranks.items()},
         "correct_hit_score": percentiles(correct_scores),
         "grid": [metrics(r) for r in grid_ranks],
+        "ranks": ranks,
+        "grid_ranks": grid_ranks,
     }
 
 
@@ -608,11 +638,13 @@ def print_report(report: dict[str, Any]) -> None:
     out.write(f"machine: {report['machine']}\n")
     for name, result in report["sets"].items():
         out.write(f"\n{name}: {result['queries']} queries, corpus {result.get('corpus')}\n")
-        out.write(f"  {'mode':<20} {'recall@1':>9} {'recall@10':>10} {'MRR@10':>8}\n")
+        out.write(f"  {'mode':<20} {'recall@1':>9} {'recall@3':>9} {'recall@10':>10} {'MRR@10':>8}\n")
         for mode, m in result["modes"].items():
-            out.write(f"  {mode:<20} {m['recall@1']:>9.3f} {m['recall@10']:>10.3f} {m['mrr@10']:>8.3f}\n")
-    out.write("\nweight grid (top 8; MRR@10 csn / humaneval / identifiers):\n")
-    for row in report["grid"][:8]:
+            cells = f"{m['recall@1']:>9.3f} {m['recall@3']:>9.3f} {m['recall@10']:>10.3f} {m['mrr@10']:>8.3f}"
+            out.write(f"  {mode:<20} {cells}\n")
+    if report.get("grid"):
+        out.write("\nweight grid (top 8; MRR@10 csn / humaneval / identifiers):\n")
+    for row in report.get("grid", [])[:8]:
         mrr = row["mrr@10"]
         flag = "" if row["never_worse_than_vector"] else "  (worse than vector on a set)"
         out.write(
@@ -633,20 +665,142 @@ def print_report(report: dict[str, Any]) -> None:
     print(out.getvalue())
 
 
+ALL_SETS = ("csn", "humaneval", "identifiers", "starlette", "jinja", "questions")
+
+
+def build_repo_sets(home: Path, names: Sequence[str]) -> tuple[list[EvalSet], list[EvalSet]]:
+    """Docstring-summary sets of the repositories ``names`` that are summary sets, and one developer
+    question set per repository named in the questions file (when ``questions`` is in ``names``)."""
+    import eval_corpora
+
+    repos = eval_corpora.repos()
+    raw: dict[str, Path] = {}
+    summary = []
+    for name in names:
+        if name not in repos:
+            continue
+        raw[name] = eval_corpora.export(repos[name], home / "corpus" / f"raw-{name}")
+        summary.append(build_blanked_repo(home, name, raw[name], eval_corpora.SOURCE_DIRS.get(name, "")))
+    questions = []
+    if "questions" in names:
+        for name, repo in repos.items():
+            raw.setdefault(name, eval_corpora.export(repo, home / "corpus" / f"raw-{name}"))
+        found = eval_corpora.dev_questions(raw)
+        for name in repos:
+            mine = [Query(q.text, q.path, q.start, q.end) for q in found if q.project == name]
+            if mine:
+                questions.append(EvalSet(f"questions-{name}", f"dev-{name}", raw[name], mine))
+    return summary, questions
+
+
+def build_blanked_repo(home: Path, name: str, raw: Path, source_dir: str) -> EvalSet:
+    """A copy of the repository with every docstring blanked; queries from its source package only."""
+    import shutil
+
+    root = home / "corpus" / f"eval-{name}"
+    queries: list[Query] = []
+    for path in sorted(p for p in raw.rglob("*") if p.is_file()):
+        relative = path.relative_to(raw).as_posix()
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix != ".py":
+            if not target.exists():
+                shutil.copyfile(path, target)
+            continue
+        text = path.read_text(encoding="utf-8")
+        try:
+            blanked = blank_docstrings(text)
+            found, _ = function_queries(relative, text)
+        except SyntaxError:
+            blanked, found = text, []
+        if not target.exists() or target.read_text(encoding="utf-8") != blanked:
+            target.write_text(blanked, encoding="utf-8")
+        if relative.startswith(source_dir):
+            queries += found
+    counts = Counter(q.text.lower() for q in queries)
+    queries = [q for q in queries if counts[q.text.lower()] == 1]
+    return EvalSet(name, f"eval-{name}", root, queries)
+
+
+def combined(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result over several sets' queries (the developer questions of every repository)."""
+    modes = parts[0]["ranks"].keys()
+    ranks = {m: [r for p in parts for r in p["ranks"][m]] for m in modes}
+    grid = [[r for p in parts for r in p["grid_ranks"][g]] for g in range(len(parts[0]["grid_ranks"]))]
+    return {
+        "queries": sum(p["queries"] for p in parts),
+        "seconds": round(sum(p["seconds"] for p in parts), 1),
+        "modes": {m: metrics(r) for m, r in ranks.items()},
+        "grid": [metrics(r) for r in grid],
+        "ranks": ranks,
+        "grid_ranks": grid,
+        "corpus": name,
+    }
+
+
+def role_grid() -> list[RankingWeights]:
+    """Role priors to fit: the penalty of tests, one of docs and examples, one of changelogs, config,
+    generated and vendored files, and the bonus of a role the query asks for."""
+    rows = []
+    for test, docs, minor, bonus in itertools.product(
+        (0.0, 0.05, 0.08, 0.12, 0.16), (0.0, 0.05, 0.08, 0.12), (0.05, 0.1, 0.15), (0.0, 0.05, 0.1)
+    ):
+        priors = (
+            ("test", test),
+            ("docs", docs),
+            ("example", docs),
+            ("changelog", minor),
+            ("config", minor),
+            ("generated", minor),
+            ("vendored", minor),
+        )
+        rows.append(DEFAULT_WEIGHTS.with_(role_penalties=priors, asked_role_bonus=bonus))
+    return rows
+
+
+def print_role_grid(grid: list[RankingWeights], results: dict[str, dict]) -> None:
+    names = [n for n in results if not n.startswith("questions-") and n != "identifiers"]
+    rows = []
+    for g, weights in enumerate(grid):
+        mrr = {n: results[n]["grid"][g]["mrr@10"] for n in names}
+        top3 = results["questions"]["grid"][g]["recall@3"] if "questions" in results else 0.0
+        rows.append((statistics.mean(mrr.values()), top3, weights, mrr))
+    # the defaults: the highest questions top-3 rate, then the best mean MRR@10 over the sets
+    rows.sort(key=lambda r: (-round(r[1], 6), -r[0]))
+    out = io.StringIO()
+    out.write("\nrole grid (penalty of tests, of docs/examples, of changelog/config/generated/vendored, bonus")
+    out.write(" of an asked role -> mean MRR@10 | per set | questions top-3):\n")
+    for mean, top3, weights, mrr in rows[:12]:
+        priors = dict(weights.role_penalties)
+        per_set = " ".join(f"{n} {v:.3f}" for n, v in mrr.items())
+        out.write(
+            f"  {priors['test']:<5} {priors['docs']:<5} {priors['changelog']:<5} {weights.asked_role_bonus:<5}"
+            f" -> {mean:.3f} | {per_set} | top3 {top3:.3f}\n"
+        )
+    print(out.getvalue(), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path("/tmp/kb-eval"), help="Where the eval store and corpus live.")
     parser.add_argument("--database-url", help="Use this (dedicated) database instead of an embedded server.")
     parser.add_argument("--source", action="append", help=f"Package dir under site-packages (default {CSN_SOURCES}).")
+    parser.add_argument("--sets", default=",".join(ALL_SETS), help=f"Comma-separated sets ({','.join(ALL_SETS)}).")
     parser.add_argument("--max-queries", type=int, default=600, help="Queries sampled per set (seed 1).")
+    parser.add_argument("--grid", choices=("none", "lexical", "roles"), default="none",
+                        help="Also score a grid: the lexical weights, or the role priors.")  # fmt: skip
+    parser.add_argument("--no-baselines", action="store_true", help="No 40-line window baselines.")
+    parser.add_argument("--dump", type=Path, help="Write every set's queries and candidates here (pickle).")
     parser.add_argument("--scale-chunks", type=int, default=100_000)
     parser.add_argument("--latency-prompts", type=int, default=200)
     parser.add_argument("--skip-scale", action="store_true", help="No 100k store, no latency.")
     parser.add_argument("--skip-sets", action="store_true", help="Only the store measures (HNSW recall, latency).")
+    parser.add_argument("--skip-hnsw", action="store_true", help="No HNSW recall measure.")
     parser.add_argument("--keep-server", action="store_true", help="Leave the embedded server running.")
     parser.add_argument("--backend", default="torch", help="Embedding backend (KB_EMBED_BACKEND values).")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     args = parser.parse_args(argv)
+    chosen_sets = [name.strip() for name in args.sets.split(",") if name.strip()]
 
     home: Path = args.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -656,40 +810,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         embedder = embedder_from_settings(settings)
         csn, identifiers = build_csn(home, args.source or CSN_SOURCES)
         humaneval = build_humaneval(home)
+        repo_sets, question_sets = build_repo_sets(home, chosen_sets)
         rng = random.Random(1)
-        sets = [csn, humaneval, identifiers]
+        sets = [s for s in [csn, humaneval, identifiers] if s.name in chosen_sets] + repo_sets + question_sets
+        # drawn in this order (csn, humaneval, identifiers first) so a set's sample is the same whatever runs
         sampled = {s.name: (rng.sample(s.queries, args.max_queries) if len(s.queries) > args.max_queries else s.queries)
-                   for s in sets}  # fmt: skip
+                   for s in [csn, humaneval, identifiers, *repo_sets, *question_sets]}  # fmt: skip
         report: dict[str, Any] = {
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
             "backend": args.backend,
             "sets": {},
         }
-        grid = weight_grid()
+        grid = {"none": [], "lexical": weight_grid(), "roles": role_grid()}[args.grid]
         with Database(url, max_size=2) as db:
             log("indexing ...")
-            corpus = {
-                "eval-csn": index(db, embedder, csn, settings),
-                "eval-humaneval": index(db, embedder, humaneval, settings),
-            }
+            corpus = {}
+            for eval_set in [csn, humaneval, *sets]:
+                if eval_set.project not in corpus and (eval_set in sets or eval_set is csn):
+                    corpus[eval_set.project] = index(db, embedder, eval_set, settings)
             results: dict[str, dict] = {}
             for eval_set in [] if args.skip_sets else sets:
                 chosen = EvalSet(eval_set.name, eval_set.project, eval_set.root, sampled[eval_set.name])
                 log(f"evaluating {eval_set.name} ({len(chosen.queries)} of {len(eval_set.queries)} queries) ...")
-                baseline = baselines(embedder, chosen, home / "cache")
-                results[eval_set.name] = evaluate_set(db, embedder, chosen, baseline, grid)
+                summary_set = eval_set not in question_sets
+                baseline = {} if args.no_baselines or not summary_set else baselines(embedder, chosen, home / "cache")
+                dump: list[tuple[Query, list[Hit]]] | None = [] if args.dump else None
+                results[eval_set.name] = evaluate_set(db, embedder, chosen, baseline, grid, dump)
+                if dump is not None:
+                    import pickle
+
+                    args.dump.mkdir(parents=True, exist_ok=True)
+                    (args.dump / f"{eval_set.name}.pkl").write_bytes(pickle.dumps(dump))
                 results[eval_set.name]["corpus"] = corpus[eval_set.project]
                 results[eval_set.name]["available_queries"] = len(eval_set.queries)
-            report["sets"] = {name: {k: v for k, v in r.items() if k != "grid"} for name, r in results.items()}
-            report["grid"] = choose(grid, results) if results else []
+            parts = [results[s.name] for s in question_sets if s.name in results]
+            if parts:
+                results["questions"] = combined("all question projects", parts)
+            report["sets"] = {name: {k: v for k, v in r.items() if k not in ("grid", "ranks", "grid_ranks")}
+                              for name, r in results.items()}  # fmt: skip
+            if args.grid == "lexical":
+                report["grid"] = choose(grid, results) if results else []
+            elif args.grid == "roles" and results:
+                print_role_grid(grid, results)
             report["defaults"] = {
                 "text": DEFAULT_WEIGHTS.text,
                 "identifier": DEFAULT_WEIGHTS.identifier,
                 "text_saturation": DEFAULT_WEIGHTS.text_saturation,
+                "role_penalties": dict(DEFAULT_WEIGHTS.role_penalties),
+                "asked_role_bonus": DEFAULT_WEIGHTS.asked_role_bonus,
             }
             report["offtopic_top1_score"] = (
                 {}
-                if args.skip_sets
+                if args.skip_sets or not {"csn", "humaneval"} <= set(chosen_sets)
                 else {
                     "humaneval queries on eval-csn": offtopic_scores(
                         db, embedder, sampled["humaneval"][:150], "eval-csn"
@@ -699,7 +871,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 }
             )
-            query_vectors = embedder.embed_documents([q.text for q in sampled["csn"][:200]])
             report["hnsw"] = {}
             if not args.skip_scale:
                 log("building the scale store ...")
@@ -707,9 +878,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # recall on the real csn chunks, which share the store (and its HNSW index) with the scale
             # project when there is one; the scale store's perturbed copies form clusters of near-twins,
             # no test of HNSW: scripts/bench_search.py measures recall on real code at 10k and 100k
-            log("HNSW recall ...")
-            for ef in sorted({40, EF_SEARCH, 200}):
-                report["hnsw"][f"eval-csn, ef_search {ef}"] = hnsw_recall(db, "eval-csn", query_vectors, ef)
+            if not args.skip_hnsw and (not args.skip_scale or "csn" in chosen_sets):
+                query_vectors = embedder.embed_documents([q.text for q in sampled["csn"][:200]])
+                log("HNSW recall ...")
+                for ef in sorted({40, EF_SEARCH, 200}):
+                    report["hnsw"][f"eval-csn, ef_search {ef}"] = hnsw_recall(db, "eval-csn", query_vectors, ef)
             if not args.skip_scale:
                 prompts = [q.text for q in sampled["csn"]][: args.latency_prompts]
                 log(f"latency over {len(prompts)} prompts ...")

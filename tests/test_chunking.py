@@ -92,6 +92,23 @@ def test_a_long_function_is_split_at_statements_and_keeps_its_symbol() -> None:
     assert_well_formed(chunks, text)
 
 
+@pytest.mark.parametrize("first_lines", [60, 200])
+def test_a_signature_never_stands_alone_in_a_chunk(first_lines: int) -> None:
+    """A long function whose first statement is itself over the budget (a long literal): the
+    signature goes with the first lines of that statement, not into a chunk of its own."""
+    items = "\n".join(f"        'key_{i}': compute_value_{i}(alpha, beta, gamma)," for i in range(first_lines))
+    tail = "\n".join(f"    total += step_{i}(table)" for i in range(30))
+    text = (
+        "def build_table(alpha, beta, gamma):\n    table = {\n" + items + "\n    }\n    total = 0\n" + tail
+        + "\n    return total\n"
+    )
+    chunks = chunk(text, "table.py", "python")
+    assert len(chunks) > 2
+    assert chunks[0].content.startswith("def build_table(") and chunks[0].end_line - chunks[0].start_line >= 3
+    assert all(c.end_line - c.start_line >= 1 for c in chunks)
+    assert_well_formed(chunks, text)
+
+
 def test_tiny_functions_are_merged_with_neighbours() -> None:
     text = "\n\n".join(f"def f{i}():\n    return {i}" for i in range(12)) + "\n"
     chunks = chunk(text, "tiny.py", "python")

@@ -49,6 +49,17 @@ def test_search_json(kb) -> None:  # type: ignore[no-untyped-def]
     assert all(h["project"] == "alpha" for h in hits)
 
 
+def test_search_by_role(kb) -> None:  # type: ignore[no-untyped-def]
+    code = kb("search", "email the invoice to a customer", "--project", "alpha", "--code", "--json")
+    assert code.exit_code == 0, code.output
+    hits = json.loads(code.output)
+    assert hits and {h["role"] for h in hits} == {"source"} and {h["kind"] for h in hits} == {"chunk"}
+    text = kb("search", "email the invoice to a customer", "--project", "alpha", "--code", "--limit", "1")
+    assert "src/mail.py:1-6  [source]" in text.output
+    tests = kb("search", "email the invoice to a customer", "--project", "alpha", "--tests", "--docs", "--json")
+    assert tests.exit_code == 0 and json.loads(tests.output) == []  # alpha has no tests or docs
+
+
 def test_fact_lifecycle_and_fact_search(kb) -> None:  # type: ignore[no-untyped-def]
     added = kb("fact", "add", "test command", "make test", "--project", "alpha", "--confidence", "0.7", "--json")
     assert added.exit_code == 0, added.output
@@ -102,6 +113,7 @@ def test_context(kb, db: Database) -> None:  # type: ignore[no-untyped-def]
         (("search", "pool", "--project", "ghost"), NotFound, "project 'ghost'"),
         (("search", "pool", "--glob", "src/[x"), InputError, "closing"),
         (("search", "pool", "--since", "yesterday"), InputError, "7d"),
+        (("search", "pool", "--role", "binary"), InputError, "unknown file role binary"),
         (("context", "pool", "--budget", "0"), InputError, "positive number of tokens"),
         (("fact", "add", "x", "y", "--confidence", "2"), InputError, "between 0 and 1"),
         (("fact", "add", "x", "y", "--from-file", "src/db.py"), InputError, "PATH:LINE"),

@@ -13,7 +13,7 @@ from knowledgebase import store
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, ModelMismatch, NotFound
 from knowledgebase.facts import FactSource, add_fact
-from knowledgebase.ranking import DEFAULT_WEIGHTS, score
+from knowledgebase.ranking import DEFAULT_WEIGHTS, LEGACY, score
 from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit
 from knowledgebase.search.retrieval import rerank, search, search_candidates
 from knowledgebase.util.lexical import code_identifiers, tsquery_text
@@ -85,6 +85,9 @@ def test_every_kind_of_hit_as_json() -> None:
         symbol="x",
         language="python",
         content_hash="h",
+        role="source",
+        definition_start=1,
+        definition_end=9,
         **common,
     )
     assert chunk.to_json() == {
@@ -97,8 +100,11 @@ def test_every_kind_of_hit_as_json() -> None:
         "end_line": 4,
         "symbol": "x",
         "language": "python",
+        "role": "source",
+        "definition_start": 1,
+        "definition_end": 9,
         "text": "x = 1",
-        "citation": "src/x.py:3-4",
+        "citation": "src/x.py:1-9",
     }
     fact = FactHit(
         id=2,
@@ -263,7 +269,8 @@ def test_rerank_reorders_candidates_as_search_would(db: Database, fake_embedder:
         assert [(h.kind, h.id) for h in rerank(candidates, weights=weights, limit=5)] == [
             (h.kind, h.id) for h in expected
         ]
-    vector_only = rerank(candidates, weights=DEFAULT_WEIGHTS.with_(text=0.0, identifier=0.0), limit=5)
+    # no priors either: the score is the similarity
+    vector_only = rerank(candidates, weights=DEFAULT_WEIGHTS.with_(text=0.0, identifier=0.0, **LEGACY), limit=5)
     assert all(
         h.score == pytest.approx(h.parts.similarity * h.parts.confidence_factor * h.parts.recency_factor)
         for h in vector_only
@@ -369,6 +376,8 @@ def test_path_globs() -> None:
 def test_query_helpers() -> None:
     assert tsquery_text("Where is the populate_project function?") == "populate_project | populate | project | function"
     assert tsquery_text("what is it") is None
+    versions = code_identifiers("what changed in 0.47.0 and in v3.1, since 2.0rc1? not 12 or x2.5y")
+    assert versions == ["0.47.0", "3.1", "2.0rc1"]
     assert code_identifiers("call os.path.join, populate_project and ContextPack, e.g. not plain words") == [
         "os.path.join",
         "populate_project",

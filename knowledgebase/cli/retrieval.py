@@ -57,6 +57,16 @@ def parse_age(value: str | None) -> timedelta | None:
 @click.option("--glob", "path_glob", metavar="GLOB", help="Only files matching this path glob (e.g. 'src/**/*.py').")
 @click.option("--task", "task_id", metavar="ID", help="Only facts and commands of this task.")
 @click.option("--since", metavar="AGE", help="Only what was indexed, confirmed or run within this age (7d, 12h).")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="ROLE",
+    help="Only files with this role: source, test, docs, changelog, config, generated, example, vendored.",
+)
+@click.option("--code", "shortcuts", flag_value="source", multiple=True, help="Only source files (--role source).")
+@click.option("--docs", "shortcuts", flag_value="docs", multiple=True, help="Only documentation (--role docs).")
+@click.option("--tests", "shortcuts", flag_value="test", multiple=True, help="Only tests (--role test).")
 @click.option("--explain", is_flag=True, help="Show the parts of every score.")
 @click.option("-l", "--files-with-matches", "files_only", is_flag=True, help="Print only the files of code hits.")
 @click.option("--vimgrep", is_flag=True, help="Print code hits as path:line:column:text, for editors' quickfix lists.")
@@ -71,6 +81,8 @@ def search(
     path_glob: str | None,
     task_id: str | None,
     since: str | None,
+    roles: tuple[str, ...],
+    shortcuts: tuple[str, ...],
     explain: bool,
     files_only: bool,
     vimgrep: bool,
@@ -79,6 +91,8 @@ def search(
     database_url: str | None,
 ) -> None:
     """Search the project's code and facts by meaning and by exact words (QUERY '-' reads stdin).
+
+    A role filter (--role, --code, --docs, --tests) searches file chunks only.
 
     Text output shows paths relative to the current directory (absolute for another project's files);
     JSON keeps paths relative to the project root and adds `project_root`.
@@ -99,6 +113,9 @@ def search(
     query = read_text_argument(query)
     age = parse_age(since)
     chosen = KINDS if "all" in kinds else (kinds or DEFAULT_KINDS)
+    wanted = list(dict.fromkeys([*roles, *shortcuts])) or None
+    if wanted is not None and not kinds:
+        chosen = ("chunk",)
     args = {
         "query": query,
         "project": project,
@@ -108,6 +125,7 @@ def search(
         "task_id": task_id,
         "since_s": age.total_seconds() if age is not None else None,
         "limit": limit,
+        "roles": wanted,
     }
     hits, scope, roots = _search_hits(args, database_url)
     if scope is None:
@@ -148,6 +166,7 @@ def _search_hits(
             path_glob=args["path_glob"],
             since=timedelta(seconds=args["since_s"]) if args["since_s"] is not None else None,
             limit=args["limit"],
+            roles=args.get("roles"),
         )
         with db.connection() as conn:
             roots = {p.name: p.root_path for p in store.list_projects(conn)}
@@ -173,9 +192,17 @@ def _print_hits(
                 first = next((line.strip() for line in hit.text.splitlines() if line.strip()), "")
                 click.echo(f"{shown}:{hit.start_line}:1:{hit.score:.3f} {first[:200]}")
             continue
-        where = f"{shown}:{hit.start_line}-{hit.end_line}" if isinstance(hit, ChunkHit) and shown else hit.citation()
+        if isinstance(hit, ChunkHit) and shown:
+            start, end = hit.span
+            where = f"{shown}:{start}-{end}"
+        else:
+            where = hit.citation()
         prefix = f"[{hit.project or 'no project'}] " if scope is None else ""
         title = prefix + where + (f"  {hit.symbol}" if isinstance(hit, ChunkHit) and hit.symbol else "")
+        if isinstance(hit, ChunkHit):
+            title += f"  [{hit.role or 'source'}]"
+            if hit.span != (hit.start_line, hit.end_line):
+                title += f"  (best part: lines {hit.start_line}-{hit.end_line})"
         click.echo(click.style(f"{rank:>2}. {hit.score:.3f}  {title}", bold=True))
         if explain:
             click.echo(f"    {hit.parts.explain()}")

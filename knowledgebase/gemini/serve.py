@@ -327,6 +327,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 path_glob=args.get("path_glob"),
                 since=timedelta(seconds=since) if since is not None else None,
                 limit=int(args["limit"]),
+                roles=args.get("roles"),
             )
             with db.connection() as conn:  # the command shows paths relative to where it runs
                 roots = {p.name: p.root_path for p in store.list_projects(conn)}

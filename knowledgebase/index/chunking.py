@@ -305,7 +305,7 @@ def _merge(pieces: list[Piece], lines: Lines, budget: int, *, min_tokens: int) -
     """Pack runs of fill pieces into balanced chunks, then join small pieces to a related neighbour."""
     packed: list[Piece] = []
     for _, run in itertools.groupby(pieces, key=_run_key):
-        packed.extend(_pack(list(run), lines, budget))
+        packed.extend(_pack(list(run), lines, budget, min_tokens))
     merged: list[Piece] = []
     for piece in packed:
         if merged and _joinable(merged[-1], piece, lines, budget, min_tokens):
@@ -320,8 +320,12 @@ def _run_key(piece: Piece) -> object:
     return ("fill", piece.symbol) if piece.fill and piece.text is None else object()
 
 
-def _pack(run: list[Piece], lines: Lines, budget: int) -> list[Piece]:
-    """Pack a run into as few chunks as fit the budget, of similar size (no tiny last part)."""
+def _pack(run: list[Piece], lines: Lines, budget: int, min_tokens: int = 0) -> list[Piece]:
+    """Pack a run into as few chunks as fit the budget, of similar size (no tiny last part).
+
+    A group smaller than ``min_tokens`` (a signature, a class header) is never closed on its own: it
+    takes the next piece if both fit, else the first lines of it (cut at a seam), so a definition's
+    header always comes with the start of its body."""
     if len(run) == 1:
         return run
     sizes = [lines.tokens(p.start, p.end) for p in run]
@@ -329,7 +333,15 @@ def _pack(run: list[Piece], lines: Lines, budget: int) -> list[Piece]:
     groups: list[Piece] = []
     current, current_tokens = run[0], sizes[0]
     for piece, tokens in zip(run[1:], sizes[1:], strict=True):
-        if current_tokens + tokens > budget or current_tokens + tokens / 2 > target:
+        if current_tokens < min_tokens and current_tokens + tokens <= budget:
+            current, current_tokens = _combine(current, piece), current_tokens + tokens
+        elif current_tokens + tokens > budget or current_tokens + tokens / 2 > target:
+            furthest = min(lines.furthest_end(current.start, budget), piece.end - 1)
+            if current_tokens < min_tokens and furthest >= piece.start:
+                cut = _seam(lines, piece.start, furthest)
+                groups.append(_combine(current, replace(piece, end=cut)))
+                current, current_tokens = replace(piece, start=cut + 1), lines.tokens(cut + 1, piece.end)
+                continue
             groups.append(current)
             current, current_tokens = piece, tokens
         else:

@@ -82,6 +82,7 @@ from knowledgebase.store import (
     mark_deleted_files_facts_stale,
     mark_files_chunked,
     prune_released_vectors,
+    set_file_roles,
     update_file_stats,
     upsert_file,
 )
@@ -264,6 +265,12 @@ class _Run:
         self.files_total = len(files)
         kept: set[str] = set()
         touched: list[tuple[int, int, int | None]] = []
+        # files kept as they are whose role is missing (indexed before roles) or has changed
+        roles = [
+            (state.id, file.role)
+            for file in files
+            if (state := stored.get(file.rel_path)) is not None and state.role != file.role
+        ]
         prepared: list[_Prepared] = []
         # First read and chunk every new or changed file, so the chunks to embed are known (and the
         # time it will take can be told) before the model runs; then embed and write them in batches.
@@ -290,6 +297,7 @@ class _Run:
         clock = time.perf_counter()
         with self.db.connection() as conn:
             update_file_stats(conn, touched)
+            set_file_roles(conn, roles)
         self.seconds["write"] += time.perf_counter() - clock
         self._delete([state.id for path, state in stored.items() if path not in kept])
         with self.db.connection() as conn:
@@ -389,6 +397,7 @@ class _Run:
                 language=file.language,
                 mtime_ns=self._settled_mtime(file),
                 lossy_decode=prepared.text.lossy_decode,
+                role=file.role,
             ),
         )
         if prepared.previous is None:

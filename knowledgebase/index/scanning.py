@@ -1,7 +1,7 @@
 """Walking a project directory: which files to index, and reading them safely.
 
 ``scan_project(root, settings)`` walks ``root`` and yields a ``ScannedFile`` (path, size, mtime,
-language: one ``lstat`` each, no read) for every file worth indexing, and a ``SkippedFile`` with a
+language, role: one ``lstat`` each, no read) for every file worth indexing, and a ``SkippedFile`` with a
 ``SkipReason`` for everything it leaves out:
 
 - paths matched by ``.gitignore`` files (nested ones too, deeper files winning, ``!`` negations),
@@ -28,7 +28,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from knowledgebase.config import Settings
 from knowledgebase.errors import ProjectPathError
 from knowledgebase.util.fileio import read_at_most
 from knowledgebase.util.redact import redact_text
+from knowledgebase.util.roles import file_role
 
 # Directory names never entered: dependencies, build output, caches, VCS metadata.
 VENDORED_DIRS = frozenset(
@@ -149,6 +150,7 @@ class ScannedFile:
     size: int
     mtime_ns: int
     language: str | None
+    role: str = "source"  # knowledgebase.util.roles.file_role of ``rel_path``
 
 
 @dataclass(frozen=True)
@@ -345,7 +347,14 @@ def _classify_file(path: Path, rel: str, st: os.stat_result, max_bytes: int) -> 
         return SkippedFile(rel, SkipReason.BINARY, "by extension")
     if st.st_size > max_bytes:
         return SkippedFile(rel, SkipReason.TOO_LARGE, f"{st.st_size} bytes > KB_MAX_FILE_BYTES={max_bytes}")
-    return ScannedFile(path=path, rel_path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, language=language_for(rel))
+    return ScannedFile(
+        path=path,
+        rel_path=rel,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        language=language_for(rel),
+        role=file_role(rel),
+    )
 
 
 def read_scanned(file: ScannedFile, *, max_bytes: int) -> FileText | SkippedFile:
@@ -385,7 +394,7 @@ def read_scanned(file: ScannedFile, *, max_bytes: int) -> FileText | SkippedFile
             and after.st_mtime_ns == before.st_mtime_ns
         )
         if stable:
-            current = ScannedFile(file.path, file.rel_path, before.st_size, before.st_mtime_ns, file.language)
+            current = replace(file, size=before.st_size, mtime_ns=before.st_mtime_ns)
             return _decode(current, data)
         if len(data) > max_bytes:
             return SkippedFile(file.rel_path, SkipReason.TOO_LARGE, f"more than {max_bytes} bytes")

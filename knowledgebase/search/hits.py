@@ -65,7 +65,10 @@ class Hit(ABC):
 
 @dataclass(frozen=True, kw_only=True)
 class ChunkHit(Hit):
-    """Lines ``start_line``-``end_line`` (1-based, inclusive) of ``path``, relative to the project root."""
+    """Lines ``start_line``-``end_line`` (1-based, inclusive) of ``path``, relative to the project root:
+    the chunk that matched, whose text the hit holds. When it is one of several chunks of a definition
+    (function, class) or section, ``definition_start``-``definition_end`` is that definition's whole span,
+    which the citation gives. ``role`` is the file's role (``knowledgebase.util.roles``)."""
 
     kind: ClassVar[str] = "chunk"
     path: str
@@ -74,10 +77,28 @@ class ChunkHit(Hit):
     symbol: str | None
     language: str | None
     content_hash: str
+    role: str | None = None
+    definition_start: int | None = None
+    definition_end: int | None = None
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The lines cited: the definition's whole span, else the chunk's."""
+        if self.definition_start is not None and self.definition_end is not None:
+            return min(self.definition_start, self.start_line), max(self.definition_end, self.end_line)
+        return self.start_line, self.end_line
+
+    @property
+    def definition_key(self) -> tuple[str | None, str, str] | None:
+        """What identifies the definition or section this chunk is part of (None: none)."""
+        if self.definition_start is None or self.symbol is None:
+            return None
+        return (self.project, self.path, self.symbol)
 
     def citation(self) -> str:
-        """``src/x.py:10-42``."""
-        return f"{self.path}:{self.start_line}-{self.end_line}"
+        """``src/x.py:10-42``: the definition's span when the chunk is part of one."""
+        start, end = self.span
+        return f"{self.path}:{start}-{end}"
 
     def to_json(self, *, explain: bool = False) -> dict[str, Any]:
         fields = {
@@ -86,6 +107,9 @@ class ChunkHit(Hit):
             "end_line": self.end_line,
             "symbol": self.symbol,
             "language": self.language,
+            "role": self.role,
+            "definition_start": self.span[0],
+            "definition_end": self.span[1],
             "text": self.text,
         }
         return self._json(fields, explain)

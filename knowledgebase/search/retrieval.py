@@ -41,6 +41,7 @@ from knowledgebase.ranking import (
 from knowledgebase.search.hits import DEFAULT_KINDS, KINDS, ChunkHit, CommandHit, FactHit, Hit
 from knowledgebase.util.lexical import code_identifiers, search_terms, tsquery_from_terms
 from knowledgebase.util.pathglob import glob_to_regex
+from knowledgebase.util.roles import ROLES, file_role, query_roles
 from knowledgebase.util.text import storable_text
 
 MAX_LIMIT = 500
@@ -85,13 +86,15 @@ def search(
     since: datetime | timedelta | None = None,
     limit: int = 10,
     weights: RankingWeights | None = None,
+    roles: Sequence[str] | None = None,
 ) -> list[Hit]:
     """The ``limit`` best hits for ``query``, best first.
 
     ``project`` (a name) limits the search to that project; ``task_id`` limits facts and commands to
     one task; ``path_glob`` limits chunks to matching files (and facts read from them); ``since`` (a
     time, or an age) keeps what was indexed, confirmed or run since then. ``kinds`` is any of
-    ``chunk``, ``fact``, ``command``.
+    ``chunk``, ``fact``, ``command``; ``roles`` keeps only chunks of files with one of these roles
+    (``knowledgebase.util.roles.ROLES``).
     """
     weights = weights or DEFAULT_WEIGHTS
     hits = search_candidates(
@@ -105,6 +108,7 @@ def search(
         since=since,
         limit=limit,
         weights=weights,
+        roles=roles,
     )
     return _select(hits, limit, weights)
 
@@ -121,13 +125,14 @@ def search_candidates(
     since: datetime | timedelta | None = None,
     limit: int = 10,
     weights: RankingWeights | None = None,
+    roles: Sequence[str] | None = None,
 ) -> list[Hit]:
     """Every candidate ``search`` considers (``weights.candidates`` per source and kind, at least
     ``limit``), scored but in no particular order and with overlapping spans kept; ``rerank`` orders
     them. Arguments as for ``search``; item vectors are fetched only when ``weights.diversity`` > 0."""
     weights = weights or DEFAULT_WEIGHTS
     query = storable_text(query) if isinstance(query, str) else query
-    plan = _plan(query, kinds, path_glob, since, limit, weights)
+    plan = _plan(query, kinds, path_glob, since, limit, weights, roles)
     qvec = embedder.embed_query(query.strip()[:MAX_EMBED_CHARS])
     with db.connection() as conn:
         project_id = store.get_project(conn, project).id if project is not None else None
@@ -148,6 +153,7 @@ def search_candidates(
             since=plan.since,
             # item vectors are only needed to keep near-duplicates apart (MMR)
             with_vectors=weights.diversity > 0,
+            roles=plan.roles,
         )
         try:
             with conn.transaction():  # a savepoint: a cancelled statement leaves the connection usable
@@ -160,7 +166,7 @@ def search_candidates(
                     hits = _candidate_hits(conn, replace(candidates, tsquery=None), plan, embedder, qvec)
             except psycopg.errors.QueryCanceled:
                 raise SearchTimeout(_TIMEOUT_MESSAGE) from None
-    return [_scored(hit, weights, plan.now) for hit in hits]
+    return [_scored(hit, weights, plan.now, plan.asked) for hit in hits]
 
 
 _TIMEOUT_MESSAGE = (
@@ -183,16 +189,23 @@ def _candidate_hits(
 
 
 def rerank(
-    hits: Sequence[Hit], *, weights: RankingWeights | None = None, limit: int = 10, now: datetime | None = None
+    hits: Sequence[Hit],
+    *,
+    weights: RankingWeights | None = None,
+    limit: int = 10,
+    now: datetime | None = None,
+    query: str | None = None,
 ) -> list[Hit]:
     """Score ``hits`` again with other ``weights`` (their similarity, text rank and identifier match
-    are kept) and select as ``search`` does: best first, one per overlapping span, MMR if asked."""
+    are kept) and select as ``search`` does: best first, one per definition and overlapping span, MMR
+    if asked. ``query`` is what the hits were found for (the roles it asks for lift their files)."""
     weights = weights or DEFAULT_WEIGHTS
     now = now or datetime.now(UTC)
-    return _select([_scored(hit, weights, now) for hit in hits], limit, weights)
+    asked = query_roles(query) if query else frozenset()
+    return _select([_scored(hit, weights, now, asked) for hit in hits], limit, weights)
 
 
-def _scored(hit: Hit, weights: RankingWeights, now: datetime) -> Hit:
+def _scored(hit: Hit, weights: RankingWeights, now: datetime, asked: frozenset[str] = frozenset()) -> Hit:
     """``hit`` with its score computed from its signals under ``weights``."""
     confidence: float | None = None
     if isinstance(hit, FactHit):
@@ -211,6 +224,11 @@ def _scored(hit: Hit, weights: RankingWeights, now: datetime) -> Hit:
         identifier_match=hit.parts.identifier_match,
         confidence=confidence,
         age_seconds=age,
+        role_prior=(
+            weights.role_prior(hit.role, asked, in_definition=hit.symbol is not None)
+            if isinstance(hit, ChunkHit)
+            else 0.0
+        ),
         weights=weights,
     )
     if isinstance(hit, FactHit):
@@ -227,6 +245,8 @@ class _Plan:
     identifiers: tuple[str, ...]
     k: int
     now: datetime
+    asked: frozenset[str]
+    roles: list[str] | None
 
 
 def _plan(
@@ -236,6 +256,7 @@ def _plan(
     since: datetime | timedelta | None,
     limit: int,
     weights: RankingWeights,
+    roles: Sequence[str] | None = None,
 ) -> _Plan:
     """Validate the arguments of a search (before any work is done)."""
     if not isinstance(query, str) or not query.strip():
@@ -247,6 +268,11 @@ def _plan(
         raise InputError(f"unknown kind {', '.join(unknown) or '(none)'}; use any of {', '.join(KINDS)}")
     if not 1 <= limit <= MAX_LIMIT:
         raise InputError(f"limit {limit} must be between 1 and {MAX_LIMIT}")
+    if isinstance(roles, str):
+        roles = (roles,)
+    unknown_roles = [r for r in roles or () if r not in ROLES]
+    if unknown_roles or (roles is not None and not roles):
+        raise InputError(f"unknown file role {', '.join(unknown_roles) or '(none)'}; use any of {', '.join(ROLES)}")
     now = datetime.now(UTC)
     if isinstance(since, timedelta):
         since = now - since
@@ -260,6 +286,8 @@ def _plan(
         identifiers=tuple(code_identifiers(query, MAX_QUERY_IDENTIFIERS)),
         k=max(weights.candidates, limit),
         now=now,
+        asked=query_roles(query),
+        roles=list(dict.fromkeys(roles)) if roles is not None else None,
     )
 
 
@@ -295,6 +323,9 @@ def _chunk_hits(conn: psycopg.Connection, candidates: store.CandidateQuery, plan
                 content_hash=row.content_hash,
                 created_at=row.created_at,
                 vector=_vector(row.embedding),
+                role=row.role or file_role(row.path),
+                definition_start=row.definition_start,
+                definition_end=row.definition_end,
             )
         )
     return hits
@@ -359,12 +390,19 @@ def _command_hits(
 
 
 def _select(hits: list[Hit], limit: int, weights: RankingWeights) -> list[Hit]:
-    """Best first, one hit per overlapping span of a file, then MMR when diversity is asked for."""
+    """Best first, one hit per definition (``weights.definitions``) and per overlapping span of a file,
+    then MMR when diversity is asked for."""
     ranked = sorted(hits, key=lambda h: (-h.score, h.kind, h.id))
     kept: list[Hit] = []
+    definitions: set[tuple[str | None, str, str]] = set()
     for hit in ranked:
+        key = hit.definition_key if weights.definitions and isinstance(hit, ChunkHit) else None
+        if key is not None and key in definitions:
+            continue  # a better chunk of the same definition is already in
         if not any(hit.overlaps(other) for other in kept):
             kept.append(hit)
+            if key is not None:
+                definitions.add(key)
     if weights.diversity == 0 or len(kept) <= 1:
         return kept[:limit]
     pool = kept[: max(limit * 3, limit)]

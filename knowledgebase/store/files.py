@@ -27,6 +27,7 @@ class ProjectFile:
     task_id: str | None
     created_at: datetime
     last_updated: datetime
+    role: str | None
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class NewFile:
     mtime_ns: int | None
     lossy_decode: bool = False
     task_id: str | None = None
+    role: str | None = None  # knowledgebase.util.roles.file_role of the path
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,14 @@ _CHUNK_COLS = columns(StoredChunk)
 
 UPSERT_FILE = f"""
 INSERT INTO project_files (project_id, path, content, content_hash, size_bytes, language, mtime_ns, lossy_decode,
-                           task_id)
+                           task_id, role)
 VALUES (%(project_id)s, %(path)s, %(content)s, %(content_hash)s, %(size_bytes)s, %(language)s, %(mtime_ns)s,
-        %(lossy_decode)s, %(task_id)s)
+        %(lossy_decode)s, %(task_id)s, %(role)s)
 ON CONFLICT (project_id, path) DO UPDATE
    SET content = EXCLUDED.content, content_hash = EXCLUDED.content_hash, size_bytes = EXCLUDED.size_bytes,
        language = EXCLUDED.language, mtime_ns = EXCLUDED.mtime_ns, lossy_decode = EXCLUDED.lossy_decode,
-       task_id = COALESCE(EXCLUDED.task_id, project_files.task_id), last_updated = now()
+       task_id = COALESCE(EXCLUDED.task_id, project_files.task_id), last_updated = now(),
+       role = COALESCE(EXCLUDED.role, project_files.role)
 RETURNING {_FILE_COLS}
 """
 GET_FILE = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s AND path = %s"
@@ -175,6 +178,7 @@ class FileState:
     size_bytes: int
     mtime_ns: int | None
     chunked_hash: str | None
+    role: str | None
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,7 @@ class ChunkMatch:
 _STATE_COLS = columns(FileState)
 LIST_FILE_STATES = f"SELECT {_STATE_COLS} FROM project_files WHERE project_id = %s"
 UPDATE_FILE_STAT = "UPDATE project_files SET size_bytes = %s, mtime_ns = %s WHERE id = %s"
+UPDATE_FILE_ROLE = "UPDATE project_files SET role = %s WHERE id = %s"
 DELETE_FILES_BY_ID = "DELETE FROM project_files WHERE id = ANY(%s::bigint[])"
 # a vector by content hash: from any stored chunk, or released by a deleted one (chunk_vector_cache)
 CHUNK_VECTORS_BY_HASH = """
@@ -244,6 +249,13 @@ def update_file_stats(conn: psycopg.Connection, stats: Sequence[tuple[int, int, 
     if stats:
         with conn.cursor() as cur:
             cur.executemany(UPDATE_FILE_STAT, [(size, mtime, file_id) for file_id, size, mtime in stats])
+
+
+def set_file_roles(conn: psycopg.Connection, roles: Sequence[tuple[int, str]]) -> None:
+    """Record the ``(file_id, role)`` of files whose stored role differs (or is missing)."""
+    if roles:
+        with conn.cursor() as cur:
+            cur.executemany(UPDATE_FILE_ROLE, [(role, file_id) for file_id, role in roles])
 
 
 def delete_files_by_id(conn: psycopg.Connection, file_ids: Sequence[int]) -> int:

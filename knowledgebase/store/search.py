@@ -38,6 +38,7 @@ class CandidateQuery:
     path_regex: str | None = None
     since: datetime | None = None
     with_vectors: bool = False
+    roles: list[str] | None = None  # chunks of files with these roles only (a NULL role counts as source)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class ChunkCandidate:
     similarity: float
     text_rank: float
     embedding: Vector | None
+    role: str | None
+    definition_start: int | None  # the span of every chunk of the definition or section this one is part of
+    definition_end: int | None
 
 
 @dataclass(frozen=True)
@@ -103,18 +107,21 @@ SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),
        set_config('statement_timeout', %(timeout_ms)s, true)
 """
 
-# Chunk candidates: nearest by vector (HNSW) and best by full text, then both signals for each.
+# Chunk candidates: nearest by vector (HNSW) and best by full text, then both signals for each, the
+# file's role, and the span of the definition (function, class) or section the chunk is part of: the
+# lines of every chunk of that file with the same symbol (a definition cut into several chunks).
 # relaxed_order may return the vector list slightly out of order; the final ORDER BY is done in Python.
 CHUNK_CANDIDATES = """
 WITH scope AS MATERIALIZED (
     SELECT f.id FROM project_files f
      WHERE (%(project_id)s::bigint IS NULL OR f.project_id = %(project_id)s)
        AND (%(path_regex)s::text IS NULL OR f.path ~ %(path_regex)s)
+       AND (%(roles)s::text[] IS NULL OR COALESCE(f.role, 'source') = ANY(%(roles)s::text[]))
 ), vec AS MATERIALIZED (
     SELECT c.id FROM file_chunks c
      WHERE c.embedding IS NOT NULL
        AND (%(project_id)s::bigint IS NULL OR c.project_id = %(project_id)s)
-       AND (%(path_regex)s::text IS NULL OR c.file_id IN (SELECT id FROM scope))
+       AND ((%(path_regex)s::text IS NULL AND %(roles)s::text[] IS NULL) OR c.file_id IN (SELECT id FROM scope))
        AND (%(since)s::timestamptz IS NULL OR c.created_at >= %(since)s)
      ORDER BY c.embedding <=> %(qvec)s
      LIMIT %(k)s
@@ -123,7 +130,7 @@ WITH scope AS MATERIALIZED (
         SELECT c.id, c.tsv FROM file_chunks c
          WHERE %(tsq)s::text IS NOT NULL AND c.tsv @@ to_tsquery('simple', %(tsq)s)
            AND (%(project_id)s::bigint IS NULL OR c.project_id = %(project_id)s)
-           AND (%(path_regex)s::text IS NULL OR c.file_id IN (SELECT id FROM scope))
+           AND ((%(path_regex)s::text IS NULL AND %(roles)s::text[] IS NULL) OR c.file_id IN (SELECT id FROM scope))
            AND (%(since)s::timestamptz IS NULL OR c.created_at >= %(since)s)
          LIMIT %(scan_rows)s
     ) m
@@ -134,11 +141,17 @@ SELECT c.id, p.name, f.path, f.language, c.start_line, c.end_line, c.symbol, c.c
        c.created_at,
        COALESCE(1 - (c.embedding <=> %(qvec)s), 0) AS similarity,
        COALESCE(ts_rank_cd(c.tsv, to_tsquery('simple', %(tsq)s)), 0) AS text_rank,
-       CASE WHEN %(with_vectors)s THEN c.embedding END AS embedding
+       CASE WHEN %(with_vectors)s THEN c.embedding END AS embedding,
+       f.role, span.definition_start, span.definition_end
   FROM (SELECT id FROM vec UNION SELECT id FROM lex) ids
   JOIN file_chunks c ON c.id = ids.id
   JOIN project_files f ON f.id = c.file_id
   JOIN projects p ON p.id = c.project_id
+  CROSS JOIN LATERAL (
+      SELECT min(d.start_line) AS definition_start, max(d.end_line) AS definition_end FROM file_chunks d
+       WHERE d.file_id = c.file_id AND d.symbol = c.symbol AND c.kind IN ('function', 'class', 'section')
+         AND strpos(c.symbol, ', ') = 0
+  ) span
 """
 
 FACT_CANDIDATES = """
@@ -212,6 +225,7 @@ def _params(query: CandidateQuery) -> dict[str, Any]:
         "k": query.limit,
         "recent": query.recent_commands,
         "with_vectors": query.with_vectors,
+        "roles": query.roles,
     }
 
 

@@ -93,10 +93,16 @@ def tsquery_text(query: str) -> str | None:
     return tsquery_from_terms(search_terms(query))
 
 
+_VERSION = re.compile(r"(?<![\w.])v?\d+(?:\.\d+){1,3}(?:[a-z]+\d*)?(?![\w.]*\w)")
+
+
 def code_identifiers(query: str, limit: int | None = None) -> list[str]:
     """The identifiers in ``query`` that are written as code (``snake_case``, ``CamelCase``, ``a.b``),
+    and version numbers (``0.47.0``, ``3.1``, ``2.0rc1``): text to find verbatim (what changed in 0.47.0);
     the first ``limit`` of them when given."""
-    found: list[str] = []
+    found: list[str] = [v.group(0).lstrip("v") for v in _VERSION.finditer(query)][:limit]
+    if limit is not None and len(found) >= limit:
+        return found
     for match in re.finditer(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", query):
         ident = match.group(0)
         inner = ident.strip("_")
