@@ -123,7 +123,7 @@ def build_store(settings: Any, target_chunks: int, log: Any) -> dict[str, int]:
     from knowledgebase.index.reembed import _ensure_indexes as ensure_hnsw_indexes
     from knowledgebase.store.vectors import HNSW_INDEXES
 
-    db = open_database(settings)
+    db = open_database(settings, owner=True)  # the bulk load drops and rebuilds the HNSW index: the owner's work
     try:
         with db.connection() as conn:
             project = store.find_project(conn, PROJECT)
@@ -267,9 +267,8 @@ def main() -> None:
         env["KB_EMBED_BACKEND"] = args.backend
     settings = Settings.from_env(env)
     started_server = settings.uses_embedded_db and running_server(settings.pgdata) is None
-    url = database_url(settings)
     try:
-        upgrade(url)
+        upgrade(database_url(settings, owner=True))  # migrations are the owner's; the hooks log in as the agent
         built = build_store(settings, args.chunks, log)
         log(f"store: {built['chunks']} chunks in project {PROJECT}")
         serve.stop_server(env)
