@@ -12,7 +12,9 @@ Gemini CLI reads from the hook's stdout:
   changes to the files shown) within ``KB_CONTEXT_BUDGET`` tokens.
 - AfterTool: ``run_shell_command`` is logged as a shell command with its output and exit code; other
   tools as a tool call with a summary of their result (``write_file`` and ``replace`` with the file
-  they wrote, in ``command_output.file_written``).
+  they wrote, in ``command_output.file_written``); those files are queued for a background re-index
+  in the warm process (``knowledgebase.gemini.freshness``), and SessionStart queues an incremental
+  populate of the session's project, so the index keeps up with the agents' edits.
 - AfterAgent: logs the turn's response and the token usage of each model call in the turn (read from
   the session transcript).
 - SessionEnd: closes the session's task.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -213,6 +216,8 @@ def session_start(services: HookServices, call: HookCall) -> HookResult:
         _register(services, call, session)
         return HookResult({}, note=f"database unavailable, session spooled to {path.name}: {first_line(exc)}")
     _register(services, call, session)
+    if (freshener := getattr(services, "freshener", None)) and session.project:  # populate in the background
+        freshener.queue_populate(session.project)
     digest = session_digest(db, session.project)
     others = _active_work(services, db, session)
     if others:
@@ -265,6 +270,7 @@ def after_tool(services: HookServices, call: HookCall) -> HookResult:
     tool_input = call.payload.get("tool_input")
     tool_input = tool_input if isinstance(tool_input, dict) else {"value": tool_input}
     response = call.payload.get("tool_response")
+    written: list[str] = []  # files the call wrote (the shell's are not known)
     if tool_name == SHELL_TOOL:
         outcome = gemini_events.parse_shell_outcome(response)
         output = audit.prepare_output(
@@ -295,7 +301,18 @@ def after_tool(services: HookServices, call: HookCall) -> HookResult:
         return audit.CommandRecord(exchange, output)
 
     logged = _log_or_spool(services, call, record)
+    if logged.db is not None:
+        note += _queue_refresh(services, logged.session, written)
     return HookResult({}, note=logged.note + ("" if logged.db is None else note))
+
+
+def _queue_refresh(services: HookServices, session: _Session, written: list[str]) -> str:
+    """Queue the files a tool wrote for a background re-index in the warm process (returns at once)."""
+    freshener = getattr(services, "freshener", None)  # gemini.freshness.Freshener; None outside kb serve
+    if freshener is None or session.project is None or not written:
+        return ""
+    freshener.queue_files(session.project, [os.path.join(session.cwd or "", path) for path in written])
+    return f" refresh-queued={len(written)}"
 
 
 def _session_fields(session: _Session) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from knowledgebase.config import Settings
 from knowledgebase.errors import DatabaseUnavailable, KnowledgebaseError, UnsafeSocket, first_line
+from knowledgebase.gemini.freshness import Freshener
 from knowledgebase.gemini.warm_protocol import PROTOCOL, check_peer, private_socket_dir, server_address
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class WarmStore:
         self._model_lock = threading.Lock()
         if embedder is not None:
             self._model_ready.set()
+        # re-indexes what the agents write, on its own thread (``hooks`` queue work and return)
+        self.freshener = Freshener(self)
 
     def warm_up(self) -> None:
         """Load the model in the background; requests that need it wait for it."""
@@ -164,6 +167,7 @@ class WarmStore:
             self._db_error = (time.monotonic(), first_line(exc))
 
     def close(self) -> None:
+        self.freshener.close()
         with self._db_lock:
             if self._db is not None:
                 self._db.close()

@@ -264,6 +264,52 @@ def scan_project(root: Path, settings: Settings) -> Iterator[ScannedFile | Skipp
         stack.extend(reversed(subdirs))
 
 
+def scan_path(root: Path, rel: str, settings: Settings) -> ScannedFile | SkippedFile | None:
+    """What ``scan_project`` would yield for the one file ``rel`` (relative to the resolved ``root``):
+    the same ignore files, vendored directories and skip rules; None when no such file exists."""
+    problem = _name_problem(rel)
+    if problem is not None:
+        return SkippedFile(printable_path(rel), problem)
+    exclude = root / ".git" / "info" / "exclude"
+    specs: list[_Spec] = []
+    if exclude.is_file():
+        specs.append(("", GitIgnoreSpec.from_lines(_read_lines(exclude))))
+    parts = rel.split("/")
+    directory, rel_dir = root, ""
+    for index, name in enumerate(parts):
+        try:
+            names = set(os.listdir(directory))
+        except OSError:
+            return None
+        specs = specs + _ignore_specs(directory, rel_dir, names)
+        here = f"{rel_dir}/{name}" if rel_dir else name
+        path = directory / name
+        last = index == len(parts) - 1
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return SkippedFile(here, SkipReason.UNREADABLE, exc.strerror or str(exc))
+        if _ignored(specs, here if last else here + "/"):
+            return SkippedFile(here if last else here + "/", SkipReason.IGNORED)
+        if stat.S_ISLNK(st.st_mode):
+            return _symlink_skip(root, path, here)
+        if not last:
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            if _vendored_dir(path, name):
+                return SkippedFile(here + "/", SkipReason.VENDORED)
+            directory, rel_dir = path, here
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return SkippedFile(here, SkipReason.NOT_REGULAR)
+        return _classify_file(path, here, st, settings.max_file_bytes)
+    return None
+
+
 def _bad_path_skip(entry: os.DirEntry[str], rel: str, problem: SkipReason) -> SkippedFile:
     try:
         is_dir = entry.is_dir(follow_symlinks=False)
