@@ -252,6 +252,7 @@ def test_session_start_populates_an_indexed_project_in_the_background(
     payload = {"session_id": SESSION, "cwd": str(project_dir), "hook_event_name": "SessionStart", "source": "startup"}
     handle_hook(services, HookCall(event="SessionStart", payload=payload, gemini_pid=os.getpid()))
     assert poll(lambda: found(db, fake_embedder, "quokka_added_later"))
+    assert services.freshener.wait_idle(20.0)
     assert services.freshener.stats().populates == 1
 
 
@@ -270,3 +271,37 @@ def test_session_start_does_not_index_a_project_never_populated(
     warm.close()
     assert freshener.stats().populates == 0 and freshener.stats().failures == 0
     assert file_count(db, "a.py") == 0
+
+
+def test_facts_from_a_refreshed_files_changed_chunks_go_stale_as_with_populate(
+    db: Database, fake_embedder: HashingEmbedder, project_dir: Path, indexed: str, settings: Settings
+) -> None:
+    path = project_dir / "src" / "two.py"
+    body = "".join(f"    step_{n} = compute_{n}(value, {n})\n" for n in range(60))
+    alpha = f"def alpha(value):\n{body}    return 'alpha body'\n"
+    path.write_text(f"{alpha}\n\ndef beta(value):\n{body}    return 'beta body'\n")
+    refresh_files(db, fake_embedder, "shop", [str(path)], settings=settings)
+    with db.connection() as conn:
+        project_id = store.get_project(conn, "shop").id
+        file_id, other_id = (store.get_file(conn, project_id, rel).id for rel in ("src/two.py", "src/other.py"))
+        hashes = {
+            row[0]: row[1]
+            for row in conn.execute("SELECT symbol, content_hash FROM file_chunks WHERE file_id = %s", (file_id,))
+        }
+        assert {"alpha", "beta"} <= set(hashes), hashes
+
+        def fact(file: int, chunk_hash: str | None, label: str) -> int:
+            new = store.NewKnowledge(
+                fact_label=label, fact_value="v", project_id=project_id, source_kind="chunk",
+                source_file_id=file, source_chunk_hash=chunk_hash,
+            )  # fmt: skip
+            return store.insert_knowledge(conn, new).id
+
+        edited, untouched = fact(file_id, hashes["alpha"], "a"), fact(file_id, hashes["beta"], "b")
+        gone = fact(other_id, None, "other")
+    path.write_text(path.read_text().replace("alpha body", "alpha body, edited"))
+    (project_dir / "src" / "other.py").unlink()
+    refresh_files(db, fake_embedder, "shop", [str(path), str(project_dir / "src" / "other.py")], settings=settings)
+    with db.connection() as conn:
+        stale = dict(conn.execute("SELECT id, is_stale FROM knowledge").fetchall())
+    assert stale == {edited: True, untouched: False, gone: True}
