@@ -40,7 +40,7 @@ class _Services(Protocol):
 
 @dataclass(frozen=True)
 class FreshStats:
-    """What the freshener did so far (for tests, ``kb serve --status`` and the benchmark)."""
+    """What the freshener did so far (for tests and the benchmark)."""
 
     refreshes: int
     files_refreshed: int
