@@ -27,11 +27,17 @@ from knowledgebase.index.ingest import populate_project
 from knowledgebase.index.refresh import refresh_files
 from knowledgebase.index.scanning import SkipReason
 from knowledgebase.search.retrieval import search
-from tests.support import HashingEmbedder
+from tests.support import HashingEmbedder, as_agent
 
 SESSION = "5e55f0aa-067b-41ab-8c43-e6ef7fee6001"
 OLD = "def price(order):\n    return order.total * ancient_multiplier\n"
 NEW = "def price(order):\n    return order.total * zanzibar_discount_factor\n"
+
+
+@pytest.fixture
+def db_url(db_url: str) -> str:
+    """As `kb`, the hooks and their warm process reach the store by default: the agent login."""
+    return as_agent(db_url)
 
 
 def settle(root: Path, seconds_ago: int = 10) -> None:
