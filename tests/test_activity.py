@@ -36,10 +36,14 @@ THEIRS = "gemini-theirs"
 
 @pytest.fixture
 def shop(db: Database, fake_embedder: HashingEmbedder, tmp_path: Path) -> Path:
-    """Project shop (SOURCES indexed) with a real folder as its root."""
+    """Project shop (SOURCES indexed) with a real folder as its root, holding the same files (the warm
+    process's background populate at SessionStart keeps the index in line with that folder)."""
     root = (tmp_path / "shop").resolve()
     (root / ".git").mkdir(parents=True)
     (root / "src").mkdir()
+    for rel, text in SOURCES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
     with db.connection() as conn:
         index_files(conn, fake_embedder, "shop", SOURCES)
         store.ensure_project(conn, "shop", str(root))
