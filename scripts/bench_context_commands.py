@@ -13,14 +13,13 @@ the commands' readings; later ones find them in the process's cache, as the warm
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from bench_search import database  # a migrated URL, or a private embedded server (scripts/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -57,26 +56,6 @@ TRACEBACK = (
     'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
     "ImportError: cannot import name 'thing{}' from 'app'\n"
 )
-
-
-@contextmanager
-def database(url: str | None) -> Iterator[str]:
-    from knowledgebase.db.schema import upgrade
-
-    if url:
-        upgrade(url)
-        yield url
-        return
-    from knowledgebase.db.embedded import ensure_server, stop_server
-
-    base = Path(tempfile.mkdtemp(prefix="kb-bench-commands-"))
-    try:
-        private = ensure_server(base / "pgdata").url()
-        upgrade(private)
-        yield private
-    finally:
-        stop_server(base / "pgdata")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def pct(values: list[float], q: float) -> float:
