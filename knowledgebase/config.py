@@ -51,12 +51,31 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _read_urls(env: Mapping[str, str]) -> tuple[str, ...]:
+    """KB_READ_DATABASE_URL: one or more URLs separated by spaces, commas or semicolons; only with
+    KB_DATABASE_URL (the embedded server has no replicas)."""
+    import re
+
+    raw = (env.get("KB_READ_DATABASE_URL") or "").strip()
+    if not raw:
+        return ()
+    if not env.get("KB_DATABASE_URL"):
+        raise ConfigError("KB_READ_DATABASE_URL is set but KB_DATABASE_URL is not: set the primary's URL too "
+                          "(replicas serve reads; every write goes to the primary)")
+    urls = tuple(u.strip(" ,;") for u in re.split(r"[\s,;]+(?=postgres(?:ql)?://)", raw) if u.strip(" ,;"))
+    bad = [u for u in urls if not u.startswith(("postgresql://", "postgres://"))]
+    if bad:
+        raise ConfigError(f"KB_READ_DATABASE_URL holds {bad[0][:40]!r}, not a postgresql:// URL")
+    return urls
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable, with defaults. Build with ``Settings.from_env()``."""
 
     home: Path
     database_url: str | None = None
+    read_database_urls: tuple[str, ...] = ()  # KB_READ_DATABASE_URL: read replicas (knowledgebase.db.routing)
     embed_model: str = DEFAULT_EMBED_MODEL
     embed_backend: str = "auto"  # chosen at run time: knowledgebase.embedding.models.choose_backend
     embed_batch_size: int = 32
@@ -89,6 +108,7 @@ class Settings:
         return cls(
             home=home.resolve(),
             database_url=env.get("KB_DATABASE_URL") or None,
+            read_database_urls=_read_urls(env),
             embed_model=env.get("KB_EMBED_MODEL") or DEFAULT_EMBED_MODEL,
             embed_backend=backend,
             embed_batch_size=_int(env, "KB_EMBED_BATCH_SIZE", 32, minimum=1),

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "serve": "knowledgebase.cli.gemini_cmds:serve",
     "mcp": "knowledgebase.cli.gemini_cmds:mcp",
     "demo": "knowledgebase.cli.demo:demo",
+    "server": "knowledgebase.cli.server_cmds:server",
 }
 
 

