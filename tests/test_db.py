@@ -12,6 +12,13 @@ from knowledgebase.db import Database, connect, open_database, redact_url, trans
 from knowledgebase.errors import ConfigError, DatabaseUnavailable, SchemaMismatch
 
 
+def test_redact_url_hides_a_password_parameter_too() -> None:
+    assert redact_url("postgresql://bob@db/kb?sslmode=require&password=s3cret&x=1") == (
+        "postgresql://bob@db/kb?sslmode=require&password=***&x=1"
+    )
+    assert "s3cret" not in redact_url("host=db password='s3 cret' user=bob")
+
+
 def test_redact_url_hides_the_password() -> None:
     assert redact_url("postgresql://bob:s3cret@db.example:5432/kb") == "postgresql://bob:***@db.example:5432/kb"
     assert redact_url("postgresql://bob@db/kb") == "postgresql://bob@db/kb"

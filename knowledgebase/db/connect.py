@@ -8,6 +8,7 @@ means that. Other psycopg errors (a constraint violated, a bad value) pass throu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -25,8 +26,13 @@ _SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
 _RECOVERY_HINT = "Check that the server is running and KB_DATABASE_URL is right (unset it to use the embedded server)."
 
 
+_PASSWORD_PARAM = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe to print."""
+    """The URL (or ``key=value`` string) with any password replaced by ``***``, safe to print: in the
+    user part and as a ``password=`` parameter."""
+    url = _PASSWORD_PARAM.sub(r"\1***", url)
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from knowledgebase.db.connect import database_errors, redact_url
 from knowledgebase.errors import DatabaseUnavailable
+from knowledgebase.util.private_files import make_private_dir
 
 if TYPE_CHECKING:
     import psycopg
@@ -160,14 +161,16 @@ class ReadRouter:
         now = time.monotonic()
         caught_up = target is None or replica.replay_lsn >= target
         if now - replica.checked_at > CHECK_SECONDS or not caught_up:
+            # the walreceiver's status is shown only to roles with pg_read_all_stats (not kb_agent): NULL
+            # then, and read as "streaming"; the replay position is what read-your-writes relies on
             row = conn.execute(
-                "SELECT pg_last_wal_replay_lsn()::text,"
-                " EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')"
+                "SELECT pg_last_wal_replay_lsn()::text, (SELECT status FROM pg_stat_wal_receiver LIMIT 1),"
+                " EXISTS (SELECT 1 FROM pg_stat_wal_receiver)"
             ).fetchone()
             assert row is not None
             with replica.lock:
                 replica.replay_lsn = lsn_value(row[0]) if row[0] else 0
-                replica.streaming = bool(row[1])
+                replica.streaming = row[1] == "streaming" or (row[1] is None and bool(row[2]))
                 replica.checked_at = now
             caught_up = target is None or replica.replay_lsn >= target
         # a replica cut off from its primary falls behind without knowing it: read elsewhere
@@ -202,5 +205,6 @@ def _write_lsn(path: Path, lsn: int) -> None:
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with contextlib.suppress(OSError):
+        make_private_dir(path.parent)
         tmp.write_text(f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}\n")
         os.replace(tmp, path)

@@ -14,6 +14,7 @@ no URL this module prints holds a password. File layout: ``knowledgebase.db.serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -360,7 +361,9 @@ def stop_server(layout: ServerLayout, *, timeout: float = 60) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.1)
+        with contextlib.suppress(ChildProcessError):  # started by this process: reap it, or it stays a zombie
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
     return True
 
 

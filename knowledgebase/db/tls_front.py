@@ -119,16 +119,6 @@ class Front:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         address = str(writer.get_extra_info("peername")[0])
-        if not self._allowed(address):
-            writer.write(
-                error_message(
-                    "28000",
-                    f"kb server: connections from {address} are not allowed "
-                    "(the server's --allow networks; see kb server status)",
-                )
-            )
-            await writer.drain()
-            return
         while True:
             head = await asyncio.wait_for(reader.readexactly(8), _HANDSHAKE_TIMEOUT_S)
             length, code = struct.unpack("!II", head)
@@ -153,17 +143,31 @@ class Front:
         writer.write(b"S")
         await writer.drain()
         await writer.start_tls(self.context, ssl_handshake_timeout=_HANDSHAKE_TIMEOUT_S)
+        if not self._allowed(address):  # said inside TLS: libpq shows an error only after the handshake
+            await self._refuse(
+                reader,
+                writer,
+                "28000",
+                f"kb server: connections from {address} are not allowed "
+                "(the server's --allow networks; see kb server status)",
+            )
+            return
         try:
             backend = await asyncio.open_unix_connection(str(self.backend))
         except OSError:
-            writer.write(
-                error_message(
-                    "57P03", "kb server: the database behind this server is not running; see kb server status"
-                )
-            )
-            await writer.drain()
+            message = "kb server: the database behind this server is not running; see kb server status"
+            await self._refuse(reader, writer, "57P03", message)
             return
         await _splice((reader, writer), backend)
+
+    @staticmethod
+    async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str, message: str) -> None:
+        """Read the client's startup message, then answer it with an error (as PostgreSQL would)."""
+        length = struct.unpack("!I", await asyncio.wait_for(reader.readexactly(4), _HANDSHAKE_TIMEOUT_S))[0]
+        if 8 <= length <= 10_000:
+            await asyncio.wait_for(reader.readexactly(length - 4), _HANDSHAKE_TIMEOUT_S)
+        writer.write(error_message(code, message))
+        await writer.drain()
 
     async def _forward_cancel(self, packet: bytes) -> None:
         with contextlib.suppress(OSError):
