@@ -141,3 +141,9 @@ def register_vector_types(conn: psycopg.Connection) -> None:
             "the pgvector extension is not installed in this database: run `kb init` "
             "(the server needs pgvector >= 0.7; see https://github.com/pgvector/pgvector#installation)"
         ) from exc
+
+
+def configure_connection(conn: psycopg.Connection) -> None:
+    """What every pooled connection gets first: the pgvector types."""
+    register_vector_types(conn)
+    conn.commit()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from knowledgebase.config import Settings
-from knowledgebase.db.connect import CONNECT_TIMEOUT_S, connect, database_errors, register_vector_types
+from knowledgebase.db.connect import CONNECT_TIMEOUT_S, configure_connection, connect, database_errors
 from knowledgebase.db.embedded import ensure_server
 from knowledgebase.db.routing import ReadRouter
 from knowledgebase.db.schema import verify_schema
@@ -67,7 +67,7 @@ class Database:
             url,
             min_size=1,
             max_size=max_size,
-            configure=_configure_connection,
+            configure=configure_connection,
             kwargs={"connect_timeout": CONNECT_TIMEOUT_S},
             timeout=timeout,
             check=ConnectionPool.check_connection if check else None,
@@ -124,11 +124,6 @@ def transaction(target: psycopg.Connection | Database) -> Iterator[psycopg.Conne
     else:
         with database_errors(target):
             yield target
-
-
-def _configure_connection(conn: psycopg.Connection) -> None:
-    register_vector_types(conn)
-    conn.commit()
 
 
 def open_database(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from knowledgebase.db.connect import database_errors, redact_url
+from knowledgebase.db.connect import configure_connection, database_errors, redact_url
 from knowledgebase.errors import DatabaseUnavailable
 from knowledgebase.util.private_files import make_private_dir
 
@@ -77,8 +77,6 @@ class ReadRouter:
     def __init__(self, urls: Sequence[str], primary_url: str, *, max_size: int, lsn_file: Path | None) -> None:
         from psycopg_pool import ConnectionPool
 
-        from knowledgebase.db.pool import _configure_connection
-
         self.replicas = [
             Replica(
                 url=url,
@@ -86,7 +84,7 @@ class ReadRouter:
                     with_primary_password(url, primary_url),
                     min_size=0,
                     max_size=max_size,
-                    configure=_configure_connection,
+                    configure=configure_connection,
                     kwargs={"connect_timeout": REPLICA_CONNECT_TIMEOUT_S},
                     timeout=REPLICA_POOL_TIMEOUT_S,
                     check=ConnectionPool.check_connection,
