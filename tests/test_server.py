@@ -277,6 +277,16 @@ def test_an_unreachable_replica_is_skipped(pair: Pair, tmp_path: Path) -> None:
         assert db.last_read_source == "primary"
 
 
+def test_kb_status_shows_each_read_replica(pair: Pair, tmp_path: Path) -> None:
+    from knowledgebase.db.status import store_status
+
+    dead = f"postgresql://kb_agent_login@127.0.0.1:{free_port()}/knowledgebase?sslmode=require"
+    report = store_status(_settings(pair, tmp_path, KB_READ_DATABASE_URL=f"{pair.replica_info.agent_url} {dead}"))
+    live, gone = report.replicas
+    assert live.reachable and live.in_recovery and live.lag_bytes is not None
+    assert not gone.reachable and gone.error
+
+
 def test_a_replica_that_dies_in_the_middle_of_a_read_loses_nothing(pair: Pair, tmp_path: Path) -> None:
     embedder = HashingEmbedder()
     settings = _settings(pair, tmp_path, KB_READ_DATABASE_URL=pair.replica_info.agent_url)

@@ -78,6 +78,14 @@ def status(database_url: str | None, as_json: bool) -> None:
     table.add_row("stored model", model)
     table.add_row("configured model", report.configured_model)
     table.add_row("embedding backend", backend)
+    for replica in report.replicas:
+        if not replica.reachable:
+            state = f"unreachable: reads go to the primary ({replica.error})"
+        elif not replica.in_recovery:
+            state = "not a standby (a primary?): check KB_READ_DATABASE_URL"
+        else:
+            state = f"standby, {replica.lag_bytes} bytes behind the primary"
+        table.add_row("read replica", f"{replica.url}: {state}")
     console.print(table)
     if any(report.waiting.values()):
         files, facts = report.waiting.get("files", 0), report.waiting.get("facts", 0)

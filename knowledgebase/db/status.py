@@ -36,6 +36,18 @@ class StoreStatus:
     row_counts: dict[str, int]
     # rows written without kb (plain SQL) that `kb reembed --missing` will chunk or embed
     waiting: dict[str, int]
+    replicas: tuple[ReplicaState, ...] = ()  # KB_READ_DATABASE_URL
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """A read replica as ``kb status`` sees it: reachable, a standby, how far behind the primary."""
+
+    url: str
+    reachable: bool
+    in_recovery: bool | None = None
+    lag_bytes: int | None = None  # WAL the replica has still to replay, against the primary's position now
+    error: str | None = None
 
 
 def store_status(settings: Settings) -> StoreStatus:
@@ -66,6 +78,8 @@ def store_status(settings: Settings) -> StoreStatus:
                 if row:
                     model_name, model_dim = row[0], int(row[1])
         vector = pgvector_version(conn)
+        primary_lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]  # type: ignore[index]
+    replicas = tuple(_replica_state(u, url, str(primary_lsn)) for u in settings.read_database_urls)
     return StoreStatus(
         database_url=redact_url(url),
         embedded=settings.uses_embedded_db,
@@ -79,7 +93,23 @@ def store_status(settings: Settings) -> StoreStatus:
         configured_model=settings.embed_model,
         row_counts=counts,
         waiting=waiting,
+        replicas=replicas,
     )
+
+
+def _replica_state(read_url: str, primary_url: str, primary_lsn: str) -> ReplicaState:
+    from knowledgebase.db.routing import lsn_value, with_primary_password
+    from knowledgebase.errors import DatabaseUnavailable, first_line
+
+    shown = redact_url(read_url)
+    try:
+        with connect(with_primary_password(read_url, primary_url)) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").fetchone()
+    except DatabaseUnavailable as exc:
+        return ReplicaState(url=shown, reachable=False, error=first_line(exc))
+    assert row is not None
+    lag = max(0, lsn_value(primary_lsn) - lsn_value(row[1])) if row[1] else None
+    return ReplicaState(url=shown, reachable=True, in_recovery=bool(row[0]), lag_bytes=lag)
 
 
 def _count(conn: psycopg.Connection, query: str) -> int:
