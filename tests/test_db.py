@@ -38,6 +38,21 @@ def test_open_database_refuses_an_unmigrated_database(fresh_database_url: str, t
         open_database(Settings(home=tmp_path, database_url=fresh_database_url))
 
 
+def test_the_embedded_server_of_a_fresh_home_is_migrated_on_first_use(tmp_path: Path) -> None:
+    """`kb populate` on a fresh KB_HOME works without `kb init`: the embedded server is kb's own (an
+    external server is not migrated behind its operator's back: the test above)."""
+    from knowledgebase.db.embedded import stop_server
+    from knowledgebase.db.schema import SCHEMA_REVISION, current_revision
+
+    settings = Settings(home=tmp_path / "home")
+    try:
+        with open_database(settings) as database, database.connection() as conn:
+            assert current_revision(conn) == SCHEMA_REVISION
+            assert conn.execute("SELECT current_user").fetchone() == ("kb_agent_login",)
+    finally:
+        stop_server(settings.pgdata)
+
+
 def test_open_database_registers_vector_on_pooled_connections(settings: Settings) -> None:
     import numpy as np
 

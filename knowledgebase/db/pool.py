@@ -21,7 +21,7 @@ from knowledgebase.config import Settings
 from knowledgebase.db.connect import CONNECT_TIMEOUT_S, configure_connection, connect, database_errors
 from knowledgebase.db.embedded import ensure_server
 from knowledgebase.db.routing import ReadRouter
-from knowledgebase.db.schema import verify_schema
+from knowledgebase.db.schema import schema_behind, upgrade, verify_schema
 from knowledgebase.errors import ExtensionMissing
 
 if TYPE_CHECKING:
@@ -138,11 +138,18 @@ def open_database(
     """Open a pool on the configured database after checking it is usable (pool options as ``Database``);
     ``owner``: as the tables' owner (see ``database_url``), for schema changes.
 
+    The embedded server is kb's own: a schema it lacks or that is behind this code is migrated here
+    (what `kb init` does), so a fresh KB_HOME needs no separate step. An external server is never
+    migrated behind its operator's back: SchemaMismatch says to run `kb init`.
+
     Raises DatabaseUnavailable, ExtensionMissing or SchemaMismatch with a message that says what to do.
     """
+    embedded_default = url is None and settings.uses_embedded_db
     url = url or database_url(settings, owner=owner)
     with connect(url) as conn, database_errors(url):
         if check_schema:
+            if embedded_default and schema_behind(conn):
+                upgrade(database_url(settings, owner=True))
             verify_schema(conn)
         else:
             has_vector = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()

@@ -116,6 +116,12 @@ def pgvector_version(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
+def schema_behind(conn: psycopg.Connection) -> bool:
+    """Whether the database has no schema yet or one older than this code's (``kb init`` would help)."""
+    revision = current_revision(conn)
+    return revision is None or _revision_number(revision) < _revision_number(SCHEMA_REVISION)
+
+
 def verify_schema(conn: psycopg.Connection) -> None:
     """Raise SchemaMismatch or ExtensionMissing unless the database is at this code's revision."""
     revision = current_revision(conn)
