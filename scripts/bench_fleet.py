@@ -193,10 +193,12 @@ def run_fleet(url: str, read_url: str | None, plan: FleetPlan, work: Path, cwd: 
     for _ in procs:
         ready.get(timeout=300)
     load_before = os.getloadavg()[0]
+    server_before = server_cpu_seconds(url)
     began = time.perf_counter()
     start.set()
     reports = _collect(procs, out)
     wall = time.perf_counter() - began
+    server_after = server_cpu_seconds(url)
     invariants = check(url, plan, reports)
     _retire_keys(url, plan)
     timings: dict[str, list[float]] = defaultdict(list)
@@ -204,6 +206,7 @@ def run_fleet(url: str, read_url: str | None, plan: FleetPlan, work: Path, cwd: 
         for operation, values in report["timings"].items():
             timings[operation] += values
     total = sum(len(v) for v in timings.values())
+    turns = plan.agents * plan.rounds
     errors = [e for r in reports for e in r["errors"]] + [f"agent exit code {p.exitcode}" for p in procs if p.exitcode]
     return {
         "agents": plan.agents,
@@ -213,8 +216,14 @@ def run_fleet(url: str, read_url: str | None, plan: FleetPlan, work: Path, cwd: 
         "seconds": round(wall, 2),
         "operations": {op: stats(timings[op], wall) for op in OPERATIONS if timings.get(op)},
         "ops_per_s": round(total / wall, 1),
-        "turns_per_s": round(plan.agents * plan.rounds / wall, 1),
+        "turns_per_s": round(turns / wall, 1),
         "before_agent_with_context": sum(r["contexts"] for r in reports),
+        "cpu_ms_per_turn": {
+            "agents": round(1000 * sum(r.get("cpu_s", 0.0) for r in reports) / turns, 1),
+            "server": None
+            if server_before is None or server_after is None
+            else round(1000 * (server_after - server_before) / turns, 1),
+        },
         "vectors_precomputed": embedded,
         "vectors_not_precomputed": sum(len(r["misses"]) for r in reports),
         "not_precomputed_examples": sorted({t for r in reports for t in r["misses"]})[:5],
@@ -255,6 +264,32 @@ def _collect(procs: list[Any], out: Any) -> list[dict[str, Any]]:
     for proc in procs:
         proc.join(timeout=60)
     return reports
+
+
+def server_cpu_seconds(url: str) -> float | None:
+    """CPU seconds the server's processes used so far (its backends that exited included), when it runs
+    on this machine; None otherwise. From /proc: the postmaster (parent of this connection's backend)
+    with its reaped children, plus the children alive now."""
+    from knowledgebase.db import connect
+
+    with connect(url) as conn:  # the backend must be alive while its parent is looked up
+        row = conn.execute("SELECT pg_backend_pid(), inet_server_addr()").fetchone()
+        backend, address = row if row else (None, None)
+        if address is not None and not str(address).startswith(("127.", "::1")):
+            return None  # a server elsewhere: its processes are not ours to read
+        try:
+            postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            ticks = 0
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                pid = int(stat.parent.name)
+                if pid == postmaster:
+                    ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+                elif int(fields[1]) == postmaster and pid != backend:
+                    ticks += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            return None
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stats(values: list[float], wall: float) -> dict[str, float]:
@@ -298,6 +333,9 @@ def print_run(run: dict[str, Any]) -> None:
         f"  BeforeAgent with context: {run['before_agent_with_context']}/{run['agents'] * run['rounds']}; "
         f"vectors not precomputed: {run['vectors_not_precomputed']}; spooled: {run['spooled']}"
     )
+    cpu = run["cpu_ms_per_turn"]
+    server = "not on this machine" if cpu["server"] is None else f"{cpu['server']} ms"
+    print(f"  CPU per turn: agents {cpu['agents']} ms, server {server}")
     for name, counts in run["invariants"].items():
         detail = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "ok")
         print(f"  {'ok ' if counts['ok'] else 'FAIL'} {name}: {detail}")
@@ -318,6 +356,21 @@ def print_sweep(runs: list[dict[str, Any]]) -> None:
             f"{run['agents']:>6}{run['turns_per_s']:>9}{run['ops_per_s']:>8}{pair.get('BeforeAgent', '-'):>21}"
             f"{pair.get('AfterTool', '-'):>19}{claim:>10}{acquire:>12}  {'ok' if run['ok'] else 'FAILED'}"
         )
+    peak = saturation(runs)
+    print(f"throughput peaks at {peak['agents']} agents ({peak['turns_per_s']} turns/s); {peak['verdict']}")
+
+
+def saturation(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where more agents stop buying throughput: the size with the most turns/s, and what came after it."""
+    best = max(runs, key=lambda r: r["turns_per_s"])
+    after = [r for r in runs if r["agents"] > best["agents"]]
+    if not after:
+        verdict = "not saturated within this sweep" if len(runs) > 1 else "one size only"
+    else:
+        p95 = [r["operations"].get("BeforeAgent", {}).get("p95_ms") for r in (best, after[-1])]
+        last = after[-1]
+        verdict = f"at {last['agents']} agents: {last['turns_per_s']} turns/s, BeforeAgent p95 {p95[0]} -> {p95[1]} ms"
+    return {"agents": best["agents"], "turns_per_s": best["turns_per_s"], "verdict": verdict}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20, help="turns per agent (default 20)")
     parser.add_argument("--chunks", type=int, default=10_000, help="chunks in the store (default 10000)")
     parser.add_argument("--database-url", help="the primary, as the agents reach it (default: embedded in --home)")
-    parser.add_argument("--read-url", help="KB_READ_DATABASE_URL of the agents (a replica; see above)")
+    parser.add_argument(
+        "--read-url",
+        help="set as KB_READ_DATABASE_URL for the agents (a replica); no effect until the product routes reads",
+    )
     parser.add_argument("--home", type=Path, help="embedded server, corpus and agent homes (default: temporary)")
     parser.add_argument("--vectors", type=Path, help="kept chunk vectors (default: bench_search's cache)")
     parser.add_argument("--keys", type=int, default=4, help="keys in the run's pool (default 4)")
@@ -368,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "store": {"project": PROJECT, "chunks": chunks, "database": "given" if args.database_url else "embedded"},
         "runs": runs,
+        "saturation": saturation(runs),
         "ok": all(r["ok"] for r in runs),
     }
     if args.json:

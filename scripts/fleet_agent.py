@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -271,6 +272,7 @@ def _act(
     lease_s = settings.task_lease_seconds
     ready.put(agent)
     start.wait()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     timed("SessionStart", hook, "SessionStart", source="startup")
     for turn in range(plan.rounds):
         answer = timed("BeforeAgent", hook, "BeforeAgent", prompt=plan.prompt(agent, turn))
@@ -307,5 +309,7 @@ def _act(
     timed("SessionEnd", hook, "SessionEnd", reason="exit")
     if pending_files(settings.spool_dir):  # written during an outage: stored now, as the warm process does
         flush_spool(db, settings.spool_dir)
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    report["cpu_s"] = cpu.ru_utime + cpu.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     report["misses"] = embedder.misses
     services.close()

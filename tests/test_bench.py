@@ -121,6 +121,7 @@ def test_a_tiny_fleet_run_reports_counts_that_hold_and_its_checks_catch_what_bre
         "SessionStart": 2,
         "SessionEnd": 2,
     }
+    assert run["cpu_ms_per_turn"]["agents"] > 0 and run["cpu_ms_per_turn"]["server"] > 0  # a server on this machine
     checks = run["invariants"]
     assert all(c["ok"] for c in checks.values()), checks
     assert checks["command_log shell commands (AfterTool)"] == {
