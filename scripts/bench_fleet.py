@@ -35,13 +35,16 @@ temporary folder, removed at the end) is started, migrated and used through its 
 the primary); it has an effect only once the product routes reads (issue 15), before that it changes
 nothing. Checks read the primary.
 
-Printed: per operation p50/p95 (ms) and throughput (ops/s), overall throughput, and the counts that
+Printed: per operation p50/p95 (ms) and throughput (ops/s), overall throughput, CPU per turn of the
+agents and, for a server on this machine (found from /proc), of the server: its own ceiling on this box
+is roughly ``cores x 1000 / server ms`` turns/s, whatever the agents beside it cost. Then the counts that
 prove nothing was lost or duplicated: every logged row (each command carries a unique marker) present
 exactly once in command_log, command_output, usage_log and context_log; every queued task done exactly
 once (status, attempts, history, and the agents' own accounts); no key over its rpm/tpm limit in any
 60 s window (its grants in api_key_grants). The keys' limits default to the run's own demand (their
 total capacity is exactly the requests made), so an over-grant shows. Exit status 1 if a check fails
-or an agent hit an error. ``--sweep`` runs several fleet sizes on the same store and prints a table.
+or an agent hit an error. ``--sweep`` runs several fleet sizes on the same store and prints a table
+and the size where throughput peaks.
 """
 
 from __future__ import annotations
