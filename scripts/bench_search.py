@@ -181,17 +181,23 @@ class CachedEmbedder:
         partial.replace(self.path)
 
 
-def chunk_count(db: Database) -> int:
+def chunk_count(db: Database, project: str = PROJECT) -> int:
     from knowledgebase.tools.insights import store_counts
 
-    return sum(c.count for c in store_counts(db) if c.project == PROJECT and c.category == "chunks")
+    return sum(c.count for c in store_counts(db) if c.project == project and c.category == "chunks")
 
 
 def grow(
-    db: Database, embedder: CachedEmbedder, files: Iterator[tuple[Path, str]], tree: Path, target: int, settings: Any
+    db: Database,
+    embedder: CachedEmbedder,
+    files: Iterator[tuple[Path, str]],
+    tree: Path,
+    target: int,
+    settings: Any,
+    project: str = PROJECT,
 ) -> int:
-    """Copy corpus files into ``tree`` and index it until the project has ``target`` chunks; the count."""
-    count = chunk_count(db)
+    """Copy corpus files into ``tree`` and index it as ``project`` until it has ``target`` chunks; the count."""
+    count = chunk_count(db, project)
     while count < target:
         budget = (target - count) * BYTES_PER_CHUNK
         copied = 0
@@ -204,9 +210,9 @@ def grow(
         else:
             if not copied:
                 raise SystemExit(f"bench_search: the corpus ran out at {count} chunks (target {target})")
-        populate_project(db, embedder, tree, project=PROJECT, settings=settings)
+        populate_project(db, embedder, tree, project=project, settings=settings)
         embedder.save()
-        count = chunk_count(db)
+        count = chunk_count(db, project)
         log(f"  {count} chunks ({embedder.misses} embedded, {embedder.hits} from the cache)")
     return count
 
