@@ -58,7 +58,6 @@ DIGEST_SCAN = 200  # newest facts looked at for the digest
 DIGEST_DECISIONS = 5
 DIGEST_MIN_CONFIDENCE = 0.7
 USAGE_REQUEST_TYPE = "gemini-cli"
-# failures that mean "the database cannot be reached right now" (not a refused row)
 
 
 class HookServices(Protocol):
@@ -81,6 +80,7 @@ class HookCall:
     gemini_pid: int | None = None
     project: str | None = None  # KB_PROJECT, when set
     project_dir: str | None = None  # GEMINI_PROJECT_DIR
+    agent_id: str | None = None  # KB_AGENT_ID, when set: who the log rows name instead of the process
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def _offline_session(call: HookCall) -> _Session:
         cwd=cwd if isinstance(cwd, str) and cwd else None,
         project=None,
         project_id=None,
-        agent_id=f"gemini-cli@{socket.gethostname()}:{call.gemini_pid or '?'}",
+        agent_id=call.agent_id or f"gemini-cli@{socket.gethostname()}:{call.gemini_pid or '?'}",
         owner=gemini_session.session_owner(session_id),
     )
 

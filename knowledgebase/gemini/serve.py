@@ -364,6 +364,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             gemini_pid=header.get("gemini_pid"),
             project=header.get("project"),
             project_dir=header.get("project_dir"),
+            agent_id=header.get("agent_id") if isinstance(header.get("agent_id"), str) else None,
         )
         _request_notes.model_wait_s = None
         try:

@@ -360,7 +360,8 @@ def _changed_note(path: str, activity: ActiveWork | None) -> str:
         return ""
     from knowledgebase.search.activity import change_line
 
-    return f"> Note: {change_line(change, _now())} (another agent); the file may differ from this text.\n\n"
+    # not a "> " blockquote: Gemini CLI escapes ">" inside hook_context, and "&gt; Note" is what the model saw
+    return f"**Note:** {change_line(change, _now())} (another agent); the file may differ from this text.\n\n"
 
 
 def _now() -> Any:
