@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from knowledgebase import store
 from knowledgebase.cli import cli
-from knowledgebase.config import Settings
+from knowledgebase.config import Settings, get_settings
 from knowledgebase.coordination import audit
 from knowledgebase.db import Database
 from knowledgebase.errors import NotFound
@@ -371,3 +371,39 @@ def test_revision_0007_adds_the_proposal_columns_and_takes_them_away(fresh_datab
     assert {"proposed", "proposed_in", "fact_label", "fact_value", "extracted_from", "confidence_score"} <= columns()
     downgrade(fresh_database_url, "0006")
     assert not {"proposed", "proposed_in"} & columns()
+
+
+def test_kb_exec_leaves_a_spooled_closing_to_kb_audit_flush_which_proposes_the_sessions_facts(
+    settings: Settings,
+    db: Database,
+    db_url: str,
+    fake_embedder: HashingEmbedder,
+    shop: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import knowledgebase.gemini.warm_embedder
+    from knowledgebase.coordination import taskqueue
+    from knowledgebase.coordination.spool import SessionClosing, flush_spool, pending_files, spool_entry
+
+    taskqueue.open_task(db, "gemini-a", owner="gemini-session:a", project_id=shop)
+    session(db, shop, "gemini-a", [("make test", 0)])
+    spool_entry(settings.spool_dir, SessionClosing("gemini-a", "gemini-session:a", "Gemini CLI session ended (exit)"))
+    report = flush_spool(db, settings.spool_dir, closings=False)  # as kb exec flushes: it cannot propose
+    assert (report.flushed, report.remaining, report.closed) == (0, 1, ())
+    monkeypatch.setattr(knowledgebase.gemini.warm_embedder, "query_embedder", lambda settings: fake_embedder)
+    get_settings.cache_clear()  # the CLI reads the environment once per process
+    try:
+        result = CliRunner().invoke(
+            cli, ["audit", "flush", "--json", "--database-url", db_url], env={"KB_HOME": str(settings.home)}
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) | {"error": None} == {
+        "flushed": 1, "rejected": 0, "remaining": 0, "error": None, "closed": ["gemini-a"], "proposed_facts": 1
+    }  # fmt: skip
+    assert pending_files(settings.spool_dir) == []
+    (fact,) = proposed(db)
+    assert (fact.fact_value, fact.proposed_in) == ("make test", ("gemini-a",))
+    with db.connection() as conn:
+        assert store.get_task(conn, "gemini-a").status == "done"

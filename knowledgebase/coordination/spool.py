@@ -202,11 +202,13 @@ def _reclaim_abandoned(spool_dir: Path) -> None:
                 os.replace(path, spool_dir / original)
 
 
-def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> FlushReport:
+def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path, *, closings: bool = True) -> FlushReport:
     """Write every spooled entry to the database, oldest first, and remove its file.
 
     Stops when the database cannot be reached (the entries stay spooled). A file that cannot be read,
-    or that the database refuses, is renamed to ``*.bad`` and counted, never deleted.
+    or that the database refuses, is renamed to ``*.bad`` and counted, never deleted. ``closings`` False
+    leaves the ``SessionClosing`` entries spooled, for a flusher that cannot propose the facts of their
+    sessions (``kb exec``): the hooks' warm process or ``kb audit flush`` writes them later.
     """
     if not spool_dir.is_dir():
         return FlushReport(0, 0, 0)
@@ -226,6 +228,9 @@ def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> F
             os.replace(claimed, path.with_name(path.name + ".bad"))
             rejected += 1
             error = f"{path.name}: {exc}"
+            continue
+        if isinstance(entry, SessionClosing) and not closings:
+            os.replace(claimed, path)
             continue
         try:
             store_entry(conn_or_db, entry)
