@@ -86,7 +86,10 @@ def wire(gemini: Path, tmp_path: Path, database_url: str, kb_home: Path) -> Wire
 
 
 def kb_env(kb_home: Path, database_url: str) -> dict[str, str]:
-    return {"KB_HOME": str(kb_home), "KB_DATABASE_URL": database_url, "HF_HUB_OFFLINE": "1"}
+    env = {"KB_HOME": str(kb_home), "KB_DATABASE_URL": database_url, "HF_HUB_OFFLINE": "1"}
+    if os.environ.get("PYTHONPATH"):  # a checkout run with PYTHONPATH: the warm process started here runs it too
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
 
 
 @pytest.fixture(scope="module")

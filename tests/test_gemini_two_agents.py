@@ -2,10 +2,11 @@
 
 Agent one and agent two are two Gemini CLI sessions with their own homes (HOME, GEMINI_CLI_HOME and
 KB_AGENT_ID differ) sharing one store (KB_HOME, database) and one project folder, wired by `kb gemini
-install` like a user's. Agent one runs a command that fails, one that works, and rewrites a function;
-the context BeforeAgent gives agent two for a prompt about the same things (read from the request the
-scripted model received) holds the failure with its error line, the command that worked, the
-function's new text and the note that the other agent changed that file.
+install` like a user's. Agent one runs a command that fails, one that works, rewrites a function and
+runs the tests (`make check`, which its SessionEnd proposes as the test command); the context BeforeAgent
+gives agent two for a prompt about the same things (read from the request the scripted model received)
+holds the failure with its error line, the command that worked, the function's new text and the note
+that the other agent changed that file, and not the proposed fact.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ import pytest
 from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
+from knowledgebase.facts import list_facts
 from knowledgebase.gemini import serve
 from knowledgebase.gemini.warm_embedder import WarmProcessEmbedder
 from knowledgebase.index.ingest import populate_project
@@ -38,10 +39,10 @@ from tests.gemini_harness import (
     text_chunk,
     write_gemini_home,
 )
+from tests.test_gemini_e2e import KB, kb_env
 
 pytestmark = [pytest.mark.gemini, pytest.mark.slow]
 
-KB = Path(sys.executable).parent / "kb"
 PROJECT = "two-agents-shop"
 FAILING = 'python3 -c "import nonexistent_mod_xyz"'
 ERROR = "ModuleNotFoundError: No module named 'nonexistent_mod_xyz'"
@@ -60,13 +61,6 @@ def discount_price(total: float) -> float:
     """The price after the loyalty discount, which is a quarter off since the spring sale."""
     return round(total * 0.75, 2)
 '''
-
-
-def kb_env(kb_home: Path, database_url: str) -> dict[str, str]:
-    env = {"KB_HOME": str(kb_home), "KB_DATABASE_URL": database_url, "HF_HUB_OFFLINE": "1"}
-    if os.environ.get("PYTHONPATH"):  # a checkout run with PYTHONPATH: its warm process runs the same code
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return env
 
 
 @dataclass(frozen=True)
@@ -129,6 +123,7 @@ def test_the_second_agent_sees_the_first_agents_failure_fix_and_edit(
     project_dir = tmp_path / "shop"
     (project_dir / ".git").mkdir(parents=True)
     (project_dir / "pricing.py").write_text(OLD)
+    (project_dir / "Makefile").write_text("check:\n\tpython3 -c 'import pricing'\n")
     populate_project(db, WarmProcessEmbedder(Settings.from_env(env), env), project_dir, project=PROJECT,
                      settings=Settings.from_env(env))  # fmt: skip
     one = install(gemini_cli, tmp_path / "home-one", "agent-one", project_dir, env)
@@ -140,6 +135,7 @@ def test_the_second_agent_sees_the_first_agents_failure_fix_and_edit(
     server.add_reply(
         [function_call_chunk("write_file", {"file_path": str(project_dir / "pricing.py"), "content": NEW})]
     )
+    server.add_reply([function_call_chunk("run_shell_command", {"command": "make check"})])
     server.add_reply([text_chunk("The discount is now a quarter off.")])
     first = one.run("Make the loyalty discount a quarter off in pricing.py, and check the imports.", server.url)
     assert first["response"] == "The discount is now a quarter off."
@@ -165,6 +161,12 @@ def test_the_second_agent_sees_the_first_agents_failure_fix_and_edit(
     # the note that the other agent changed that file
     assert "**Note:** `pricing.py` changed" in context and "by agent-one" in context, context
     assert "(another agent)" in context and "&gt; Note" not in context, context
+
+    # agent one's session proposed its test command at its end; proposed, not imposed: not in agent two's block
+    (learned,) = list_facts(db, project=PROJECT, proposed_only=True)
+    assert (learned.fact_label, learned.fact_value) == ("test command", "make check")
+    assert learned.proposed_in == (f"gemini-{first['session_id']}",)
+    assert "## Known facts" not in context and f"fact #{learned.id}" not in context
 
     with db.connection() as conn:
         rows = store.list_command_log(conn, task_id=f"gemini-{first['session_id']}")

@@ -32,7 +32,7 @@ from knowledgebase.facts import (
     forget_fact,
     list_facts,
 )
-from knowledgebase.gemini.hooks import handle_hook
+from knowledgebase.gemini.hooks import handle_hook, session_digest
 from knowledgebase.gemini.serve import WarmStore
 from knowledgebase.ranking import DEFAULT_WEIGHTS
 from knowledgebase.search.context import build_context
@@ -179,6 +179,9 @@ def test_later_sessions_reinforce_a_proposal_once_each_up_to_a_ceiling(
     (only,) = proposed(db)
     assert only.proposed_in == ("gemini-a", "gemini-b", "gemini-c", "gemini-d", "gemini-e")
     assert only.confirmations == 1  # proposing is not confirming
+    assert "make test" not in session_digest(db, PROJECT)  # however often proposed: not "established"
+    confirm_fact(db, only.id)
+    assert "make test" in session_digest(db, PROJECT)
 
 
 def test_a_confirmed_or_forgotten_proposal_is_not_proposed_again(
