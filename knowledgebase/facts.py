@@ -17,6 +17,14 @@ How far to trust a fact is its *effective* confidence (``knowledgebase.ranking.e
 the stored confidence halved per half-life since the last confirmation, and lowered while the fact is
 stale (its source chunk changed on a later populate). Label, value, source text are redacted before
 they are stored or embedded.
+
+A **proposed** fact (``propose_fact``; ``knowledgebase.search.trail_facts`` proposes them from what a
+session's commands showed) starts at ``PROPOSED_CONFIDENCE``, below the context cutoff
+(``RankingWeights.min_fact_confidence``), and never supersedes anything. Each later session that proposes
+it again adds ``PROPOSAL_STEP`` (up to ``PROPOSED_CEILING``), so a second session brings it into context
+blocks; a session counts once however often it proposes. Confirming it (``confirm_fact``) or stating it
+(``add_fact``) makes it an ordinary fact, a confirmation at ``CONFIRMED_CONFIDENCE`` at least; a proposal
+that was forgotten or superseded is not proposed again.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ SOURCE_KINDS = ("manual", "command", "chunk", "prompt", "agent")
 # confidence when it was higher (a correction is trusted as much as what it corrects), unless the
 # caller states a confidence
 DEFAULT_CONFIDENCE = 0.5
+# proposals from the trail: start under the context cutoff, rise per proposing session, stay below the
+# session digest's "established" bar (0.7) until someone confirms them
+PROPOSED_CONFIDENCE = round(DEFAULT_WEIGHTS.min_fact_confidence - 0.1, 3)
+PROPOSAL_STEP = 0.15
+PROPOSED_CEILING = 0.6
+CONFIRMED_CONFIDENCE = 0.9
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,9 @@ class Fact:
     inserted_at: datetime
     updated_at: datetime
     last_confirmed_at: datetime
+    proposed: bool = False
+    # the session tasks that proposed it
+    proposed_in: tuple[str, ...] = ()
 
     def citation(self) -> str:
         """How context blocks cite this fact."""
@@ -192,10 +209,73 @@ def add_fact(
         return _get(conn, new.id, weights)
 
 
+def propose_fact(
+    db: Database,
+    embedder: Embedder,
+    *,
+    label: str,
+    value: str,
+    project: str,
+    task_id: str,
+    extracted_from: str | None = None,
+    source: FactSource = MANUAL,
+    weights: RankingWeights = DEFAULT_WEIGHTS,
+) -> Fact | None:
+    """Propose that LABEL is VALUE in ``project``, as seen by the session task ``task_id`` (see the module).
+
+    Returns the new or reinforced proposal; the fact unchanged when it is no longer proposed (confirmed
+    or stated) or ``task_id`` proposed it already; None when a fact of that value was forgotten or
+    superseded (someone decided against it).
+    """
+    label, value = _clean_label(label), _clean_value(value)
+    if source.kind not in SOURCE_KINDS:
+        raise InputError(f"unknown fact source {source.kind!r}; use one of {', '.join(SOURCE_KINDS)}")
+    with db.connection() as conn:
+        project_id = store.ensure_project(conn, project).id
+        store.ensure_task(conn, task_id, project_id=project_id)
+        store.lock_knowledge_label(conn, project_id, label)
+        same = [f for f in store.knowledge_with_label(conn, project_id, label) if _words(f.fact_value) == _words(value)]
+        if same and all(f.status != "active" for f in same):
+            return None
+        if same:
+            current = next(f for f in same if f.status == "active")
+            raised = min(PROPOSED_CEILING, float(current.confidence_score) + PROPOSAL_STEP)
+            store.reinforce_proposal(conn, current.id, task_id=task_id, confidence=round(raised, 3))
+            return _get(conn, current.id, weights)
+    vector = embedder.embed_documents([fact_embedding_text(label, value)])[0]
+    with db.connection() as conn:
+        model_id = bind_model(conn, embedder)
+        resolved = _resolve_source(conn, source, project_id)
+        store.lock_knowledge_label(conn, project_id, label)
+        if any(_words(f.fact_value) == _words(value) for f in store.knowledge_with_label(conn, project_id, label)):
+            return None  # another session proposed it meanwhile: it counts when it proposes it again
+        new = store.insert_knowledge(
+            conn,
+            store.NewKnowledge(
+                fact_label=label,
+                fact_value=value,
+                project_id=project_id,
+                task_id=task_id,
+                extracted_from=redact(extracted_from),
+                confidence_score=PROPOSED_CONFIDENCE,
+                source_kind=resolved.kind,
+                source_command_id=resolved.command_id,
+                source_file_id=resolved.file_id,
+                source_chunk_hash=resolved.chunk_hash,
+                embedding=vector,
+                embedding_model_id=model_id,
+                proposed=True,
+                proposed_in=(task_id,),
+            ),
+        )
+        return _get(conn, new.id, weights)
+
+
 def confirm_fact(
     db: Database, fact_id: int, *, confidence: float | None = None, weights: RankingWeights = DEFAULT_WEIGHTS
 ) -> Fact:
-    """Someone checked the fact and it still holds: reinforce it and clear its stale flag."""
+    """Someone checked the fact and it still holds: reinforce it and clear its stale flag; a proposed
+    fact becomes an ordinary one, at ``CONFIRMED_CONFIDENCE`` at least unless ``confidence`` says otherwise."""
     if confidence is not None and not 0.0 <= confidence <= 1.0:
         raise InputError(f"confidence {confidence} must be between 0 and 1")
     with db.connection() as conn:
@@ -209,6 +289,8 @@ def confirm_fact(
         if standing.status == "forgotten":
             raise InputError(f"fact #{fact_id} was forgotten; add it again with `kb fact add` if it holds")
         stated = float(standing.confidence_score) if confidence is None else confidence
+        if confidence is None and _get(conn, fact_id, weights).proposed:
+            stated = max(stated, CONFIRMED_CONFIDENCE)
         _reinforce(conn, fact_id, stated, None, None)
         return _get(conn, fact_id, weights)
 
@@ -235,10 +317,12 @@ def list_facts(
     task_id: str | None = None,
     include_inactive: bool = False,
     stale_only: bool = False,
+    proposed_only: bool = False,
     limit: int = 50,
     weights: RankingWeights = DEFAULT_WEIGHTS,
 ) -> list[Fact]:
-    """Facts, newest first: active ones, or all with ``include_inactive``; of one project if given."""
+    """Facts, newest first: active ones, or all with ``include_inactive``; of one project if given;
+    only the proposed ones (not yet confirmed) with ``proposed_only``."""
     if limit < 1:
         raise InputError(f"limit {limit} must be at least 1")
     with db.connection() as conn:
@@ -250,6 +334,7 @@ def list_facts(
             task_id=task_id,
             include_inactive=include_inactive,
             stale_only=stale_only,
+            proposed_only=proposed_only,
             limit=limit,
         )
     now = datetime.now(UTC)
@@ -297,6 +382,8 @@ def _fact_from_view(row: store.KnowledgeView, now: datetime, weights: RankingWei
         inserted_at=row.inserted_at,
         updated_at=row.updated_at,
         last_confirmed_at=row.last_confirmed_at,
+        proposed=row.proposed,
+        proposed_in=tuple(row.proposed_in or ()),
     )
 
 

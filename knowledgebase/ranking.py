@@ -84,6 +84,11 @@ class RankingWeights:
     # the question ("test command: tox -e py311" for "how do I run the tests", similarity 0.36) would
     # otherwise fall below it.
     min_score: float = 0.3
+    # context blocks also leave out facts stored with a confidence below this (search returns them):
+    # a fact proposed from the audit trail starts under it (``knowledgebase.facts.PROPOSED_CONFIDENCE``)
+    # and enters blocks once a later session proposes it again or someone confirms it. Compared with
+    # the stored confidence, not the decayed one: a stated fact that merely aged stays in.
+    min_fact_confidence: float = 0.3
     # one hit per definition (function, class) or section: its best chunk stands for its other chunks
     definitions: bool = True
     # subtracted from the relevance of a chunk of a file with this role (source: none)
@@ -104,12 +109,13 @@ class RankingWeights:
             "stale_factor",
             "diversity",
             "min_score",
+            "min_fact_confidence",
             "asked_role_bonus",
             "outside_definition",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"ranking weight {name} must not be negative")
-        for name in ("fact_confidence", "recency", "stale_factor"):
+        for name in ("fact_confidence", "recency", "stale_factor", "min_fact_confidence"):
             if getattr(self, name) > 1:
                 raise ValueError(f"ranking weight {name} must be at most 1")
         for name in ("text_saturation", "confidence_half_life_days", "recency_half_life_days"):

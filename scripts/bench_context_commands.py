@@ -1,4 +1,4 @@
-"""What "Commands run before" costs a context block: time and tokens, with and without past commands.
+"""What "Commands run before" and "who is doing what" cost a context block: time and tokens.
 
     .venv/bin/python scripts/bench_context_commands.py [--commands 500] [--runs 3] [--database-url URL]
 
@@ -8,6 +8,10 @@ of them failures with a traceback, over a few dozen distinct commands, in tasks 
 the context of ten prompts ``--runs`` times each, with past commands and without, and prints the
 p50/p95 of each and the share of the budget the commands take. The first run of each prompt embeds
 the commands' readings; later ones find them in the process's cache, as the warm process does.
+
+Then other agents' work is added (every indexed file written lately by another task, and running tasks
+titled like some prompts) and the blocks are built again with it: the share of the budget the "Other
+agents at work" section and the notes on changed files take, and the time with it.
 """
 
 from __future__ import annotations
@@ -72,11 +76,12 @@ def main() -> None:
 
     from knowledgebase import store
     from knowledgebase.config import Settings
-    from knowledgebase.coordination import audit
+    from knowledgebase.coordination import audit, taskqueue
     from knowledgebase.db import Database
     from knowledgebase.embedding import SentenceTransformerEmbedder
     from knowledgebase.index.ingest import populate_project
     from knowledgebase.ranking import DEFAULT_WEIGHTS
+    from knowledgebase.search.activity import active_work
     from knowledgebase.search.commands import HEADING, past_command_hits
     from knowledgebase.search.context import build_context
 
@@ -128,6 +133,42 @@ def main() -> None:
             values = timings[key] or [float("nan")]
             print(f"{label:>14}: p50 {statistics.median(values):.1f} ms, p95 {pct(values, 0.95):.1f} ms (warm runs)")
         print(f"commands' share of the budget: mean {statistics.mean(shares):.1%}, max {max(shares):.1%}")
+
+        with db.connection() as conn:
+            paths = [f.path for f in store.list_files(conn, pid)]
+        for n, path in enumerate(paths):
+            audit.log_command(
+                db,
+                command=f"write {path}",
+                kind="tool",
+                tool_name="write_file",
+                task_id=f"bench-task-{n}",
+                agent_id=f"agent-{n % 3}",
+                project_id=pid,
+                files_written=[path],
+            )
+        for n, title in enumerate(["fix the failing unit tests", "speed up retrieval scoring", "upgrade the linter"]):
+            taskqueue.open_task(db, f"bench-running-{n}", owner=f"agent-{n}", project_id=pid, title=title)
+        section: list[float] = []
+        notes: list[float] = []
+        with_activity: list[float] = []
+        for run in range(args.runs):
+            for prompt in PROMPTS:
+                started = time.perf_counter()
+                work = active_work(db, "bench-commands", exclude_task_id="bench-me")
+                pack = build_context(db, embedder, prompt, project="bench-commands", record=False, activity=work)
+                if run > 0:
+                    with_activity.append((time.perf_counter() - started) * 1000)
+                    continue
+                section.append(sum(i.tokens for i in pack.items if i.kind == "activity") / pack.budget)
+                noted = [line for line in pack.text.splitlines() if line.startswith("**Note:**")]
+                notes.append(sum(embedder.count_tokens(line) for line in noted) / pack.budget)
+        values = with_activity or [float("nan")]
+        print(f" with activity: p50 {statistics.median(values):.1f} ms, p95 {pct(values, 0.95):.1f} ms (warm runs)")
+        print(
+            f"'Other agents at work' share of the budget: mean {statistics.mean(section):.1%}, max {max(section):.1%};"
+            f" notes on changed files: mean {statistics.mean(notes):.1%}, max {max(notes):.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def test_context_flags_a_chunk_another_agent_changed_and_says_who(
     pack = build_context(db, fake_embedder, prompt, project="shop", activity=work)
     heading = pack.text.index("### src/mail.py:")
     note = pack.text[heading:].split("\n")[2]
-    assert note.startswith("> Note: `src/mail.py` changed") and "by gemini-cli@host:42" in note
+    assert note.startswith("**Note:** `src/mail.py` changed") and "by gemini-cli@host:42" in note
+    assert ">" not in note  # Gemini CLI escapes it inside hook_context: the model would read "&gt;"
     assert HEADING in pack.text and pack.token_count <= pack.budget
     assert any(i.kind == "activity" for i in pack.items)
     with db.connection() as conn:
@@ -214,7 +215,7 @@ def test_two_sessions_see_each_other_in_digest_and_context(services: WarmStore, 
 
     context = handle_hook(services, hook("BeforeAgent", shop, second, prompt="how is send_invoice_email sent?"))
     text = context.output["hookSpecificOutput"]["additionalContext"]
-    assert "> Note: `src/mail.py` changed" in text and "(another agent)" in text
+    assert "**Note:** `src/mail.py` changed" in text and "(another agent)" in text
 
 
 def test_a_failed_write_records_no_file(services: WarmStore, db: Database, shop: Path) -> None:

@@ -168,4 +168,6 @@ def test_kb_audit_flush(db_url: str, tmp_path: Path) -> None:
     kb("exec", "--task", "T-f", "--", "true", env=_env(KB_HOME=str(home), KB_DATABASE_URL=UNREACHABLE), cwd=tmp_path)
     assert len(pending_files(home / "spool")) == 1
     proc = kb("audit", "flush", "--json", env=_env(KB_HOME=str(home), KB_DATABASE_URL=db_url))
-    assert json.loads(proc.stdout) == {"flushed": 1, "rejected": 0, "remaining": 0, "error": None}
+    assert json.loads(proc.stdout) == {
+        "flushed": 1, "rejected": 0, "remaining": 0, "error": None, "closed": [], "proposed_facts": 0
+    }  # fmt: skip

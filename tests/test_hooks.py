@@ -104,6 +104,14 @@ def test_session_end_closes_and_resume_reopens_the_task(services: WarmStore, db:
     assert task.status == "running" and task.context["source"] == "resume"
 
 
+def test_log_rows_name_the_agent_kb_agent_id_names(services: WarmStore, db: Database, project_dir: Path) -> None:
+    shell = call("AfterTool", project_dir, tool_name="run_shell_command", tool_input={"command": "make test"},
+                 tool_response={"llmContent": "Output: ok\nExit Code: 0"})  # fmt: skip
+    handle_hook(services, shell)
+    handle_hook(services, dataclasses.replace(shell, agent_id="agent-one"))
+    assert [r.agent_id for r in log_rows(db)] == [f"gemini-cli@{os.uname().nodename}:{GEMINI_PID}", "agent-one"]
+
+
 def test_before_agent_strips_hook_context_logs_the_prompt_and_returns_ranked_context(
     services: WarmStore, db: Database, fake_embedder: HashingEmbedder, project_dir: Path
 ) -> None:

@@ -124,6 +124,26 @@ def test_search_get_context_confirm_and_forget(services: McpServices) -> None:
     assert hits == []
 
 
+def test_confirm_fact_turns_a_proposal_from_the_trail_into_an_established_fact(
+    services: McpServices, db: Database, fake_embedder: HashingEmbedder
+) -> None:
+    from knowledgebase.facts import CONFIRMED_CONFIDENCE
+    from knowledgebase.search.trail_facts import propose_session_facts
+
+    with db.connection() as conn:
+        store.ensure_task(conn, TASK, project_id=store.get_project(conn, "shop").id)
+    audit.log_command(db, command="make test", task_id=TASK, return_code=0)
+    (fact,) = propose_session_facts(db, fake_embedder, TASK)
+    _, hits = call(services, "search", query="make test", kinds=["fact"])
+    assert [h["id"] for h in hits] == [fact.id]
+    error, confirmed = call(services, "confirm_fact", fact_id=fact.id)
+    assert not error, confirmed
+    assert confirmed["proposed"] is False and confirmed["confidence_score"] >= CONFIRMED_CONFIDENCE
+    assert list_facts(db, project="shop", proposed_only=True) == []
+    error, message = call(services, "confirm_fact", fact_id=987654)
+    assert error and "fact #987654 does not exist" in message
+
+
 def test_recent_commands_of_the_session_task(services: McpServices, db: Database) -> None:
     for command, code in [("make lint", 0), ("make test", 2), ("git status", 0)]:
         audit.log_command(db, command=command, task_id=TASK, stdout=f"output of {command}", return_code=code)

@@ -47,7 +47,7 @@ def _source(
 
 def _print_fact(fact: Fact, *, verbose: bool = False) -> None:
     status = "" if fact.status == "active" else f" [{fact.status}]"
-    stale = " [stale]" if fact.is_stale else ""
+    stale = (" [stale]" if fact.is_stale else "") + (" [proposed]" if fact.proposed else "")
     click.echo(
         click.style(f"#{fact.id}", bold=True)
         + f" {fact.fact_label}: {fact.fact_value}"
@@ -64,6 +64,8 @@ def _print_fact(fact: Fact, *, verbose: bool = False) -> None:
         ("source", _describe_source(fact)),
         ("extracted from", fact.extracted_from or "-"),
     ]
+    if fact.proposed:
+        rows.append(("proposed by", ", ".join(fact.proposed_in) + f" (confirm with `kb fact confirm {fact.id}`)"))
     if fact.supersedes:
         rows.append(("supersedes", ", ".join(f"#{i}" for i in fact.supersedes)))
     if fact.superseded_by:
@@ -178,6 +180,12 @@ def add(
 @click.option("--task", "task_id", metavar="ID", help="Only facts of this task.")
 @click.option("--all", "include_inactive", is_flag=True, help="Include superseded and forgotten facts.")
 @click.option("--stale", "stale_only", is_flag=True, help="Only facts whose source chunk has changed.")
+@click.option(
+    "--proposed",
+    "proposed_only",
+    is_flag=True,
+    help="Only facts proposed from the sessions' trail and not confirmed yet (confirm with `kb fact confirm ID`).",
+)
 @click.option("-n", "--limit", default=50, show_default=True, type=int, help="At most this many facts.")
 @json_option
 @database_url_option
@@ -187,6 +195,7 @@ def list_(
     task_id: str | None,
     include_inactive: bool,
     stale_only: bool,
+    proposed_only: bool,
     limit: int,
     as_json: bool,
     database_url: str | None,
@@ -196,6 +205,7 @@ def list_(
     \b
     Examples:
       kb fact list --label "test command" --all
+      kb fact list --proposed
       kb fact list -n 5 --json
     """
     from knowledgebase.facts import list_facts
@@ -208,6 +218,7 @@ def list_(
             task_id=task_id,
             include_inactive=include_inactive,
             stale_only=stale_only,
+            proposed_only=proposed_only,
             limit=limit,
         )
     if as_json:
@@ -246,7 +257,8 @@ def show(fact_id: int, as_json: bool, database_url: str | None) -> None:
 @json_option
 @database_url_option
 def confirm(fact_id: int, confidence: float | None, as_json: bool, database_url: str | None) -> None:
-    """Confirm that a fact still holds (raises its confidence and clears a stale flag).
+    """Confirm that a fact still holds (raises its confidence and clears a stale flag); a proposed fact
+    becomes an ordinary one, with confidence 0.9 or more.
 
     \b
     Example:

@@ -471,7 +471,7 @@ def log_or_spool(
             return ExecutionRecord(result, None, path, warning)
         # entries spooled during an earlier outage; if the database went away again they wait for next time
         with contextlib.suppress(DatabaseError):
-            flush_spool(db, settings.spool_dir)
+            flush_spool(db, settings.spool_dir, closings=False)  # sessions' closings: for who proposes their facts
     finally:
         if own and db is not None:
             db.close()

@@ -13,7 +13,9 @@ An entry is one of (``SpoolEntry``):
 
 - ``CommandRecord``: a command or tool call with its outcome (``kb exec``, AfterTool);
 - ``ExchangeRecord``: a prompt or a response with the token usage of its model calls (BeforeAgent, AfterAgent);
-- ``SessionOpening``: a session's task opened with its context (SessionStart).
+- ``SessionOpening``: a session's task opened with its context (SessionStart);
+- ``SessionClosing``: a session's task closed (SessionEnd). ``FlushReport.closed`` names the tasks closed
+  by a flush, so the warm process can propose the facts of their trail as SessionEnd would have.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import psycopg
 from knowledgebase.coordination import taskqueue
 from knowledgebase.coordination.audit import CommandRecord, ExchangeRecord, store_command, store_exchange
 from knowledgebase.db import Database, transaction
-from knowledgebase.errors import DatabaseError, LeaseError, first_line
+from knowledgebase.errors import DatabaseError, LeaseError, NotFound, first_line
 from knowledgebase.store.audit import NewCommandLog, NewCommandOutput, NewUsage
 from knowledgebase.util.processes import pid_alive
 
@@ -54,6 +56,7 @@ class FlushReport:
     rejected: int
     remaining: int
     error: str | None = None  # why flushing stopped early (the database went away again)
+    closed: tuple[str, ...] = ()  # the tasks of the SessionClosing entries written
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,17 @@ class SessionOpening:
     created_at: datetime | None = None  # when it happened (the task's context records it as ``opened_at``)
 
 
-SpoolEntry = CommandRecord | ExchangeRecord | SessionOpening
+@dataclass(frozen=True)
+class SessionClosing:
+    """A session's task closed by ``owner`` with ``result`` (nothing to do if it is closed already)."""
+
+    task_id: str
+    owner: str
+    result: str = ""
+    created_at: datetime | None = None
+
+
+SpoolEntry = CommandRecord | ExchangeRecord | SessionOpening | SessionClosing
 
 
 _TIMES = ("created_at", "executed_at")
@@ -105,7 +118,8 @@ def _payload(entry: SpoolEntry, now: datetime) -> dict[str, Any]:
         exchange = replace(entry.exchange, executed_at=entry.exchange.executed_at or now)
         usage = [_jsonable(replace(u, created_at=u.created_at or now)) for u in entry.usage]
         return {"type": "exchange", "exchange": _jsonable(exchange), "usage": usage}
-    return {"type": "session", "session": _jsonable(replace(entry, created_at=entry.created_at or now))}
+    kind = "closing" if isinstance(entry, SessionClosing) else "session"
+    return {"type": kind, kind: _jsonable(replace(entry, created_at=entry.created_at or now))}
 
 
 def spool_entry(spool_dir: Path, record: SpoolEntry) -> Path:
@@ -146,6 +160,7 @@ _LOADERS: dict[str, Callable[[dict[str, Any]], SpoolEntry]] = {
         NewCommandLog(**_timestamped(p["exchange"])), tuple(NewUsage(**_timestamped(u)) for u in p["usage"])
     ),
     "session": lambda p: SessionOpening(**_timestamped(p["session"])),
+    "closing": lambda p: SessionClosing(**_timestamped(p["closing"])),
 }
 
 
@@ -158,6 +173,10 @@ def store_entry(conn_or_db: psycopg.Connection | Database, entry: SpoolEntry) ->
         return store_command(conn_or_db, entry)[0].id
     if isinstance(entry, ExchangeRecord):
         return store_exchange(conn_or_db, entry).id
+    if isinstance(entry, SessionClosing):
+        with contextlib.suppress(NotFound, LeaseError):  # never opened, or closed already
+            taskqueue.complete_task(conn_or_db, entry.task_id, owner=entry.owner, result=entry.result or None)
+        return None
     context = dict(entry.context)
     if entry.created_at is not None:
         context["opened_at"] = entry.created_at.isoformat()
@@ -183,17 +202,20 @@ def _reclaim_abandoned(spool_dir: Path) -> None:
                 os.replace(path, spool_dir / original)
 
 
-def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> FlushReport:
+def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path, *, closings: bool = True) -> FlushReport:
     """Write every spooled entry to the database, oldest first, and remove its file.
 
     Stops when the database cannot be reached (the entries stay spooled). A file that cannot be read,
-    or that the database refuses, is renamed to ``*.bad`` and counted, never deleted.
+    or that the database refuses, is renamed to ``*.bad`` and counted, never deleted. ``closings`` False
+    leaves the ``SessionClosing`` entries spooled, for a flusher that cannot propose the facts of their
+    sessions (``kb exec``): the hooks' warm process or ``kb audit flush`` writes them later.
     """
     if not spool_dir.is_dir():
         return FlushReport(0, 0, 0)
     _reclaim_abandoned(spool_dir)
     flushed = rejected = 0
     error: str | None = None
+    closed: list[str] = []
     for path in pending_files(spool_dir):
         claimed = path.with_name(f"{path.name}{_CLAIMED}{os.getpid()}")
         try:
@@ -206,6 +228,9 @@ def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> F
             os.replace(claimed, path.with_name(path.name + ".bad"))
             rejected += 1
             error = f"{path.name}: {exc}"
+            continue
+        if isinstance(entry, SessionClosing) and not closings:
+            os.replace(claimed, path)
             continue
         try:
             store_entry(conn_or_db, entry)
@@ -220,4 +245,6 @@ def flush_spool(conn_or_db: psycopg.Connection | Database, spool_dir: Path) -> F
             continue
         claimed.unlink()
         flushed += 1
-    return FlushReport(flushed, rejected, len(pending_files(spool_dir)), error)
+        if isinstance(entry, SessionClosing):
+            closed.append(entry.task_id)
+    return FlushReport(flushed, rejected, len(pending_files(spool_dir)), error, tuple(closed))

@@ -63,6 +63,7 @@ def run_hook(event: str, raw: bytes, env: Mapping[str, str]) -> dict:
             "gemini_pid": os.getppid(),
             "project": env.get("KB_PROJECT") or None,
             "project_dir": env.get("GEMINI_PROJECT_DIR") or None,
+            "agent_id": env.get("KB_AGENT_ID") or None,
         }
         sock, cold = connect_warm_process(env, deadline)
         state = "cold" if cold else "warm"

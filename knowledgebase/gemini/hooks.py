@@ -17,7 +17,7 @@ Gemini CLI reads from the hook's stdout:
   populate of the session's project, so the index keeps up with the agents' edits.
 - AfterAgent: logs the turn's response and the token usage of each model call in the turn (read from
   the session transcript).
-- SessionEnd: closes the session's task.
+- SessionEnd: closes the session's task and proposes facts its commands showed (``search.trail_facts``).
 
 Everything stored goes through ``knowledgebase.coordination.audit``, which redacts and clips it.
 """
@@ -58,17 +58,17 @@ DIGEST_SCAN = 200  # newest facts looked at for the digest
 DIGEST_DECISIONS = 5
 DIGEST_MIN_CONFIDENCE = 0.7
 USAGE_REQUEST_TYPE = "gemini-cli"
-# failures that mean "the database cannot be reached right now" (not a refused row)
 
 
 class HookServices(Protocol):
-    """What handlers need: settings, the database pool and the embedding model (loaded on demand)."""
+    """What handlers need: settings, the database pool, the model (loaded on demand), trail facts' proposer."""
 
     settings: Settings
 
     def database(self) -> Database: ...
 
     def embedder(self) -> Embedder: ...
+    def propose_trail_facts(self, task_id: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class HookCall:
     gemini_pid: int | None = None
     project: str | None = None  # KB_PROJECT, when set
     project_dir: str | None = None  # GEMINI_PROJECT_DIR
+    agent_id: str | None = None  # KB_AGENT_ID, when set: who the log rows name instead of the process
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _offline_session(call: HookCall) -> _Session:
         cwd=cwd if isinstance(cwd, str) and cwd else None,
         project=None,
         project_id=None,
-        agent_id=f"gemini-cli@{socket.gethostname()}:{call.gemini_pid or '?'}",
+        agent_id=call.agent_id or f"gemini-cli@{socket.gethostname()}:{call.gemini_pid or '?'}",
         owner=gemini_session.session_owner(session_id),
     )
 
@@ -360,17 +361,23 @@ def after_agent(services: HookServices, call: HookCall) -> HookResult:
 
 
 def session_end(services: HookServices, call: HookCall) -> HookResult:
-    """Close the session's task (a later resume reopens it)."""
-    db = services.database()
-    session = _session(db, call, open_task=False)
+    """Close the session's task (a resume reopens it), propose its trail's facts; spool it if the database is down."""
     reason = str(call.payload.get("reason") or "exit")
+
+    def closing(session: _Session) -> spool.SessionClosing:
+        return spool.SessionClosing(session.task_id, session.owner, f"Gemini CLI session ended ({reason})")
+
     try:
-        taskqueue.complete_task(db, session.task_id, owner=session.owner, result=f"Gemini CLI session ended ({reason})")
-        closed = "yes"
-    except (NotFound, LeaseError) as exc:  # never opened, or already closed: nothing to close
-        closed = f"no ({exc})"
+        db = services.database()
+        session = _session(db, call, open_task=False)
+        spool.store_entry(db, closing(session))
+        note = f"task={session.task_id} reason={reason} {services.propose_trail_facts(session.task_id)}"
+    except DatabaseError as exc:
+        session = _offline_session(call)
+        path = spool.spool_entry(services.settings.spool_dir, closing(session))
+        note = f"database unavailable, closing spooled to {path.name}: {first_line(exc)}"
     gemini_session.forget_session(services.settings.home, call.gemini_pid, session.session_id)
-    return HookResult({}, note=f"task={session.task_id} closed={closed} reason={reason}")
+    return HookResult({}, note=note)
 
 
 HANDLERS: dict[str, Callable[[HookServices, HookCall], HookResult]] = {

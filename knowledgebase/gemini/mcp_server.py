@@ -217,7 +217,8 @@ def build_server(services: McpServices) -> MCPServer:
     @server.tool()
     def confirm_fact(fact_id: int, confidence: float | None = None) -> dict[str, Any]:
         """Say that you checked fact #`fact_id` (from search, get_context or the session digest) and it
-        still holds: its confidence goes up and its age resets. Optionally state your own `confidence`."""
+        still holds: its confidence goes up and its age resets; a fact proposed from the sessions' trail
+        ("proposed": true) becomes an established one. Optionally state your own `confidence`."""
 
         def run() -> dict[str, Any]:
             from knowledgebase.facts import confirm_fact as confirm
@@ -339,6 +340,7 @@ def _fact_json(fact: Fact) -> dict[str, Any]:
         "confirmations": fact.confirmations,
         "supersedes": list(fact.supersedes),
         "source": fact.source_kind,
+        "proposed": fact.proposed,
         "citation": fact.citation(),
     }
 

@@ -143,6 +143,8 @@ class WarmStore:
         from knowledgebase.coordination.spool import flush_spool
 
         report = flush_spool(db, self.settings.spool_dir)
+        for task_id in report.closed:  # sessions that ended during the outage: as SessionEnd would have
+            log.info("spool: %s closed, %s", task_id, self.propose_trail_facts(task_id))
         if report.flushed or report.rejected or report.error:
             log.info(
                 "spool: %d written, %d set aside, %d waiting (%s)",
@@ -151,6 +153,16 @@ class WarmStore:
                 report.remaining,
                 report.error or "ok",
             )
+
+    def propose_trail_facts(self, task_id: str) -> str:
+        """Propose the facts of a closed session's trail (``search.trail_facts``); a note of what came of
+        it. A failure is returned, not raised: the session is closed all the same and its trail stays."""
+        from knowledgebase.search.trail_facts import propose_session_facts
+
+        try:
+            return f"proposed={len(propose_session_facts(self.database(), self.embedder(), task_id))}"
+        except KnowledgebaseError as exc:
+            return f"proposed=none ({first_line(exc)})"
 
     @property
     def database_ready(self) -> bool:
@@ -352,6 +364,7 @@ class WarmServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             gemini_pid=header.get("gemini_pid"),
             project=header.get("project"),
             project_dir=header.get("project_dir"),
+            agent_id=header.get("agent_id") if isinstance(header.get("agent_id"), str) else None,
         )
         _request_notes.model_wait_s = None
         try:

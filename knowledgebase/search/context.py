@@ -1,7 +1,8 @@
 """Context assembly: the few things an agent most needs for a prompt, as Markdown within a token budget.
 
 ``build_context`` searches the project's chunks and facts (``knowledgebase.search.retrieval``), keeps the
-hits relevant enough (relevance >= ``RankingWeights.min_score``) in score order while they fit, and
+hits relevant enough (relevance >= ``RankingWeights.min_score``; facts also stored at
+``RankingWeights.min_fact_confidence`` or above) in score order while they fit, and
 renders them as a Markdown block (no HTML or XML tags) in which every item cites its source:
 ``path:start-end`` for code, ``fact #id, confidence c`` for facts. A chunk that does not fit whole
 may be cut at a line boundary when enough budget is left; its citation then gives the lines actually
@@ -151,7 +152,7 @@ def build_context(
     hits = search(db, embedder, prompt, project=project, limit=CANDIDATE_HITS, weights=weights)
     # the cutoff asks "does it answer the prompt?" (relevance, what min_score was calibrated on); a
     # fact's confidence and recency order the hits and show in its citation, but do not decide that
-    hits = [h for h in hits if h.parts.relevance >= weights.min_score]
+    hits = [h for h in hits if h.parts.relevance >= weights.min_score and _trusted(h, weights)]
     if commands and isinstance(prompt, str) and prompt.strip():
         paths = [h.path for h in hits if isinstance(h, ChunkHit)]
         found = past_commands.past_command_hits(db, embedder, prompt, project=project, paths=paths, weights=weights)
@@ -221,6 +222,12 @@ class _SharedQuery:
 def query_text(prompt: str) -> str:
     """What of a prompt is embedded (as retrieval embeds it)."""
     return prompt.strip()[:MAX_EMBED_CHARS]
+
+
+def _trusted(hit: Hit, weights: RankingWeights) -> bool:
+    """Whether a hit may enter a block at all: a fact only once stored at ``min_fact_confidence`` or
+    above (a proposal from the trail starts below it)."""
+    return not isinstance(hit, FactHit) or hit.confidence_score >= weights.min_fact_confidence
 
 
 def _merge(hits: list[Hit], extra: list[Hit]) -> list[Hit]:
@@ -353,7 +360,8 @@ def _changed_note(path: str, activity: ActiveWork | None) -> str:
         return ""
     from knowledgebase.search.activity import change_line
 
-    return f"> Note: {change_line(change, _now())} (another agent); the file may differ from this text.\n\n"
+    # not a "> " blockquote: Gemini CLI escapes ">" inside hook_context, and "&gt; Note" is what the model saw
+    return f"**Note:** {change_line(change, _now())} (another agent); the file may differ from this text.\n\n"
 
 
 def _now() -> Any:

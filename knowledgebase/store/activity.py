@@ -111,6 +111,17 @@ SELECT l.id, l.project_id, l.task_id, l.agent_id, l.command, l.executed_at, o.su
   JOIN command_log l ON l.id = ids.id {_OUTCOME}
  ORDER BY l.executed_at DESC, l.id DESC
 """
+# the shell commands of one task in the order they ran, with their outcome (as PAST_COMMANDS gives it)
+TASK_COMMANDS = f"""
+SELECT l.id, l.project_id, l.task_id, l.agent_id, l.command, l.executed_at, o.success, o.return_code, o.error,
+       left(o.stderr, %(head)s) AS stderr_head, right(o.stderr, %(tail)s) AS stderr_tail,
+       left(o.stdout, %(head)s) AS stdout_head, right(o.stdout, %(tail)s) AS stdout_tail,
+       0.0::float8 AS text_rank
+  FROM command_log l {_OUTCOME}
+ WHERE l.task_id = %(task_id)s AND l.kind = 'shell' AND COALESCE(l.command, '') <> ''
+ ORDER BY l.executed_at, l.id
+ LIMIT %(limit)s
+"""
 LATER_SUCCESSES = """
 SELECT f.id AS failed_id, s.id, s.agent_id, s.command, s.executed_at, s.return_code
   FROM command_log f
@@ -181,6 +192,14 @@ def list_past_commands(
         "tail": tail_chars,
     }
     return fetch_all(conn, PastCommand, PAST_COMMANDS, params)
+
+
+def list_task_commands(
+    conn: psycopg.Connection, task_id: str, *, limit: int, head_chars: int, tail_chars: int
+) -> list[PastCommand]:
+    """The first ``limit`` shell commands of task ``task_id``, oldest first, with their last outcome."""
+    params = {"task_id": task_id, "limit": limit, "head": head_chars, "tail": tail_chars}
+    return fetch_all(conn, PastCommand, TASK_COMMANDS, params)
 
 
 def list_later_successes(

@@ -38,6 +38,8 @@ class KnowledgeRecord:
     inserted_at: datetime
     updated_at: datetime
     last_confirmed_at: datetime
+    proposed: bool
+    proposed_in: list[str]
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,20 @@ class NewKnowledge:
     pinned: bool = False
     embedding: np.ndarray | None = None
     embedding_model_id: int | None = None
+    proposed: bool = False
+    # the session tasks that proposed it (``proposed`` facts)
+    proposed_in: tuple[str, ...] = ()
 
 
 _COLS = columns(KnowledgeRecord)
 INSERT_KNOWLEDGE = f"""
 INSERT INTO knowledge (project_id, task_id, fact_label, fact_value, extracted_from, confidence_score, source_kind,
                        source_command_id, source_file_id, source_chunk_hash, pinned, embedding,
-                       embedding_model_id, tsv)
+                       embedding_model_id, proposed, proposed_in, tsv)
 VALUES (%(project_id)s, %(task_id)s, %(fact_label)s, %(fact_value)s, %(extracted_from)s, %(confidence_score)s,
         %(source_kind)s, %(source_command_id)s, %(source_file_id)s, %(source_chunk_hash)s, %(pinned)s,
-        %(embedding)s, %(embedding_model_id)s, to_tsvector('simple', %(search_text)s))
+        %(embedding)s, %(embedding_model_id)s, %(proposed)s, %(proposed_in)s::text[],
+        to_tsvector('simple', %(search_text)s))
 RETURNING {_COLS}
 """
 GET_KNOWLEDGE = f"SELECT {_COLS} FROM knowledge WHERE id = %s"
@@ -81,7 +87,11 @@ SELECT {_COLS} FROM knowledge
 
 
 def insert_knowledge(conn: psycopg.Connection, new: NewKnowledge) -> KnowledgeRecord:
-    params = {**new.__dict__, "search_text": search_text(f"{new.fact_label}\n{new.fact_value}")}
+    params = {
+        **new.__dict__,
+        "proposed_in": list(new.proposed_in),
+        "search_text": search_text(f"{new.fact_label}\n{new.fact_value}"),
+    }
     row = fetch_one(conn, KnowledgeRecord, INSERT_KNOWLEDGE, params)
     assert row is not None
     return row
@@ -135,6 +145,8 @@ class KnowledgeView:
     inserted_at: datetime
     updated_at: datetime
     last_confirmed_at: datetime
+    proposed: bool
+    proposed_in: list[str]
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,8 @@ SELECT k.id, k.project_id, p.name AS project, k.task_id, k.fact_label, k.fact_va
        k.confidence_score, k.status, k.superseded_by,
        ARRAY(SELECT s.id FROM knowledge s WHERE s.superseded_by = k.id ORDER BY s.id) AS supersedes,
        k.is_stale, k.stale_since, k.pinned, k.confirmations, k.source_kind, k.source_command_id,
-       f.path AS source_file_path, k.source_chunk_hash, k.inserted_at, k.updated_at, k.last_confirmed_at
+       f.path AS source_file_path, k.source_chunk_hash, k.inserted_at, k.updated_at, k.last_confirmed_at,
+       k.proposed, k.proposed_in
   FROM knowledge k
   LEFT JOIN projects p ON p.id = k.project_id
   LEFT JOIN project_files f ON f.id = k.source_file_id
@@ -184,6 +197,7 @@ LIST_KNOWLEDGE_VIEWS = (
    AND (%(task_id)s::text IS NULL OR k.task_id = %(task_id)s)
    AND (%(include_inactive)s OR k.status = 'active')
    AND (NOT %(stale_only)s OR k.is_stale)
+   AND (NOT %(proposed_only)s OR k.proposed)
  ORDER BY k.id DESC
  LIMIT %(limit)s
 """
@@ -199,7 +213,7 @@ SELECT id, fact_value, embedding, confidence_score FROM knowledge
 REINFORCE = """
 UPDATE knowledge
    SET confidence_score = %(confidence)s, confirmations = confirmations + 1, last_confirmed_at = now(),
-       updated_at = now(), is_stale = false, stale_since = NULL,
+       updated_at = now(), is_stale = false, stale_since = NULL, proposed = false,
        source_kind = COALESCE(%(source_kind)s, source_kind),
        source_command_id = CASE WHEN %(source_kind)s IS NULL THEN source_command_id ELSE %(source_command_id)s END,
        source_file_id = CASE WHEN %(source_kind)s IS NULL THEN source_file_id ELSE %(source_file_id)s END,
@@ -247,15 +261,17 @@ def list_knowledge_views(
     include_inactive: bool,
     stale_only: bool,
     limit: int,
+    proposed_only: bool = False,
 ) -> list[KnowledgeView]:
     """Facts newest first (labels compared without case); superseded and forgotten ones only with
-    ``include_inactive``, stale ones only with ``stale_only``."""
+    ``include_inactive``, stale ones only with ``stale_only``, proposed ones only with ``proposed_only``."""
     params = {
         "project_id": project_id,
         "fact_label": fact_label,
         "task_id": task_id,
         "include_inactive": include_inactive,
         "stale_only": stale_only,
+        "proposed_only": proposed_only,
         "limit": limit,
     }
     return fetch_all(conn, KnowledgeView, LIST_KNOWLEDGE_VIEWS, params)
@@ -289,8 +305,8 @@ def reinforce_knowledge(
     source_chunk_hash: str | None,
     task_id: str | None,
 ) -> None:
-    """One more confirmation at ``confidence``, clearing the stale flag; a ``source_kind`` replaces the
-    recorded source, a ``task_id`` the recorded task."""
+    """One more confirmation at ``confidence``, clearing the stale flag and the proposed mark (someone
+    stated or confirmed it); a ``source_kind`` replaces the recorded source, a ``task_id`` the recorded task."""
     conn.execute(
         REINFORCE,
         {
@@ -361,3 +377,41 @@ def set_fact_text_and_vector(
         "model_id": model_id,
     }
     conn.execute(SET_FACT_TEXT_AND_VECTOR, params)
+
+
+@dataclass(frozen=True)
+class LabelledKnowledge:
+    """A fact of some label, whatever its status: what a new proposal of that label is compared with."""
+
+    id: int
+    fact_value: str
+    status: str
+    proposed: bool
+    proposed_in: list[str]
+    confidence_score: Decimal
+
+
+WITH_LABEL = """
+SELECT id, fact_value, status, proposed, proposed_in, confidence_score FROM knowledge
+ WHERE project_id IS NOT DISTINCT FROM %(project_id)s AND lower(fact_label) = lower(%(fact_label)s)
+ ORDER BY id DESC
+"""
+# a proposal made again by another session: trusted a little more, and its age starts again
+REINFORCE_PROPOSAL = """
+UPDATE knowledge
+   SET confidence_score = GREATEST(confidence_score, %(confidence)s), proposed_in = proposed_in || %(task_id)s::text,
+       last_confirmed_at = now(), updated_at = now()
+ WHERE id = %(id)s AND proposed AND NOT (%(task_id)s::text = ANY(proposed_in))
+"""
+
+
+def knowledge_with_label(conn: psycopg.Connection, project_id: int | None, fact_label: str) -> list[LabelledKnowledge]:
+    """Every fact of a project (None: of no project) with this label (any case, any status), newest first."""
+    return fetch_all(conn, LabelledKnowledge, WITH_LABEL, {"project_id": project_id, "fact_label": fact_label})
+
+
+def reinforce_proposal(conn: psycopg.Connection, fact_id: int, *, task_id: str, confidence: float) -> bool:
+    """Record that ``task_id`` proposed the still-proposed fact ``fact_id`` too, raising its confidence to
+    ``confidence``; False (and nothing changed) if that task had proposed it already or it is not proposed."""
+    params = {"id": fact_id, "task_id": task_id, "confidence": confidence}
+    return conn.execute(REINFORCE_PROPOSAL, params).rowcount > 0
