@@ -62,7 +62,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,38 @@ def primary(url: str | None, home: Path) -> Iterator[str]:
     finally:
         if started:
             stop_server(home / "pgdata")
+
+
+@contextmanager
+def kb_servers(home: Path, with_replica: bool) -> Iterator[tuple[str, str | None]]:
+    """A `kb server` primary (TLS on a loopback port) in ``home/server`` and, with ``with_replica``, a
+    hot standby in ``home/replica``; reused when there. Yields the agents' URL and the replica's."""
+    import socket
+
+    from knowledgebase.db.replica import init_replica
+    from knowledgebase.db.server import ServerLayout, stop_server
+    from knowledgebase.db.server_init import init_server
+
+    def port_of(layout: ServerLayout) -> tuple[str, int]:
+        if layout.exists():
+            config = layout.config()
+            return config.host, config.port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return "127.0.0.1", int(probe.getsockname()[1])
+
+    layouts = [ServerLayout(home / "server")]
+    info = init_server(layouts[0], listen=port_of(layouts[0]))
+    read_url = None
+    try:
+        if with_replica:
+            layouts.append(ServerLayout(home / "replica"))
+            replica = init_replica(layouts[1], from_url=info.replication_url or "", listen=port_of(layouts[1]))
+            read_url = replica.agent_url
+        yield info.agent_url, read_url
+    finally:
+        for layout in reversed(layouts):
+            stop_server(layout)
 
 
 def build_store(url: str, settings: Any, chunks: int, home: Path, vectors: Path) -> tuple[int, Any]:
@@ -385,7 +417,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="the primary, as the agents reach it (default: embedded in --home)")
     parser.add_argument(
         "--read-url",
-        help="set as KB_READ_DATABASE_URL for the agents (a replica); no effect until the product routes reads",
+        help="set as KB_READ_DATABASE_URL for the agents (a replica: their searches and context read there)",
+    )
+    parser.add_argument(
+        "--kb-server",
+        action="store_true",
+        help="run against a `kb server` primary (TLS + SCRAM on a loopback port) made in --home/server",
+    )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="with --kb-server: also a hot standby (--home/replica), the agents' KB_READ_DATABASE_URL",
     )
     parser.add_argument("--home", type=Path, help="embedded server, corpus and agent homes (default: temporary)")
     parser.add_argument("--vectors", type=Path, help="kept chunk vectors (default: bench_search's cache)")
@@ -406,7 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     home = (args.home or Path(tempfile.mkdtemp(prefix="kb-bench-fleet-"))).resolve()
     runs: list[dict[str, Any]] = []
     try:
-        with primary(args.database_url, home) as url:
+        with ExitStack() as servers:
+            if args.kb_server:
+                url, read_url = servers.enter_context(kb_servers(home, args.replica))
+                args.read_url = args.read_url or read_url
+            else:
+                url = servers.enter_context(primary(args.database_url, home))
             settings = Settings.from_env({**os.environ, "KB_HOME": str(home), "KB_DATABASE_URL": url})
             chunks, embedder = build_store(
                 url, settings, args.chunks, home, args.vectors or DEFAULT_HOME / "vectors.npz"
@@ -425,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(home, ignore_errors=True)
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "store": {"project": PROJECT, "chunks": chunks, "database": "given" if args.database_url else "embedded"},
+        "store": {
+            "project": PROJECT,
+            "chunks": chunks,
+            "database": "kb server" if args.kb_server else "given" if args.database_url else "embedded",
+        },
         "runs": runs,
         "saturation": saturation(runs),
         "ok": all(r["ok"] for r in runs),
