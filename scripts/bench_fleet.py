@@ -459,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                 url, settings, args.chunks, home, args.vectors or DEFAULT_HOME / "vectors.npz"
             )
             log(f"store: {chunks} chunks in project {PROJECT}")
-            questions = tuple(queries(REPO, 400))
+            # the package's own docstrings: REPO itself holds .venv, whose parse alone takes minutes
+            questions = tuple(queries(REPO / "knowledgebase", 400))
             for n in sizes:
                 rpm = args.key_rpm or math.ceil(n * args.rounds / args.keys)
                 plan = FleetPlan(uuid.uuid4().hex[:8], n, args.rounds, args.keys, rpm, questions)

@@ -105,6 +105,7 @@ def database(url: str | None) -> Iterator[str]:
 def queries(source: Path, limit: int) -> list[str]:
     """Summary lines of the docstrings of functions and classes under ``source`` (real questions about it)."""
     found: list[str] = []
+    seen: set[str] = set()
     for path in sorted(source.rglob("*.py")):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -114,7 +115,8 @@ def queries(source: Path, limit: int) -> list[str]:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 docstring = ast.get_docstring(node)
                 summary = summary_line(docstring) if docstring else None
-                if summary and summary not in found:
+                if summary and summary not in seen:
+                    seen.add(summary)
                     found.append(summary)
     if not found:
         raise SystemExit(f"bench_search: no documented functions under {source} to ask about")

@@ -306,7 +306,11 @@ def _act(
         timed("task heartbeat", heartbeat, db, task.id, owner=owner, lease_seconds=lease_s)
         if timed("task done", complete_task, db, task.id, owner=owner, result=f"done by {owner}"):
             report["done"].append(task.id)
+    asked = len(embedder.misses)
     timed("SessionEnd", hook, "SessionEnd", reason="exit")
+    # facts SessionEnd proposes from the trail are texts no plan can foresee: stand-ins, counted apart
+    report["session_end_stand_ins"] = len(embedder.misses) - asked
+    del embedder.misses[asked:]
     if pending_files(settings.spool_dir):  # written during an outage: stored now, as the warm process does
         flush_spool(db, settings.spool_dir)
     cpu = resource.getrusage(resource.RUSAGE_SELF)
