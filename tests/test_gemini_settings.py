@@ -279,3 +279,21 @@ def test_split_password(url: str, bare: str, line: str | None) -> None:
     stripped, entry = split_password(url)
     assert entry == line and conninfo_to_dict(stripped) == conninfo_to_dict(bare)
     assert stripped.startswith("postgresql://") == url.startswith("postgresql://")  # a URL stays a URL
+
+
+def test_read_replicas_reach_the_hooks_without_their_passwords_in_settings(tmp_path: Path) -> None:
+    """KB_READ_DATABASE_URL is handed to the hooks too; a replica takes the primary's password (the same
+    roles), written as its own password-file line; a replica's own password goes there as well."""
+    primary = "postgresql://kb:pw1@db.internal:5432/kb"
+    replicas = "postgresql://kb@replica1:5433/kb postgresql://kb:pw2@replica2:5434/kb"
+    settings = Settings.from_env(
+        {"KB_HOME": str(tmp_path / "kbhome"), "KB_DATABASE_URL": primary, "KB_READ_DATABASE_URL": replicas}
+    )
+    wiring = wiring_for(settings)
+    assert wiring.env["KB_READ_DATABASE_URL"] == "postgresql://kb@replica1:5433/kb postgresql://kb@replica2:5434/kb"
+    path = _write(tmp_path / ".gemini" / "settings.json", USER_SETTINGS)
+    install_gemini(path, wiring)
+    install_gemini(path, wiring)  # again: still one line per server
+    assert "pw1" not in path.read_text() and "pw2" not in path.read_text()
+    lines = sorted((tmp_path / "kbhome" / "pgpass").read_text().splitlines())
+    assert lines == ["db.internal:5432:kb:kb:pw1", "replica1:5433:kb:kb:pw1", "replica2:5434:kb:kb:pw2"]

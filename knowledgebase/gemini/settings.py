@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +116,10 @@ def wiring_for(settings: Settings, *, bin_dir: Path | None = None) -> Wiring:
         from knowledgebase.db.connect import split_password
 
         env["KB_DATABASE_URL"], password_entry = split_password(settings.database_url)
+        if settings.read_database_urls:
+            bare_urls, entries = _read_urls_and_passwords(settings.database_url, settings.read_database_urls)
+            env["KB_READ_DATABASE_URL"] = " ".join(bare_urls)
+            password_entry = "\n".join([e for e in (password_entry, *entries) if e]) or None
         if password_entry is not None:
             password_file = settings.home / "pgpass"
             env["PGPASSFILE"] = str(password_file)
@@ -129,6 +134,25 @@ def wiring_for(settings: Settings, *, bin_dir: Path | None = None) -> Wiring:
         password_file=password_file,
         password_entry=password_entry,
     )
+
+
+def _read_urls_and_passwords(primary: str, read_urls: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The read replicas' URLs without passwords, and their password-file lines: a replica's own
+    password, or else the primary's (a replica has the primary's roles and passwords)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from knowledgebase.db.connect import split_password
+
+    primary_password = conninfo_to_dict(primary).get("password")
+    bare_urls, entries = [], []
+    for url in read_urls:
+        bare, entry = split_password(url)
+        if entry is None and primary_password and not conninfo_to_dict(url).get("passfile"):
+            entry = split_password(make_conninfo(url, password=str(primary_password)))[1]
+        bare_urls.append(bare)
+        if entry is not None:
+            entries.append(entry)
+    return bare_urls, entries
 
 
 def read_settings(path: Path) -> dict[str, Any]:
@@ -246,15 +270,17 @@ def install_gemini(path: Path, wiring: Wiring, *, dry_run: bool = False) -> Sett
 
 
 def _store_password(path: Path, entry: str) -> None:
-    """Put ``entry`` into the password file at ``path`` (mode 0600), replacing the line of the same
-    host, port, database and user."""
+    """Put ``entry`` (one line or several) into the password file at ``path`` (mode 0600), replacing the
+    lines of the same host, port, database and user."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         lines = []
-    kept = [line for line in lines if line.strip() and _pgpass_key(line) != _pgpass_key(entry)]
+    new = entry.splitlines()  # the primary's line and those of its read replicas
+    keys = {_pgpass_key(line) for line in new}
+    kept = [line for line in lines if line.strip() and _pgpass_key(line) not in keys]
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomically(path, "\n".join([*kept, entry]) + "\n", mode=0o600)
+    _write_atomically(path, "\n".join([*kept, *new]) + "\n", mode=0o600)
 
 
 def uninstall_gemini(path: Path, *, dry_run: bool = False) -> SettingsChange:
