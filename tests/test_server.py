@@ -287,6 +287,54 @@ def test_kb_status_shows_each_read_replica(pair: Pair, tmp_path: Path) -> None:
     assert not gone.reachable and gone.error
 
 
+def test_the_readme_commands_work_through_the_server_and_its_replica(
+    pair: Pair,
+    tmp_path: Path,
+    real_embedder,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    import knowledgebase.embedding
+    from knowledgebase.cli import cli
+
+    monkeypatch.setattr(
+        knowledgebase.embedding, "embedder_from_settings", lambda settings, purpose="index": HashingEmbedder()
+    )
+    project = tmp_path / "shop"
+    project.mkdir()
+    (project / "pricing.py").write_text(
+        'def discount_price(total):\n    """Ten percent off."""\n    return total * 0.9\n'
+    )
+    monkeypatch.chdir(project)
+    env = {
+        "KB_HOME": str(tmp_path / "home"),
+        "KB_DATABASE_URL": pair.info.agent_url,
+        "KB_READ_DATABASE_URL": pair.replica_info.agent_url,
+        "KB_WARM": "off",
+    }
+    runner = CliRunner()
+
+    def kb(*args: str) -> str:
+        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    kb("init")
+    kb("populate", ".")
+    kb("fact", "add", "deploy.command", "make deploy-prod ships the shop to the cluster")
+    assert "make deploy-prod" in kb("search", "how do I deploy the shop", "--kind", "fact")  # its own write
+    assert "discount_price" in kb("search", "ten percent discount", "--json")
+    assert "discount_price" in kb("context", "discount price of the total: ten percent off")
+    kb("exec", "--", "true")
+    assert "true" in kb("log", "-n", "3")
+    status = json.loads(kb("status", "--json"))
+    assert status["schema_ok"] and [r["in_recovery"] for r in status["replicas"]] == [True]
+    assert "shop" in kb("projects", "list")
+
+
 def test_a_replica_that_dies_in_the_middle_of_a_read_loses_nothing(pair: Pair, tmp_path: Path) -> None:
     embedder = HashingEmbedder()
     settings = _settings(pair, tmp_path, KB_READ_DATABASE_URL=pair.replica_info.agent_url)
