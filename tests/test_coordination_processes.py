@@ -23,12 +23,13 @@ ENV = {"KB_TEST_KEY_A": "key-a-value-for-tests", "KB_TEST_KEY_B": "key-b-value-f
 
 
 def _run_all(target: Any, arg_lists: list[tuple[Any, ...]], timeout: float = 120) -> list[Any]:
-    """Start one process per argument tuple at the same moment; return what each put in the queue."""
-    start, results = SPAWN.Event(), SPAWN.Queue()
+    """Start one process per argument tuple, release them together once every one is ready (a loaded
+    machine may take seconds to spawn the last), and return what each put in the queue."""
+    start, results = SPAWN.Barrier(len(arg_lists) + 1, timeout=timeout), SPAWN.Queue()
     procs = [SPAWN.Process(target=target, args=(*args, start, results)) for args in arg_lists]
     for proc in procs:
         proc.start()
-    start.set()
+    start.wait()
     outcomes = [results.get(timeout=timeout) for _ in procs]
     for proc in procs:
         proc.join(timeout=30)
