@@ -223,18 +223,22 @@ def _search_labels(db: Database, embedder: HashingEmbedder, query: str) -> list[
     return [getattr(h, "fact_label", "") for h in search(db, embedder, query, kinds=("fact",), limit=20)]
 
 
+def _found_on_the_replica(db: Database, pair: Pair, query: str) -> None:
+    """Wait until a search for ``query`` finds something and was answered by the replica."""
+    _wait_for(
+        lambda: (
+            bool(_search_labels(db, HashingEmbedder(), query)) and db.last_read_source == pair.replica_info.agent_url
+        )
+    )
+
+
 def test_a_process_reads_its_own_writes_and_then_reads_from_the_replica(pair: Pair, tmp_path: Path) -> None:
     embedder = HashingEmbedder()
     settings = _settings(pair, tmp_path, KB_READ_DATABASE_URL=pair.replica_info.agent_url)
     with open_database(settings) as db:
         add_fact(db, embedder, label="ryw.first", value="the staging cluster is called heron")
         assert "ryw.first" in _search_labels(db, embedder, "staging cluster heron")  # at once: no lag seen
-        _wait_for(
-            lambda: (
-                _search_labels(db, embedder, "staging cluster heron")
-                and db.last_read_source == pair.replica_info.agent_url
-            )
-        )
+        _found_on_the_replica(db, pair, "staging cluster heron")
         # replay paused: the replica falls behind this process's next write, the primary answers
         with psycopg.connect(_owner_on(pair.replica, pair), autocommit=True) as owner:
             owner.execute("SELECT pg_wal_replay_pause()")
@@ -340,12 +344,7 @@ def test_a_replica_that_dies_in_the_middle_of_a_read_loses_nothing(pair: Pair, t
     settings = _settings(pair, tmp_path, KB_READ_DATABASE_URL=pair.replica_info.agent_url)
     with open_database(settings) as db:
         add_fact(db, embedder, label="die.fact", value="the queue is drained by worker falcon")
-        _wait_for(
-            lambda: (
-                _search_labels(db, embedder, "queue drained worker falcon")
-                and db.last_read_source == pair.replica_info.agent_url
-            )
-        )
+        _found_on_the_replica(db, pair, "queue drained worker falcon")
         calls: list[str] = []
 
         def read(conn: psycopg.Connection) -> list[str]:
@@ -369,12 +368,7 @@ def test_with_the_primary_down_reads_go_on_from_the_replica(pair: Pair, tmp_path
     settings = _settings(pair, tmp_path, KB_READ_DATABASE_URL=pair.replica_info.agent_url)
     with open_database(settings) as db:
         add_fact(db, embedder, label="down.fact", value="the on-call rota is in the wiki under pager")
-        _wait_for(
-            lambda: (
-                _search_labels(db, embedder, "on-call rota wiki pager")
-                and db.last_read_source == pair.replica_info.agent_url
-            )
-        )
+        _found_on_the_replica(db, pair, "on-call rota wiki pager")
         stop_server(pair.primary)
         try:
             add_fact_failed = False

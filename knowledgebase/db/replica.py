@@ -32,7 +32,7 @@ from knowledgebase.db.server import (
     write_server_conf,
 )
 from knowledgebase.db.server_files import subject_names, write_certificates, write_pgpass
-from knowledgebase.db.server_init import advertised_host, check_port_free, default_allow, server_info
+from knowledgebase.db.server_init import advertised_host, check_can_create, default_allow, server_info
 from knowledgebase.db.tls_front import Tunnel, client_context
 from knowledgebase.errors import DatabaseUnavailable, InputError, first_line
 from knowledgebase.util.private_files import make_private_dir
@@ -128,9 +128,7 @@ def init_replica(
     params = _primary_params(from_url)
     password = _password(params)
     check_primary(from_url)
-    check_port_free(host, port)
-    if layout.root.exists() and any(layout.root.iterdir()):
-        raise InputError(f"{layout.root} exists and is not empty: give another --dir or remove it")
+    check_can_create(layout, host, port)
     config = ServerConfig(
         kind="replica",
         host=host,

@@ -65,9 +65,7 @@ def init_server(
         advertise=advertise or advertised_host(host),
         allow=tuple(allow) or default_allow(host),
     )
-    check_port_free(host, port)
-    if layout.root.exists() and any(layout.root.iterdir()):
-        raise InputError(f"{layout.root} exists and is not empty: give another --dir or remove it")
+    check_can_create(layout, host, port)
     owner = server_user()
     make_private_dir(layout.root)
     let_server_user_in(layout.root, owner)
@@ -162,6 +160,13 @@ def default_allow(host: str) -> tuple[str, ...]:
         f"listening on {host}: say which networks may connect, e.g. --allow 10.0.0.0/8 "
         "(repeatable; --allow 0.0.0.0/0 for any, with TLS and passwords still required)"
     )
+
+
+def check_can_create(layout: ServerLayout, host: str, port: int) -> None:
+    """Before anything is made: the port is free and the directory new or empty."""
+    check_port_free(host, port)
+    if layout.root.exists() and any(layout.root.iterdir()):
+        raise InputError(f"{layout.root} exists and is not empty: give another --dir or remove it")
 
 
 def check_port_free(host: str, port: int) -> None:
