@@ -129,11 +129,13 @@ def kb_servers(home: Path, with_replica: bool) -> Iterator[tuple[str, str | None
 
     layouts = [ServerLayout(home / "server")]
     info = init_server(layouts[0], listen=port_of(layouts[0]))
+    SUPERVISOR_PID_FILES.append(layouts[0].pid_file)
     read_url = None
     try:
         if with_replica:
             layouts.append(ServerLayout(home / "replica"))
             replica = init_replica(layouts[1], from_url=info.replication_url or "", listen=port_of(layouts[1]))
+            SUPERVISOR_PID_FILES.append(layouts[1].pid_file)
             read_url = replica.agent_url
         yield info.agent_url, read_url
     finally:
@@ -203,6 +205,8 @@ def prepare(url: str, plan: FleetPlan) -> int:
 
 def run_fleet(url: str, read_url: str | None, plan: FleetPlan, work: Path, cwd: str, embedder: Any) -> dict[str, Any]:
     """One run of ``plan.agents`` agents: their timings, the checks, the throughput."""
+    from knowledgebase.db.routing import with_primary_password
+
     work.mkdir(parents=True, exist_ok=True)
     vectors = work / "vectors.npz"
     embedded = precompute(embedder, plan, cwd, url, vectors)
@@ -229,11 +233,16 @@ def run_fleet(url: str, read_url: str | None, plan: FleetPlan, work: Path, cwd: 
         ready.get(timeout=300)
     load_before = os.getloadavg()[0]
     server_before = server_cpu_seconds(url)
+    replica_url = with_primary_password(read_url, url) if read_url else None
+    replica_before = server_cpu_seconds(replica_url) if replica_url else None
+    fronts_before = front_cpu_seconds()
     began = time.perf_counter()
     start.set()
     reports = _collect(procs, out)
     wall = time.perf_counter() - began
     server_after = server_cpu_seconds(url)
+    replica_after = server_cpu_seconds(replica_url) if replica_url else None
+    fronts_after = front_cpu_seconds()
     invariants = check(url, plan, reports)
     _retire_keys(url, plan)
     timings: dict[str, list[float]] = defaultdict(list)
@@ -258,6 +267,15 @@ def run_fleet(url: str, read_url: str | None, plan: FleetPlan, work: Path, cwd: 
             "server": None
             if server_before is None or server_after is None
             else round(1000 * (server_after - server_before) / turns, 1),
+            "replica": None
+            if replica_before is None or replica_after is None
+            else round(1000 * (replica_after - replica_before) / turns, 1),
+            # the kb server processes beside PostgreSQL: the TLS front and a replica's tunnel (Python)
+            **{
+                f"tls front ({name})": round(1000 * (fronts_after[name] - fronts_before[name]) / turns, 1)
+                for name in fronts_before
+                if name in fronts_after
+            },
         },
         "vectors_precomputed": embedded,
         "vectors_not_precomputed": sum(len(r["misses"]) for r in reports),
@@ -299,6 +317,22 @@ def _collect(procs: list[Any], out: Any) -> list[dict[str, Any]]:
     for proc in procs:
         proc.join(timeout=60)
     return reports
+
+
+SUPERVISOR_PID_FILES: list[Path] = []  # kb server supervisors of this run (kb_servers fills it)
+
+
+def front_cpu_seconds() -> dict[str, float]:
+    """CPU seconds each kb server supervisor (TLS front, tunnel) used so far, by its directory's name."""
+    used: dict[str, float] = {}
+    for pid_file in SUPERVISOR_PID_FILES:
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            continue
+        used[pid_file.parent.name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
 
 
 def server_cpu_seconds(url: str) -> float | None:
@@ -370,7 +404,10 @@ def print_run(run: dict[str, Any]) -> None:
     )
     cpu = run["cpu_ms_per_turn"]
     server = "not on this machine" if cpu["server"] is None else f"{cpu['server']} ms"
-    print(f"  CPU per turn: agents {cpu['agents']} ms, server {server}")
+    extra = "".join(
+        f", {name} {ms} ms" for name, ms in cpu.items() if name not in ("agents", "server") and ms is not None
+    )
+    print(f"  CPU per turn: agents {cpu['agents']} ms, server {server}{extra}")
     for name, counts in run["invariants"].items():
         detail = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "ok")
         print(f"  {'ok ' if counts['ok'] else 'FAIL'} {name}: {detail}")
