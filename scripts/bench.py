@@ -309,6 +309,21 @@ def _commit() -> str:
     return head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
+# Below this line in the report: figures of benchmarks run on their own (the fleet benchmark needs a
+# server and minutes of a quiet machine of its own); a new report keeps them as they are.
+KEPT_MARKER = "<!-- measured on their own, not by scripts/bench.py, which keeps what follows -->"
+
+
+def kept_sections(path: Path) -> str:
+    """What follows ``KEPT_MARKER`` in the report at ``path`` (with the marker), or nothing."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    at = text.find(KEPT_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def select(only: Sequence[str] | None) -> list[Benchmark]:
     """The benchmarks named in ``only`` (repeatable, or comma-separated), in report order; all by default."""
     if not only:
@@ -358,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes, info, names=all_names, pending=pending, quick=args.quick, complete=complete, invocation=invocation
         )
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+        output.write_text(text + kept_sections(output))
     print(f"report: {output}", file=sys.stderr)
     return 0 if all(o.ok for o in outcomes) else 1
 
