@@ -6,7 +6,8 @@ frozen ``RankingWeights``; ``DEFAULT_WEIGHTS`` holds the defaults chosen from
 
 The score of a hit::
 
-    relevance = vector * similarity + text * text_score + identifier * identifier_match + role_prior
+    relevance = vector * similarity + text * text_score + bm25 * bm25_score + identifier * identifier_match
+                + role_prior
     score     = relevance * confidence_factor * recency_factor
 
 - ``similarity`` is the cosine similarity of the query and the item's embedding (-1..1).
@@ -14,6 +15,11 @@ The score of a hit::
   (``rank / (rank + text_saturation)``). ``ts_rank`` knows nothing of term rarity, so it is a weak
   signal: fused by reciprocal rank it drags a good vector ranking down. It is therefore a small
   additive bonus that reorders hits of similar meaning, never a list of equal standing.
+- ``bm25_score`` (chunks only) is the chunk's Okapi BM25 over code tokens (``knowledgebase.util.bm25``,
+  computed in PostgreSQL as a sparse inner product) divided by the sum of the query terms' idf, the
+  most a chunk holding each term once at the average length scores: about the idf-weighted share of
+  the query's terms the chunk holds (it can pass 1 with repeated terms), then squashed
+  ``x / (x + bm25_saturation)`` when ``bm25_saturation`` > 0.
 - ``identifier_match`` is 1 when a code identifier written in the query (``populate_project``,
   ``ContextPack``) occurs verbatim in the item: the case where exact text beats meaning.
 - ``role_prior`` (chunks only) is minus the penalty of the file's role (``role_penalties``: tests, docs,
@@ -60,6 +66,10 @@ class RankingWeights:
     text: float = 0.1
     # ts_rank_cd value that scores 0.5 after squashing: rank / (rank + text_saturation)
     text_saturation: float = 0.3
+    # weight of the chunk's BM25 score (normalised by the query's idf sum; 0: BM25 unused)
+    bm25: float = 0.0
+    # BM25 value that scores 0.5 after squashing (0: no squashing)
+    bm25_saturation: float = 0.0
     # bonus when a code identifier from the query appears verbatim in the item
     identifier: float = 0.1
     # how much a fact's effective confidence scales its score (0 ignores confidence, 1 multiplies by it)
@@ -98,6 +108,8 @@ class RankingWeights:
         for name in (
             "vector",
             "text",
+            "bm25",
+            "bm25_saturation",
             "identifier",
             "fact_confidence",
             "recency",
@@ -159,6 +171,7 @@ class ScoreParts:
     recency_factor: float
     score: float
     role_prior: float = 0.0
+    bm25: float = 0.0  # normalised by the query's idf sum, before squashing
 
     def explain(self) -> str:
         """One line: every part and how they combine."""
@@ -166,6 +179,8 @@ class ScoreParts:
             f"similarity {self.similarity:.3f}",
             f"text {self.text_score:.3f} (ts_rank_cd {self.text_rank:.3f})",
         ]
+        if self.bm25:
+            parts.append(f"bm25 {self.bm25:.3f}")
         if self.identifier_match:
             parts.append("identifier match")
         if self.role_prior:
@@ -220,10 +235,19 @@ def text_score(text_rank: float, weights: RankingWeights = DEFAULT_WEIGHTS) -> f
     return rank / (rank + weights.text_saturation)
 
 
+def bm25_score(bm25: float, weights: RankingWeights = DEFAULT_WEIGHTS) -> float:
+    """A normalised BM25 score, squashed into 0..1 when ``bm25_saturation`` > 0 (0 for no match)."""
+    value = max(0.0, float(bm25))
+    if weights.bm25_saturation == 0:
+        return value
+    return value / (value + weights.bm25_saturation)
+
+
 def score(
     *,
     similarity: float,
     text_rank: float = 0.0,
+    bm25: float = 0.0,
     identifier_match: bool = False,
     confidence: float | None = None,
     age_seconds: float | None = None,
@@ -236,6 +260,7 @@ def score(
     relevance = (
         weights.vector * float(similarity)
         + weights.text * squashed
+        + weights.bm25 * bm25_score(bm25, weights)
         + (weights.identifier if identifier_match else 0.0)
         + role_prior
     )
@@ -259,6 +284,7 @@ def score(
         recency_factor=recency_factor,
         score=relevance * confidence_factor * recency_factor,
         role_prior=role_prior,
+        bm25=max(0.0, float(bm25)),
     )
 
 
