@@ -16,7 +16,7 @@ from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.index.backfill import index_missing
 from knowledgebase.index.ingest import populate_project
-from knowledgebase.ranking import DEFAULT_WEIGHTS, bm25_score, score
+from knowledgebase.ranking import DEFAULT_WEIGHTS, LEGACY, bm25_score, score
 from knowledgebase.search.hits import ChunkHit
 from knowledgebase.search.retrieval import search
 from knowledgebase.util.bm25 import (
@@ -312,3 +312,25 @@ def test_a_query_with_no_terms_or_no_vectors_stored_has_no_bm25(
         conn.execute("UPDATE file_chunks SET lexical = NULL")  # as after migration 0008, before populate
     hits = search(db, embedder, "load_config", project="shop", kinds=("chunk",), limit=1)
     assert hits and hits[0].parts.bm25 == 0.0 and np.isfinite(hits[0].score)
+
+
+def test_chunks_weigh_bm25_where_facts_keep_ts_rank_cd() -> None:
+    """For a chunk BM25 replaces ts_rank_cd (``chunk_text`` 0); facts and commands have no BM25 and
+    keep their full-text bonus; the old ranking (LEGACY) is ts_rank_cd for chunks too."""
+    chunk = score(similarity=0.5, text_rank=0.3, bm25=1.0, chunk=True)
+    assert chunk.relevance == pytest.approx(0.5 + DEFAULT_WEIGHTS.bm25 * 0.5) and chunk.text_score > 0
+    fact = score(similarity=0.5, text_rank=0.3)
+    assert fact.relevance == pytest.approx(0.5 + DEFAULT_WEIGHTS.text * 0.5)
+    legacy = DEFAULT_WEIGHTS.with_(**LEGACY)
+    old = score(similarity=0.5, text_rank=0.3, bm25=1.0, chunk=True, weights=legacy)
+    assert old.relevance == pytest.approx(0.5 + DEFAULT_WEIGHTS.text * 0.5)
+
+
+def test_a_chunk_score_breakdown_adds_up_with_bm25_and_its_role_prior() -> None:
+    from knowledgebase.tools import insights
+
+    parts = score(similarity=0.6, text_rank=0.3, bm25=0.8, identifier_match=True, role_prior=-0.16, chunk=True)
+    breakdown = insights.score_breakdown(parts)
+    assert breakdown.text == pytest.approx(DEFAULT_WEIGHTS.bm25 * bm25_score(0.8)) and breakdown.role == -0.16
+    total = breakdown.vector + breakdown.text + breakdown.identifier + breakdown.role
+    assert total + breakdown.confidence + breakdown.recency == pytest.approx(parts.score)

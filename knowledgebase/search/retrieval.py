@@ -255,6 +255,7 @@ def _scored(hit: Hit, weights: RankingWeights, now: datetime, asked: frozenset[s
             else 0.0
         ),
         weights=weights,
+        chunk=isinstance(hit, ChunkHit),
     )
     if isinstance(hit, FactHit):
         return replace(hit, score=parts.score, parts=parts, effective_confidence=confidence)
