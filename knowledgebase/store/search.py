@@ -123,6 +123,11 @@ SELECT term, sum(chunks)::bigint FROM chunk_term_counts
 # one), then the signals for each, the file's role, and the span of the definition (function, class)
 # or section the chunk is part of: the lines of every chunk of that file with the same symbol (a
 # definition cut into several chunks).
+# BM25 candidates come from the GIN full-text index, not from an index on the sparse vectors: against
+# the exact BM25 top 10 (every chunk of the project scored) the GIN matches ranked by inner product had
+# recall@10 0.99-1.00 on the developer questions' projects (0.94 on csn, where 2,000 matches are cut),
+# while an HNSW index on the sparsevec column (sparsevec_ip_ops) reached 0.90-0.97 at ef_search 100 and
+# 0.71-0.77 on csn, for no gain in time (about 1 ms either way at 2-3k chunks per project).
 # relaxed_order may return the vector list slightly out of order; the final ORDER BY is done in Python.
 CHUNK_CANDIDATES = """
 WITH scope AS MATERIALIZED (
