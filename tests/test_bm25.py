@@ -23,6 +23,7 @@ from knowledgebase.util.bm25 import (
     AVERAGE_LENGTH,
     DIMENSIONS,
     K1,
+    MAX_TERMS,
     B,
     code_tokens,
     document_weights,
@@ -90,7 +91,7 @@ def _insert(conn: psycopg.Connection, project: str, files: dict[str, str]) -> di
     for path, text in files.items():
         f = store.upsert_file(conn, store.NewFile(p.id, path, text, f"h-{project}-{path}", len(text), "python", 1))
         store.insert_chunks(
-            conn, [store.NewChunk(f.id, p.id, 0, 1, text.count("\n"), "code", None, text, path, 5, None, None)]
+            conn, [store.NewChunk(f.id, p.id, 0, 1, max(1, text.count("\n")), "code", None, text, path, 5, None, None)]
         )
         ids[path] = store.list_chunks(conn, f.id)[0].id
     return ids
@@ -194,8 +195,20 @@ def test_bm25_in_the_score_and_its_explanation() -> None:
     assert parts.relevance == pytest.approx(0.5 + 0.2 * 0.5) and "bm25 0.500" in parts.explain()
     linear = DEFAULT_WEIGHTS.with_(bm25=0.2, bm25_saturation=0.0)
     assert score(similarity=0.5, bm25=1.5, weights=linear).relevance == pytest.approx(0.5 + 0.2 * 1.5)
-    with pytest.raises(ValueError, match="bm25"):
-        DEFAULT_WEIGHTS.with_(bm25=-0.1)
+    for name in ("bm25", "bm25_saturation", "chunk_text"):
+        with pytest.raises(ValueError, match=name):
+            DEFAULT_WEIGHTS.with_(**{name: -0.1})
+
+
+def test_a_chunk_with_more_terms_than_a_sparsevec_holds_keeps_its_heaviest(conn: psycopg.Connection) -> None:
+    """pgvector stores at most 16,000 non-zero elements: a chunk of 20,000 distinct identifiers (a
+    generated table) keeps the 16,000 weightiest and is stored."""
+    text = " ".join(f"name{i}" for i in range(20_000)) + " repeated" * 50
+    weights = document_weights(text)
+    assert len(weights) == MAX_TERMS and term_dimension("repeated") in weights
+    ids = _insert(conn, "big", {"table.py": text})
+    stored = conn.execute("SELECT lexical FROM file_chunks WHERE id = %s", (ids["table.py"],)).fetchone()
+    assert stored is not None and len(stored[0].indices()) == MAX_TERMS
 
 
 def _project(root: Path) -> Path:
@@ -259,7 +272,13 @@ def test_populate_as_the_agent_login_writes_the_counts(agent_db_url: str, settin
 
 
 def test_revision_0008_adds_bm25_and_takes_it_away(fresh_database_url: str) -> None:
-    from knowledgebase.db.schema import downgrade, upgrade
+    from alembic.script import ScriptDirectory
+
+    from knowledgebase.db.schema import alembic_config, downgrade, upgrade
+
+    # the revision before 0008, read from the migration (renumbering it changes one line there)
+    previous = ScriptDirectory.from_config(alembic_config(fresh_database_url)).get_revision("0008").down_revision
+    assert isinstance(previous, str)
 
     def schema() -> tuple[bool, bool]:
         with psycopg.connect(fresh_database_url) as conn:
@@ -270,7 +289,7 @@ def test_revision_0008_adds_bm25_and_takes_it_away(fresh_database_url: str) -> N
             table = conn.execute("SELECT to_regclass('chunk_term_counts') IS NOT NULL").fetchone()
             return bool(column and column[0]), bool(table and table[0])
 
-    upgrade(fresh_database_url, "0006")
+    upgrade(fresh_database_url, previous)
     with psycopg.connect(fresh_database_url) as conn:
         p = conn.execute("INSERT INTO projects (name) VALUES ('old') RETURNING id").fetchone()
         assert p is not None
@@ -294,7 +313,7 @@ def test_revision_0008_adds_bm25_and_takes_it_away(fresh_database_url: str) -> N
         assert conn.execute("SELECT count(*) FROM chunk_term_counts").fetchone() == (0,)
         assert store.fill_lexical(conn) == 1
         assert conn.execute("SELECT chunks FROM chunk_term_counts WHERE term = -1").fetchone() == (1,)
-    downgrade(fresh_database_url, "0006")
+    downgrade(fresh_database_url, previous)
     assert schema() == (False, False)
     with psycopg.connect(fresh_database_url) as conn:
         assert conn.execute("SELECT count(*) FROM file_chunks").fetchone() == (1,)
