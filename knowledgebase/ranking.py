@@ -6,7 +6,10 @@ frozen ``RankingWeights``; ``DEFAULT_WEIGHTS`` holds the defaults chosen from
 
 The score of a hit::
 
-    relevance = vector * similarity + text * text_score + identifier * identifier_match + role_prior
+    relevance = vector * similarity + text * text_score + bm25 * bm25_score + identifier * identifier_match
+                + role_prior
+
+(for a code chunk, ``chunk_text`` takes the place of ``text``: BM25 is its lexical signal.)
     score     = relevance * confidence_factor * recency_factor
 
 - ``similarity`` is the cosine similarity of the query and the item's embedding (-1..1).
@@ -14,6 +17,11 @@ The score of a hit::
   (``rank / (rank + text_saturation)``). ``ts_rank`` knows nothing of term rarity, so it is a weak
   signal: fused by reciprocal rank it drags a good vector ranking down. It is therefore a small
   additive bonus that reorders hits of similar meaning, never a list of equal standing.
+- ``bm25_score`` (chunks only) is the chunk's Okapi BM25 over code tokens (``knowledgebase.util.bm25``,
+  computed in PostgreSQL as a sparse inner product) divided by the sum of the query terms' idf, the
+  most a chunk holding each term once at the average length scores: about the idf-weighted share of
+  the query's terms the chunk holds (it can pass 1 with repeated terms), then squashed
+  ``x / (x + bm25_saturation)`` when ``bm25_saturation`` > 0.
 - ``identifier_match`` is 1 when a code identifier written in the query (``populate_project``,
   ``ContextPack``) occurs verbatim in the item: the case where exact text beats meaning.
 - ``role_prior`` (chunks only) is minus the penalty of the file's role (``role_penalties``: tests, docs,
@@ -60,6 +68,19 @@ class RankingWeights:
     text: float = 0.1
     # ts_rank_cd value that scores 0.5 after squashing: rank / (rank + text_saturation)
     text_saturation: float = 0.3
+    # weight of ts_rank_cd for code chunks (None: ``text``). 0: for chunks BM25 replaces it, as
+    # scripts/eval_retrieval.py --grid bm25 chose: any ts_rank_cd weight (0.05, 0.1) next to BM25
+    # lowered humaneval below vector only and the mean MRR@10 of the sets by 0.01-0.02
+    chunk_text: float | None = 0.0
+    # weight of a chunk's BM25 score (normalised by the query's idf sum, then squashed; 0: BM25 unused).
+    # Fitted by scripts/eval_retrieval.py --grid bm25 (README, "How well it retrieves"): of the points
+    # that keep every set at or above vector only, the best mean MRR@10 over the csn, humaneval,
+    # identifiers, starlette, jinja and question sets with the identifier bonus kept at 0.1
+    # (0.25 / 1.0: 0.604; linear 0.125: 0.603; 0.2 / 1.0: 0.599; none: 0.581)
+    bm25: float = 0.25
+    # normalised BM25 that scores 0.5 after squashing (0: no squashing): with 1.0 a chunk holding each
+    # query term once gets half the weight, and no chunk more than all of it
+    bm25_saturation: float = 1.0
     # bonus when a code identifier from the query appears verbatim in the item
     identifier: float = 0.1
     # how much a fact's effective confidence scales its score (0 ignores confidence, 1 multiplies by it)
@@ -103,6 +124,8 @@ class RankingWeights:
         for name in (
             "vector",
             "text",
+            "bm25",
+            "bm25_saturation",
             "identifier",
             "fact_confidence",
             "recency",
@@ -123,12 +146,19 @@ class RankingWeights:
                 raise ValueError(f"ranking weight {name} must be positive")
         if self.candidates < 1:
             raise ValueError("ranking weight candidates must be at least 1")
+        if self.chunk_text is not None and self.chunk_text < 0:
+            raise ValueError("ranking weight chunk_text must not be negative")
         if any(penalty < 0 for _, penalty in self.role_penalties):
             raise ValueError("ranking weight role_penalties must not be negative")
 
     def with_(self, **changes: Any) -> RankingWeights:
         """A copy with some weights replaced."""
         return replace(self, **changes)
+
+    @property
+    def chunk_text_weight(self) -> float:
+        """The weight of ts_rank_cd for code chunks."""
+        return self.text if self.chunk_text is None else self.chunk_text
 
     def role_prior(self, role: str | None, asked: frozenset[str] = frozenset(), *, in_definition: bool = True) -> float:
         """What a chunk of a file with ``role`` gets added to its relevance, given the roles asked for;
@@ -141,8 +171,11 @@ class RankingWeights:
 
 
 DEFAULT_WEIGHTS = RankingWeights()
-# the ranking before definitions and roles (every chunk its own hit, no role prior): for comparisons
+# the ranking before definitions, roles and BM25 (every chunk its own hit, no role prior, ts_rank_cd
+# for chunks as for facts): for comparisons
 LEGACY: dict[str, Any] = {
+    "chunk_text": None,
+    "bm25": 0.0,
     "definitions": False,
     "role_penalties": (),
     "asked_role_bonus": 0.0,
@@ -165,6 +198,8 @@ class ScoreParts:
     recency_factor: float
     score: float
     role_prior: float = 0.0
+    bm25: float = 0.0  # normalised by the query's idf sum, before squashing
+    lexical: float = 0.0  # what full text added to relevance: weighted ts_rank_cd plus weighted BM25
 
     def explain(self) -> str:
         """One line: every part and how they combine."""
@@ -172,6 +207,8 @@ class ScoreParts:
             f"similarity {self.similarity:.3f}",
             f"text {self.text_score:.3f} (ts_rank_cd {self.text_rank:.3f})",
         ]
+        if self.bm25:
+            parts.append(f"bm25 {self.bm25:.3f}")
         if self.identifier_match:
             parts.append("identifier match")
         if self.role_prior:
@@ -226,22 +263,36 @@ def text_score(text_rank: float, weights: RankingWeights = DEFAULT_WEIGHTS) -> f
     return rank / (rank + weights.text_saturation)
 
 
+def bm25_score(bm25: float, weights: RankingWeights = DEFAULT_WEIGHTS) -> float:
+    """A normalised BM25 score, squashed into 0..1 when ``bm25_saturation`` > 0 (0 for no match)."""
+    value = max(0.0, float(bm25))
+    if weights.bm25_saturation == 0:
+        return value
+    return value / (value + weights.bm25_saturation)
+
+
 def score(
     *,
     similarity: float,
     text_rank: float = 0.0,
+    bm25: float = 0.0,
     identifier_match: bool = False,
     confidence: float | None = None,
     age_seconds: float | None = None,
     role_prior: float = 0.0,
     weights: RankingWeights = DEFAULT_WEIGHTS,
+    chunk: bool = False,
 ) -> ScoreParts:
     """Combine the signals of one item (``confidence`` already effective; ``age_seconds`` None for
-    items without recency) into its score and the parts that explain it."""
+    items without recency; ``chunk`` True for a code chunk, whose ts_rank_cd weighs ``chunk_text``)
+    into its score and the parts that explain it."""
     squashed = text_score(text_rank, weights)
+    lexical = (weights.chunk_text_weight if chunk else weights.text) * squashed + weights.bm25 * bm25_score(
+        bm25, weights
+    )
     relevance = (
         weights.vector * float(similarity)
-        + weights.text * squashed
+        + lexical
         + (weights.identifier if identifier_match else 0.0)
         + role_prior
     )
@@ -265,6 +316,8 @@ def score(
         recency_factor=recency_factor,
         score=relevance * confidence_factor * recency_factor,
         role_prior=role_prior,
+        bm25=max(0.0, float(bm25)),
+        lexical=lexical,
     )
 
 

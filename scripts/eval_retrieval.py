@@ -1,7 +1,7 @@
 """Retrieval quality and speed: a CodeSearchNet-style evaluation, HumanEval, baselines, HNSW recall, latency.
 
     .venv/bin/python scripts/eval_retrieval.py [--home DIR] [--max-queries 600] [--json] [--skip-scale]
-        [--sets csn,humaneval,identifiers,starlette,jinja,questions] [--grid none|lexical|roles]
+        [--sets csn,humaneval,identifiers,starlette,jinja,questions] [--grid none|lexical|roles|bm25]
         [--skip-hnsw] [--no-baselines] [--dump DIR]
 
 Data sets (built offline from what is installed in the venv):
@@ -23,10 +23,12 @@ Data sets (built offline from what is installed in the venv):
 
 Modes: ``full`` is the ranking before definitions and roles (``knowledgebase.ranking.LEGACY``), ``new``
 the current defaults (one hit per definition, role priors). ``--grid roles`` scores a grid of role
-priors and prints it (the defaults are its first row); ``--dump DIR`` keeps every query's candidates.
+priors and prints it (the defaults are its first row), ``--grid bm25`` the weight and saturation of BM25
+with the ts_rank_cd and identifier weights; ``--dump DIR`` keeps every query's candidates.
 
-For each set it reports recall@1, recall@10 and MRR@10 of: vector only, full text only (ts_rank_cd), the
-full ranking (``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference),
+For each set it reports recall@1, recall@10 and MRR@10 of: vector only, full text only (ts_rank_cd), BM25
+only (``bm25_only``: the full-text candidates by their BM25 over code tokens), the full ranking
+(``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference),
 and two naive baselines over 40-line windows of the same files: Okapi BM25 (rank-bm25) and brute-force
 cosine with the same embedding model. A grid over the lexical weights shows why the defaults are what
 they are. It then measures HNSW recall@10 of the csn queries on the real csn chunks against exact search,
@@ -323,8 +325,9 @@ def tokenize(text: str) -> list[str]:
 
 # the ranking before issue 14 (every chunk a hit of its own, no role priors): "full" in the tables
 OLD_WEIGHTS = DEFAULT_WEIGHTS.with_(**LEGACY)
-VECTOR_ONLY = OLD_WEIGHTS.with_(text=0.0, identifier=0.0)
-TEXT_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0)
+VECTOR_ONLY = OLD_WEIGHTS.with_(text=0.0, identifier=0.0, bm25=0.0)
+TEXT_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0, bm25=0.0)
+BM25_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=0.0, bm25=1.0, bm25_saturation=0.0)
 
 
 def evaluate_set(
@@ -337,7 +340,8 @@ def evaluate_set(
 ) -> dict[str, Any]:
     """Every mode on one set; ``baseline`` holds the window rankings per query, by name; ``dump``
     receives every query with its candidates (to fit ranking offline, ``--dump``)."""
-    ranks: dict[str, list[int | None]] = {k: [] for k in ("vector", "full_text", "full", "new", "rrf", *baseline)}
+    modes = ("vector", "full_text", "bm25_only", "full", "new", "rrf", *baseline)
+    ranks: dict[str, list[int | None]] = {k: [] for k in modes}
     grid_ranks: list[list[int | None]] = [[] for _ in grid]
     correct_scores: list[float] = []
     started = time.perf_counter()
@@ -351,6 +355,8 @@ def evaluate_set(
         text = [h for h in rerank(candidates, weights=TEXT_ONLY, limit=len(candidates)) if h.parts.text_rank > 0]
         ranks["vector"].append(first_hit(spans(vector), query))
         ranks["full_text"].append(first_hit(spans(text), query))
+        by_bm25 = [h for h in rerank(candidates, weights=BM25_ONLY, limit=len(candidates)) if h.parts.bm25 > 0]
+        ranks["bm25_only"].append(first_hit(spans(by_bm25), query))
         full = rerank(candidates, weights=OLD_WEIGHTS, limit=TOP_K)
         ranks["full"].append(first_hit(spans(full), query))
         new = rerank(candidates, weights=DEFAULT_WEIGHTS, limit=TOP_K, query=query.text)
@@ -406,7 +412,7 @@ def baselines(embedder: Embedder, eval_set: EvalSet, cache: Path) -> dict[str, l
 
 def weight_grid() -> list[RankingWeights]:
     return [
-        DEFAULT_WEIGHTS.with_(text=t, identifier=i, text_saturation=s)
+        DEFAULT_WEIGHTS.with_(chunk_text=t, identifier=i, text_saturation=s)
         for t, i, s in itertools.product(GRID_TEXT, GRID_IDENTIFIER, GRID_SATURATION)
     ]
 
@@ -621,7 +627,7 @@ def choose(grid: list[RankingWeights], results: dict[str, dict]) -> list[dict[st
         never_worse = all(mrr[n] >= results[n]["modes"]["vector"]["mrr@10"] - 1e-9 for n in ("csn", "humaneval"))
         rows.append(
             {
-                "text": weights.text,
+                "text": weights.chunk_text_weight,
                 "identifier": weights.identifier,
                 "text_saturation": weights.text_saturation,
                 "mrr@10": mrr,
@@ -652,8 +658,9 @@ def print_report(report: dict[str, Any]) -> None:
             f" -> {mrr['csn']:.3f} / {mrr['humaneval']:.3f} / {mrr['identifiers']:.3f}{flag}\n"
         )
     defaults = report["defaults"]
-    out.write(f"\ndefaults in use: text {defaults['text']}, identifier {defaults['identifier']}, "
-              f"saturation {defaults['text_saturation']}\n")  # fmt: skip
+    out.write(f"\ndefaults in use: text {defaults['text']} (chunks {defaults['chunk_text']}), identifier "
+              f"{defaults['identifier']}, saturation {defaults['text_saturation']}, bm25 {defaults['bm25']} "
+              f"(saturation {defaults['bm25_saturation']})\n")  # fmt: skip
     for name, result in report["sets"].items():
         out.write(f"score of the first correct hit, {name}: {result.get('correct_hit_score')}\n")
     for name, value in report.get("offtopic_top1_score", {}).items():
@@ -758,6 +765,50 @@ def role_grid() -> list[RankingWeights]:
     return rows
 
 
+GRID_BM25 = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
+GRID_BM25_SATURATION = (0.0, 0.25, 0.5, 1.0)
+
+
+def bm25_grid() -> list[RankingWeights]:
+    """BM25's weight and saturation, with the chunks' ts_rank_cd bonus at 0 or 0.1 and the identifier
+    bonus at 0 or 0.1 (role priors at their defaults); the defaults first."""
+    rows = [DEFAULT_WEIGHTS]
+    grid = itertools.product(GRID_BM25, GRID_BM25_SATURATION, (0.0, 0.1), (0.0, 0.1))
+    for bm25, saturation, text, identifier in grid:
+        if bm25 == 0 and saturation > 0:
+            continue  # the same ranking as saturation 0
+        weights = DEFAULT_WEIGHTS.with_(bm25=bm25, bm25_saturation=saturation, chunk_text=text, identifier=identifier)
+        if weights != DEFAULT_WEIGHTS:
+            rows.append(weights)
+    return rows
+
+
+def print_bm25_grid(grid: list[RankingWeights], results: dict[str, dict]) -> None:
+    """The BM25 grid, best first: every set at least at vector only, then the best mean MRR@10 over
+    the summary sets and the questions (79 questions move the top-3 rate by 1.3 points each: too coarse
+    to choose by)."""
+    names = [n for n in results if not n.startswith("questions-")]
+    rows = []
+    for g, weights in enumerate(grid):
+        mrr = {n: results[n]["grid"][g]["mrr@10"] for n in names}
+        top3 = results["questions"]["grid"][g]["recall@3"] if "questions" in results else 0.0
+        floor = all(mrr[n] >= results[n]["modes"]["vector"]["mrr@10"] - 1e-9 for n in names)
+        rows.append((floor, statistics.mean(mrr.values()), top3, weights, mrr))
+    rows.sort(key=lambda r: (not r[0], -r[1]))
+    out = io.StringIO()
+    out.write("\nbm25 grid (bm25 weight, saturation, ts_rank_cd weight, identifier -> mean MRR@10 | per set | ")
+    out.write("questions top-3; * below vector only on a set):\n")
+    for floor, mean, top3, weights, mrr in rows[:20]:
+        per_set = " ".join(f"{n} {v:.3f}" for n, v in mrr.items())
+        out.write(
+            f"  {'' if floor else '*'}{weights.bm25:<5} {weights.bm25_saturation:<5} {weights.chunk_text_weight:<5}"
+            f" {weights.identifier:<5} -> {mean:.3f} | {per_set} | top3 {top3:.3f}\n"
+        )
+    default = next(r for r in rows if r[3] == DEFAULT_WEIGHTS)
+    out.write(f"  defaults: -> {default[1]:.3f} | top3 {default[2]:.3f}\n")
+    print(out.getvalue(), file=sys.stderr)
+
+
 def print_role_grid(grid: list[RankingWeights], results: dict[str, dict]) -> None:
     names = [n for n in results if not n.startswith("questions-") and n != "identifiers"]
     rows = []
@@ -787,8 +838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", action="append", help=f"Package dir under site-packages (default {CSN_SOURCES}).")
     parser.add_argument("--sets", default=",".join(ALL_SETS), help=f"Comma-separated sets ({','.join(ALL_SETS)}).")
     parser.add_argument("--max-queries", type=int, default=600, help="Queries sampled per set (seed 1).")
-    parser.add_argument("--grid", choices=("none", "lexical", "roles"), default="none",
-                        help="Also score a grid: the lexical weights, or the role priors.")  # fmt: skip
+    parser.add_argument("--grid", choices=("none", "lexical", "roles", "bm25"), default="none",
+                        help="Also score a grid: the lexical weights, the role priors, or BM25's weights.")  # fmt: skip
     parser.add_argument("--no-baselines", action="store_true", help="No 40-line window baselines.")
     parser.add_argument("--dump", type=Path, help="Write every set's queries and candidates here (pickle).")
     parser.add_argument("--scale-chunks", type=int, default=100_000)
@@ -821,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "backend": args.backend,
             "sets": {},
         }
-        grid = {"none": [], "lexical": weight_grid(), "roles": role_grid()}[args.grid]
+        grid = {"none": [], "lexical": weight_grid(), "roles": role_grid(), "bm25": bm25_grid()}[args.grid]
         with Database(url, max_size=2) as db:
             log("indexing ...")
             corpus = {}
@@ -852,10 +903,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["grid"] = choose(grid, results) if results else []
             elif args.grid == "roles" and results:
                 print_role_grid(grid, results)
+            elif args.grid == "bm25" and results:
+                print_bm25_grid(grid, results)
             report["defaults"] = {
                 "text": DEFAULT_WEIGHTS.text,
+                "chunk_text": DEFAULT_WEIGHTS.chunk_text_weight,
                 "identifier": DEFAULT_WEIGHTS.identifier,
                 "text_saturation": DEFAULT_WEIGHTS.text_saturation,
+                "bm25": DEFAULT_WEIGHTS.bm25,
+                "bm25_saturation": DEFAULT_WEIGHTS.bm25_saturation,
                 "role_penalties": dict(DEFAULT_WEIGHTS.role_penalties),
                 "asked_role_bonus": DEFAULT_WEIGHTS.asked_role_bonus,
             }

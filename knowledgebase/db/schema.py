@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The head revision this code expects; tests assert it equals alembic's head.
-SCHEMA_REVISION = "0007"
+SCHEMA_REVISION = "0008"
 # pg_advisory_xact_lock key held while migrating ("kbschema" in ASCII).
 MIGRATION_LOCK_KEY = 0x6B62736368656D61
 MIN_PGVECTOR = (0, 7)
@@ -33,6 +33,7 @@ TABLES = (
     "project_files",
     "file_chunks",
     "chunk_vector_cache",
+    "chunk_term_counts",
     "knowledge",
     "context_log",
 )

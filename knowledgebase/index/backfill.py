@@ -13,7 +13,8 @@ triggers fill in their hashes, sizes and full-text vectors, but nothing chunks o
   reason, as populate skips it, and keeps waiting;
 - **facts** with no vector of the store's model: label and value are redacted (stored back when a
   secret was found), embedded as ``knowledgebase.facts`` embeds them, and get the full-text vector
-  ``insert_knowledge`` would give them (with identifier parts).
+  ``insert_knowledge`` would give them (with identifier parts);
+- **chunks** stored before BM25 (migration 0008) get their BM25 vector from their text (no model).
 
 The store's model is checked first (``bind_model``: ModelMismatch for another model). Files of one
 project are done under that project's populate lock (and the shared re-embed lock), so this never
@@ -37,6 +38,7 @@ from knowledgebase.index.scanning import SkipReason, language_for, mostly_contro
 from knowledgebase.store import (
     chunk_vectors_by_hash,
     delete_chunks_of_files,
+    fill_lexical,
     insert_chunks,
     knowledge_to_embed,
     mark_files_chunked,
@@ -80,6 +82,7 @@ class BackfillReport:
     facts_embedded: int
     secrets_redacted: int
     skipped: tuple[BackfillSkip, ...]
+    lexical_filled: int = 0  # chunks stored before BM25 (migration 0008) given their BM25 vector
 
 
 @dataclass
@@ -91,6 +94,7 @@ class _Counts:
     facts_embedded: int = 0
     secrets_redacted: int = 0
     skipped: list[BackfillSkip] = field(default_factory=list)
+    lexical_filled: int = 0
 
 
 def index_missing(
@@ -108,6 +112,8 @@ def index_missing(
     for project_id in projects:
         with hold_locks(db, [Lock(REEMBED_LOCK, 0, shared=True), Lock(POPULATE_LOCK, project_id)]):
             _files(db, embedder, settings, project_id, model_id, counts)
+    with db.connection() as conn:
+        counts.lexical_filled = fill_lexical(conn)  # chunks stored before BM25 (migration 0008): no model
     _facts(db, embedder, model_id, counts)
     return BackfillReport(
         files_chunked=counts.files_chunked,
@@ -116,6 +122,7 @@ def index_missing(
         facts_embedded=counts.facts_embedded,
         secrets_redacted=counts.secrets_redacted,
         skipped=tuple(counts.skipped),
+        lexical_filled=counts.lexical_filled,
     )
 
 

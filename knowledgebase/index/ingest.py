@@ -76,6 +76,7 @@ from knowledgebase.store import (
     chunk_vectors_by_hash,
     delete_chunks_of_files,
     delete_files_by_id,
+    fill_lexical,
     insert_chunks,
     list_file_states,
     mark_changed_file_facts_stale,
@@ -302,6 +303,7 @@ class _Run:
         self._delete([state.id for path, state in stored.items() if path not in kept])
         with self.db.connection() as conn:
             prune_released_vectors(conn, RELEASED_VECTOR_DAYS)
+            fill_lexical(conn, self.project_id)  # chunks stored before BM25 (migration 0008)
         self.files_indexed = len(kept)
         self.notify(self._progress("done"))
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
-from pgvector import Vector
+from pgvector import SparseVector, Vector
 
 from knowledgebase import store
 from knowledgebase.db import Database
@@ -39,6 +39,7 @@ from knowledgebase.ranking import (
     score,
 )
 from knowledgebase.search.hits import DEFAULT_KINDS, KINDS, ChunkHit, CommandHit, FactHit, Hit
+from knowledgebase.util.bm25 import DIMENSIONS, query_weights, term_dimension
 from knowledgebase.util.lexical import code_identifiers, search_terms, tsquery_from_terms
 from knowledgebase.util.pathglob import glob_to_regex
 from knowledgebase.util.roles import ROLES, file_role, query_roles
@@ -142,6 +143,7 @@ def search_candidates(
         store.set_search_options(conn, ef_search=max(EF_SEARCH, plan.k), timeout_ms=SEARCH_TIMEOUT_MS)
         single = [t for t in plan.terms if "_" not in t]
         common = store.common_terms(conn, single, share=COMMON_TERM_SHARE, min_rows=COMMON_TERMS_MIN_ROWS)
+        lexical = _bm25_query(conn, project_id, plan.terms) if "chunk" in plan.kinds else None
         candidates = store.CandidateQuery(
             query_vector=qvec,
             tsquery=tsquery_from_terms([t for t in plan.terms if t not in common]),
@@ -155,6 +157,7 @@ def search_candidates(
             # item vectors are only needed to keep near-duplicates apart (MMR)
             with_vectors=weights.diversity > 0,
             roles=plan.roles,
+            lexical=lexical,
         )
         try:
             with conn.transaction():  # a savepoint: a cancelled statement leaves the connection usable
@@ -177,6 +180,23 @@ _TIMEOUT_MESSAGE = (
     f"the search did not finish within {SEARCH_TIMEOUT_MS} ms: narrow it (--project, --glob, --kind) "
     "or try again when the database is less busy"
 )
+
+
+def _bm25_query(conn: psycopg.Connection, project_id: int | None, terms: list[str]) -> SparseVector | None:
+    """The query side of BM25 for ``terms``: each term's idf among the chunks of the project (None when
+    there are no terms or no chunk has a BM25 vector). Common terms stay: their idf is what they are worth."""
+    if not terms:
+        return None
+    counts = store.term_counts(conn, project_id, [*{term_dimension(t) for t in terms}, -1])
+    documents = counts.pop(-1, 0)
+    if documents == 0:
+        return None
+    return SparseVector(query_weights(terms, counts, documents), DIMENSIONS)
+
+
+def _bm25_norm(lexical: SparseVector | None) -> float:
+    """What a chunk holding each query term once, at the average length, scores: the idf sum."""
+    return float(sum(lexical.values())) if lexical is not None else 0.0
 
 
 def _candidate_hits(
@@ -225,6 +245,7 @@ def _scored(hit: Hit, weights: RankingWeights, now: datetime, asked: frozenset[s
     parts = score(
         similarity=hit.parts.similarity,
         text_rank=hit.parts.text_rank,
+        bm25=hit.parts.bm25,
         identifier_match=hit.parts.identifier_match,
         confidence=confidence,
         age_seconds=age,
@@ -234,6 +255,7 @@ def _scored(hit: Hit, weights: RankingWeights, now: datetime, asked: frozenset[s
             else 0.0
         ),
         weights=weights,
+        chunk=isinstance(hit, ChunkHit),
     )
     if isinstance(hit, FactHit):
         return replace(hit, score=parts.score, parts=parts, effective_confidence=confidence)
@@ -303,15 +325,19 @@ def _vector(value: Vector | None) -> np.ndarray | None:
     return None if value is None else np.asarray(value.to_numpy(), dtype=np.float32)
 
 
-def _signals(similarity: float, text_rank: float, identifier_match: bool) -> ScoreParts:
+def _signals(similarity: float, text_rank: float, identifier_match: bool, bm25: float = 0.0) -> ScoreParts:
     """Parts holding only the raw signals of a candidate; ``_scored`` computes the rest."""
-    return score(similarity=float(similarity), text_rank=float(text_rank), identifier_match=identifier_match)
+    return score(
+        similarity=float(similarity), text_rank=float(text_rank), identifier_match=identifier_match, bm25=bm25
+    )
 
 
 def _chunk_hits(conn: psycopg.Connection, candidates: store.CandidateQuery, plan: _Plan) -> list[Hit]:
     hits: list[Hit] = []
+    norm = _bm25_norm(candidates.lexical)
     for row in store.chunk_candidates(conn, candidates):
-        parts = _signals(row.similarity, row.text_rank, _has_identifier(plan.identifiers, row.content))
+        bm25 = float(row.bm25) / norm if norm > 0 else 0.0
+        parts = _signals(row.similarity, row.text_rank, _has_identifier(plan.identifiers, row.content), bm25)
         hits.append(
             ChunkHit(
                 id=row.id,

@@ -8,8 +8,10 @@ from datetime import datetime
 
 import numpy as np
 import psycopg
+from pgvector import SparseVector
 
 from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
+from knowledgebase.util.bm25 import DIMENSIONS, document_weights
 from knowledgebase.util.lexical import search_text
 
 
@@ -101,12 +103,33 @@ GET_FILE_CONTENT = "SELECT content FROM project_files WHERE id = %s"
 LIST_FILES = f"SELECT {_FILE_COLS} FROM project_files WHERE project_id = %s ORDER BY path"
 DELETE_FILE = "DELETE FROM project_files WHERE project_id = %s AND path = %s"
 MARK_CHUNKED = "UPDATE project_files SET chunked_hash = %s WHERE id = %s"
-INSERT_CHUNK = """
+# One statement for a whole batch (arrays unnested), not one per chunk: the statement-level triggers of
+# migration 0008 then count the batch's terms once (with a statement per chunk they doubled the time
+# of writing chunks).
+INSERT_CHUNKS = """
 INSERT INTO file_chunks (file_id, project_id, chunk_index, start_line, end_line, kind, symbol, content,
-                         content_hash, token_count, embedding, embedding_model_id, tsv)
-VALUES (%(file_id)s, %(project_id)s, %(chunk_index)s, %(start_line)s, %(end_line)s, %(kind)s, %(symbol)s,
-        %(content)s, %(content_hash)s, %(token_count)s, %(embedding)s, %(embedding_model_id)s,
-        to_tsvector('simple', %(search_text)s))
+                         content_hash, token_count, embedding, embedding_model_id, tsv, lexical)
+SELECT t.file_id, t.project_id, t.chunk_index, t.start_line, t.end_line, t.kind, t.symbol, t.content,
+       t.content_hash, t.token_count, t.embedding, t.embedding_model_id,
+       to_tsvector('simple', t.search_text), t.lexical
+  FROM unnest(%(file_id)s::bigint[], %(project_id)s::bigint[], %(chunk_index)s::integer[],
+              %(start_line)s::integer[], %(end_line)s::integer[], %(kind)s::text[], %(symbol)s::text[],
+              %(content)s::text[], %(content_hash)s::text[], %(token_count)s::integer[], %(embedding)b::vector[],
+              %(embedding_model_id)s::integer[], %(search_text)s::text[], %(lexical)b::sparsevec[])
+    AS t(file_id, project_id, chunk_index, start_line, end_line, kind, symbol, content, content_hash, token_count,
+         embedding, embedding_model_id, search_text, lexical)
+"""
+# chunks stored before BM25 (migration 0008): filled by populate and kb reembed --missing, a batch at a time
+LIST_CHUNKS_WITHOUT_LEXICAL = """
+SELECT id, content FROM file_chunks
+ WHERE lexical IS NULL AND (%(project_id)s::bigint IS NULL OR project_id = %(project_id)s)
+ ORDER BY id LIMIT %(limit)s
+"""
+# one statement per batch: the counts triggers (0008) run once for it
+SET_LEXICAL = """
+UPDATE file_chunks c SET lexical = v.lexical::sparsevec
+  FROM unnest(%(ids)s::bigint[], %(vectors)s::text[]) AS v(id, lexical)
+ WHERE c.id = v.id AND c.lexical IS NULL
 """
 LIST_CHUNKS = f"SELECT {_CHUNK_COLS} FROM file_chunks WHERE file_id = %s ORDER BY chunk_index"
 GET_CHUNK = f"SELECT {_CHUNK_COLS} FROM file_chunks WHERE id = %s"
@@ -146,13 +169,36 @@ def mark_chunked(conn: psycopg.Connection, file_id: int, content_hash: str) -> N
     conn.execute(MARK_CHUNKED, (content_hash, file_id))
 
 
+def lexical_vector(content: str) -> SparseVector:
+    """The BM25 document side of a chunk's text (``knowledgebase.util.bm25``), as stored."""
+    return SparseVector(document_weights(content), DIMENSIONS)
+
+
 def insert_chunks(conn: psycopg.Connection, chunks: Sequence[NewChunk]) -> None:
-    """Insert chunks in one batched round trip; their tsvector is built from ``search_text``."""
+    """Insert chunks in one statement; their tsvector is built from ``search_text``, their
+    BM25 vector from their code tokens."""
     if not chunks:
         return
-    params = [{**chunk.__dict__, "search_text": search_text(chunk.content)} for chunk in chunks]
-    with conn.cursor() as cur:
-        cur.executemany(INSERT_CHUNK, params)
+    columns: dict[str, list[object]] = {name: [] for name in NewChunk.__dataclass_fields__}
+    for chunk in chunks:
+        for name in columns:
+            columns[name].append(getattr(chunk, name))
+    columns["search_text"] = [search_text(chunk.content) for chunk in chunks]
+    columns["lexical"] = [lexical_vector(chunk.content) for chunk in chunks]
+    conn.execute(INSERT_CHUNKS, columns)
+
+
+def fill_lexical(conn: psycopg.Connection, project_id: int | None = None, batch: int = 2000) -> int:
+    """Give every chunk (of ``project_id``, or all) stored without a BM25 vector its vector; how many.
+    No model is needed: the vector comes from the chunk's text."""
+    filled = 0
+    while True:
+        rows = conn.execute(LIST_CHUNKS_WITHOUT_LEXICAL, {"project_id": project_id, "limit": batch}).fetchall()
+        if not rows:
+            return filled
+        vectors = [lexical_vector(row[1]).to_text() for row in rows]
+        conn.execute(SET_LEXICAL, {"ids": [row[0] for row in rows], "vectors": vectors})
+        filled += len(rows)
 
 
 def list_chunks(conn: psycopg.Connection, file_id: int) -> list[StoredChunk]:

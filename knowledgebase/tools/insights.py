@@ -45,8 +45,9 @@ class Projection:
 
 @dataclass(frozen=True)
 class ScoreBreakdown:
-    """A hit's score as a sum: the three parts of relevance, then what the confidence factor and
-    the recency factor took away (zero or negative). The parts add up to ``score``."""
+    """A hit's score as a sum: the parts of relevance (``text``: full text, ts_rank_cd and BM25;
+    ``role``: a chunk's role prior), then what the confidence factor and the recency factor took away
+    (zero or negative). The parts add up to ``score``."""
 
     vector: float
     text: float
@@ -54,6 +55,7 @@ class ScoreBreakdown:
     confidence: float
     recency: float
     score: float
+    role: float = 0.0
 
 
 def store_counts(db: Database) -> list[StoreCount]:
@@ -125,17 +127,17 @@ def success_rate(commands: Sequence[CommandOutcome]) -> float | None:
 def score_breakdown(parts: ScoreParts, weights: RankingWeights = DEFAULT_WEIGHTS) -> ScoreBreakdown:
     """Split a score computed under ``weights`` into additive parts (see ``ScoreBreakdown``)."""
     vector = weights.vector * parts.similarity
-    text = weights.text * parts.text_score
     identifier = weights.identifier if parts.identifier_match else 0.0
-    relevance = vector + text + identifier
+    relevance = vector + parts.lexical + identifier + parts.role_prior
     after_confidence = relevance * parts.confidence_factor
     return ScoreBreakdown(
         vector=vector,
-        text=text,
+        text=parts.lexical,
         identifier=identifier,
         confidence=after_confidence - relevance,
         recency=after_confidence * parts.recency_factor - after_confidence,
         score=parts.score,
+        role=parts.role_prior,
     )
 
 
