@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from knowledgebase.config import Settings
+from knowledgebase.config import Settings, get_settings
 from knowledgebase.db import Database, open_database
 from knowledgebase.db.replica import init_replica
 from knowledgebase.db.server import ServerInfo, ServerLayout, server_status, start_server, stop_server
@@ -292,10 +292,7 @@ def test_kb_status_shows_each_read_replica(pair: Pair, tmp_path: Path) -> None:
 
 
 def test_the_readme_commands_work_through_the_server_and_its_replica(
-    pair: Pair,
-    tmp_path: Path,
-    real_embedder,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
 
@@ -322,7 +319,11 @@ def test_the_readme_commands_work_through_the_server_and_its_replica(
     runner = CliRunner()
 
     def kb(*args: str) -> str:
-        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        get_settings.cache_clear()  # the CLI reads the environment once per process: read this test's
+        try:
+            result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        finally:
+            get_settings.cache_clear()
         assert result.exit_code == 0, result.output
         return result.output
 
