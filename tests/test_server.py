@@ -115,6 +115,17 @@ def test_the_tuning_file_is_sized_from_the_memory_given(pair: Pair) -> None:
         assert conn.execute("SHOW listen_addresses").fetchone() == ("",)  # only the private socket
 
 
+def test_init_again_brings_the_schema_of_an_older_kb_to_head(pair: Pair) -> None:
+    from knowledgebase.db.schema import SCHEMA_REVISION, current_revision, downgrade
+
+    config = pair.primary.config()
+    previous = f"{int(SCHEMA_REVISION) - 1:04d}"
+    downgrade(pair.primary.owner_url(), previous)  # as a server made by the kb before this one
+    init_server(pair.primary, listen=(config.host, config.port), memory_mb=MEMORY_MB)
+    with psycopg.connect(pair.primary.owner_url()) as conn:
+        assert current_revision(conn) == SCHEMA_REVISION
+
+
 def test_init_again_is_a_no_op_that_prints_the_same_url(pair: Pair) -> None:
     config = pair.primary.config()
     again = init_server(pair.primary, listen=(config.host, config.port), memory_mb=MEMORY_MB)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from knowledgebase.db.embedded import AGENT_LOGIN, DATABASE_NAME, ENSURE_ROLES, OWNER_ROLE
+from knowledgebase.db.schema import upgrade
 from knowledgebase.db.server import (
     REPLICATOR_ROLE,
     ServerConfig,
@@ -47,7 +48,8 @@ def init_server(
     memory_mb: int | None = None,
 ) -> ServerInfo:
     """Make (or, when it exists, start) a primary in ``layout``: data directory, roles with SCRAM
-    passwords, TLS certificate, the schema at head, and the supervisor running. Idempotent."""
+    passwords, TLS certificate, the schema at head, and the supervisor running. Idempotent: on an
+    existing server it starts it and brings the schema to this code's head (after an upgrade of kb)."""
     host, port = listen
     if layout.exists():
         config = layout.config()
@@ -57,6 +59,7 @@ def init_server(
                 "use that address, another --dir, or `kb server stop` and remove the directory to start over"
             )
         start_server(layout)
+        upgrade(layout.owner_url())
         return server_info(layout, config, created=False)
     config = ServerConfig(
         kind="primary",
@@ -116,8 +119,6 @@ def _bootstrap(layout: ServerLayout) -> None:
     """Database, roles and their SCRAM verifiers, then the schema (as the owner, over the socket)."""
     import psycopg
     from psycopg import sql
-
-    from knowledgebase.db.schema import upgrade
 
     with psycopg.connect(layout.owner_url("postgres"), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone():
