@@ -31,7 +31,7 @@ from knowledgebase.db.server import (
     start_server,
     write_server_conf,
 )
-from knowledgebase.db.server_files import subject_names, write_certificates, write_pgpass
+from knowledgebase.db.server_files import read_pgpass, subject_names, write_certificates, write_pgpass
 from knowledgebase.db.server_init import advertised_host, check_can_create, default_allow, server_info
 from knowledgebase.db.tls_front import Tunnel, client_context
 from knowledgebase.errors import DatabaseUnavailable, InputError, first_line
@@ -59,10 +59,9 @@ def _password(params: dict[str, str]) -> str:
     if not passfile:
         raise InputError("--from needs the replication password: passfile=<replicator.pgpass> (or password=...)")
     try:
-        line = Path(passfile).read_text().splitlines()[0]
-    except (OSError, IndexError):
+        return read_pgpass(Path(passfile))[1]
+    except (OSError, IndexError, ValueError):
         raise InputError(f"cannot read the password file {passfile}") from None
-    return line.split(":", 4)[4]
 
 
 def check_primary(from_url: str) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from knowledgebase.db.connect import configure_connection, database_errors, redact_url
+from knowledgebase.db.connect import configure_connection, database_errors
 from knowledgebase.errors import DatabaseUnavailable
 from knowledgebase.util.private_files import make_private_dir
 
@@ -173,9 +173,6 @@ class ReadRouter:
             caught_up = target is None or replica.replay_lsn >= target
         # a replica cut off from its primary falls behind without knowing it: read elsewhere
         return caught_up and replica.streaming
-
-    def describe(self) -> list[str]:
-        return [redact_url(r.url) for r in self.replicas]
 
 
 _SKIP = object()

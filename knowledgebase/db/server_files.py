@@ -22,7 +22,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from knowledgebase.util.private_files import make_private_dir
+from knowledgebase.util.private_files import make_private_dir, write_private_file
 
 MIB = 1 << 20
 
@@ -78,12 +78,7 @@ def new_password() -> str:
 
 def write_pgpass(path: Path, user: str, password: str, owner: tuple[int, int] | None = None) -> None:
     """A libpq password file for ``user`` on any host, port and database, 0600 (``owner``: chown to it)."""
-    make_private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"*:*:*:{user}:{password}\n")
-    if owner is not None:
-        os.chown(path, *owner)
+    write_private_file(path, f"*:*:*:{user}:{password}\n", owner=owner)
 
 
 def read_pgpass(path: Path) -> tuple[str, str]:
@@ -159,13 +154,7 @@ def write_certificates(tls_dir: Path, names: list[str], *, days: int = 3650) -> 
     pem = serialization.Encoding.PEM
     private = serialization.PrivateFormat.PKCS8
     none = serialization.NoEncryption()
-    _write_private(tls_dir / "ca.key", ca_key.private_bytes(pem, private, none))
-    _write_private(tls_dir / "server.key", key.private_bytes(pem, private, none))
+    write_private_file(tls_dir / "ca.key", ca_key.private_bytes(pem, private, none))
+    write_private_file(tls_dir / "server.key", key.private_bytes(pem, private, none))
     (tls_dir / "ca.crt").write_bytes(ca.public_bytes(pem))
     (tls_dir / "server.crt").write_bytes(cert.public_bytes(pem))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)

@@ -8,7 +8,6 @@ See ``knowledgebase.db.server`` for the directory, the supervisor and status.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from knowledgebase.db.server import (
 )
 from knowledgebase.db.server_files import new_password, read_pgpass, subject_names, write_certificates, write_pgpass
 from knowledgebase.errors import InputError
-from knowledgebase.util.private_files import make_private_dir
+from knowledgebase.util.private_files import make_private_dir, write_private_file
 
 if TYPE_CHECKING:
     import psycopg
@@ -77,8 +76,7 @@ def init_server(
     owned_dir(layout.pgdata, owner)
     owned_dir(layout.run_dir, owner)
     pwfile = layout.run_dir / "initdb.pw"  # the owner's password, for initdb only (PostgreSQL's user reads it)
-    write_pgpass(pwfile, OWNER_ROLE, "", owner)
-    pwfile.write_text(read_pgpass(layout.pgpass("owner"))[1] + "\n")
+    write_private_file(pwfile, read_pgpass(layout.pgpass("owner"))[1] + "\n", owner=owner)
     try:
         run_pg(
             "initdb",
@@ -109,9 +107,7 @@ def _install_certificates(layout: ServerLayout, config: ServerConfig, cert: tupl
         return
     make_private_dir(layout.tls_dir)
     shutil.copyfile(cert[0], layout.tls_dir / "server.crt")
-    fd = os.open(layout.tls_dir / "server.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(Path(cert[1]).read_bytes())
+    write_private_file(layout.tls_dir / "server.key", Path(cert[1]).read_bytes())
     shutil.copyfile(cert[0], layout.ca_cert)  # clients verify against the certificate (or its chain) given
 
 

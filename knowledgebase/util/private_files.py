@@ -38,3 +38,16 @@ def open_private_log(path: str | os.PathLike[str]) -> BinaryIO:
         os.close(fd)
         raise
     return os.fdopen(fd, "ab")
+
+
+def write_private_file(
+    path: str | os.PathLike[str], data: str | bytes, *, owner: tuple[int, int] | None = None
+) -> None:
+    """Write ``data`` to ``path``, created (or truncated) with mode 0600 from the start, in a 0700 folder
+    when this makes it; ``owner``: uid and gid to give it (a server's system user, as root)."""
+    make_private_dir(os.path.dirname(os.path.abspath(path)))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+    if owner is not None:
+        os.chown(path, *owner)
