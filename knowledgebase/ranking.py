@@ -12,7 +12,10 @@ The score of a hit::
 (for a code chunk, ``chunk_text`` takes the place of ``text``: BM25 is its lexical signal.)
     score     = relevance * confidence_factor * recency_factor
 
-- ``similarity`` is the cosine similarity of the query and the item's embedding (-1..1).
+- ``similarity`` is the cosine similarity of the query and the item's embedding (-1..1); for a chunk of
+  a definition or section, the best of that and its summaries' (``summary_similarity``: the short
+  vectors of its definitions' names and signatures, ``knowledgebase.index.summaries``) when
+  ``summaries`` is on.
 - ``text_score`` is PostgreSQL's cover-density rank of the full-text match squashed into 0..1
   (``rank / (rank + text_saturation)``). ``ts_rank`` knows nothing of term rarity, so it is a weak
   signal: fused by reciprocal rank it drags a good vector ranking down. It is therefore a small
@@ -64,6 +67,10 @@ class RankingWeights:
 
     # weight of the cosine similarity between query and item embeddings
     vector: float = 1.0
+    # a chunk's similarity is the best of its own and its definitions' summaries' (names and signatures).
+    # scripts/eval_retrieval.py (README, "How well it retrieves"): the best of the two beat a weighted mix
+    # (0.3, 0.5, 0.7 of the summary) and a margin either way (+-0.02, +-0.03) on the sets taken together
+    summaries: bool = True
     # weight of the squashed full-text rank (0 turns full text into a candidate source only)
     text: float = 0.1
     # ts_rank_cd value that scores 0.5 after squashing: rank / (rank + text_saturation)
@@ -174,6 +181,7 @@ DEFAULT_WEIGHTS = RankingWeights()
 # the ranking before definitions, roles and BM25 (every chunk its own hit, no role prior, ts_rank_cd
 # for chunks as for facts): for comparisons
 LEGACY: dict[str, Any] = {
+    "summaries": False,
     "chunk_text": None,
     "bm25": 0.0,
     "definitions": False,
@@ -187,7 +195,7 @@ LEGACY: dict[str, Any] = {
 class ScoreParts:
     """The parts of one hit's score, and the final value, so any ranking can be explained."""
 
-    similarity: float
+    similarity: float  # the item's own vector's
     text_rank: float
     text_score: float
     identifier_match: bool
@@ -200,13 +208,15 @@ class ScoreParts:
     role_prior: float = 0.0
     bm25: float = 0.0  # normalised by the query's idf sum, before squashing
     lexical: float = 0.0  # what full text added to relevance: weighted ts_rank_cd plus weighted BM25
+    summary_similarity: float | None = None  # the best of a chunk's definition summaries' (None: none)
+    used_similarity: float | None = None  # what relevance used: the better of the two, or ``similarity``
 
     def explain(self) -> str:
         """One line: every part and how they combine."""
-        parts = [
-            f"similarity {self.similarity:.3f}",
-            f"text {self.text_score:.3f} (ts_rank_cd {self.text_rank:.3f})",
-        ]
+        parts = [f"similarity {self.similarity:.3f}"]
+        if self.summary_similarity is not None:
+            parts[0] += f" (summary {self.summary_similarity:.3f}, used {self.used_similarity or 0:.3f})"
+        parts.append(f"text {self.text_score:.3f} (ts_rank_cd {self.text_rank:.3f})")
         if self.bm25:
             parts.append(f"bm25 {self.bm25:.3f}")
         if self.identifier_match:
@@ -274,6 +284,7 @@ def bm25_score(bm25: float, weights: RankingWeights = DEFAULT_WEIGHTS) -> float:
 def score(
     *,
     similarity: float,
+    summary_similarity: float | None = None,
     text_rank: float = 0.0,
     bm25: float = 0.0,
     identifier_match: bool = False,
@@ -284,14 +295,18 @@ def score(
     chunk: bool = False,
 ) -> ScoreParts:
     """Combine the signals of one item (``confidence`` already effective; ``age_seconds`` None for
-    items without recency; ``chunk`` True for a code chunk, whose ts_rank_cd weighs ``chunk_text``)
-    into its score and the parts that explain it."""
+    items without recency; ``chunk`` True for a code chunk, whose ts_rank_cd weighs ``chunk_text``;
+    ``summary_similarity`` the best of a chunk's definition summaries', or None) into its score and the
+    parts that explain it."""
+    used = float(similarity)
+    if weights.summaries and summary_similarity is not None:
+        used = max(used, float(summary_similarity))
     squashed = text_score(text_rank, weights)
     lexical = (weights.chunk_text_weight if chunk else weights.text) * squashed + weights.bm25 * bm25_score(
         bm25, weights
     )
     relevance = (
-        weights.vector * float(similarity)
+        weights.vector * used
         + lexical
         + (weights.identifier if identifier_match else 0.0)
         + role_prior
@@ -318,6 +333,8 @@ def score(
         role_prior=role_prior,
         bm25=max(0.0, float(bm25)),
         lexical=lexical,
+        summary_similarity=summary_similarity,
+        used_similarity=used,
     )
 
 

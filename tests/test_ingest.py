@@ -21,6 +21,7 @@ from knowledgebase.db.locks import POPULATE_LOCK
 from knowledgebase.errors import ModelMismatch, ProjectPathError
 from knowledgebase.index.ingest import PopulateProgress, PopulateReport, populate_project
 from knowledgebase.index.scanning import SkipReason
+from knowledgebase.index.summaries import summary_texts
 from tests.support import HashingEmbedder
 
 
@@ -74,15 +75,19 @@ def chunk_rows(conn: psycopg.Connection) -> list[tuple]:
 
 
 def assert_consistent(conn: psycopg.Connection) -> None:
-    """Every stored file is completely chunked; every chunk is embedded and lies within its file."""
+    """Every stored file is completely chunked; every chunk is embedded, lies within its file and, with
+    a symbol, has one summary vector per name in it (index.summaries)."""
     for path, (content, content_hash, *_rest, chunked_hash, file_id) in file_rows(conn).items():
         assert chunked_hash == content_hash, path
         lines = content.split("\n")
-        for start, end, chunk_content, has_vector in conn.execute(
-            "SELECT start_line, end_line, content, embedding IS NOT NULL FROM file_chunks WHERE file_id = %s",
+        for start, end, chunk_content, has_vector, path_, symbol, summaries in conn.execute(
+            "SELECT c.start_line, c.end_line, c.content, c.embedding IS NOT NULL, f.path, c.symbol,"
+            " (SELECT count(*) FROM chunk_summaries s WHERE s.chunk_id = c.id)"
+            " FROM file_chunks c JOIN project_files f ON f.id = c.file_id WHERE c.file_id = %s",
             (file_id,),
         ).fetchall():
             assert has_vector
+            assert summaries == len(summary_texts(path_, symbol, chunk_content)), (path_, symbol)
             assert chunk_content == "\n".join(lines[start - 1 : end]) or (
                 start == end and chunk_content in lines[start - 1]
             )
@@ -101,7 +106,8 @@ def test_populate_records_files_and_embedded_chunks(
     assert (report.added, report.changed, report.unchanged, report.deleted) == (4, 0, 0, 0)
     assert report.files_indexed == 4
     assert report.chunks_written == report.chunks_embedded + report.chunks_reused > 0
-    assert fake_embedder.embedded == report.chunks_embedded
+    assert fake_embedder.embedded == report.chunks_embedded + report.summaries_embedded
+    assert report.summaries_embedded > 0  # each definition's short text (index.summaries)
     with db.connection() as conn:
         project = store.get_project(conn, "demo")
         assert project.root_path == str(root.resolve())
@@ -483,7 +489,8 @@ def test_a_crash_half_way_keeps_finished_batches_and_the_next_run_completes(
     finisher = HashingEmbedder()
     report = populate(db, finisher, root, small_batches)
     assert (report.added, report.unchanged) == (12 - len(done), len(done))
-    assert finisher.embedded == 24 - committed_chunks
+    assert report.chunks_embedded == 24 - committed_chunks
+    assert finisher.embedded == report.chunks_embedded + report.summaries_embedded == 2 * (24 - committed_chunks)
     with db.connection() as conn:
         assert len(file_rows(conn)) == 12 and len(chunk_rows(conn)) == 24
         assert_consistent(conn)
@@ -633,7 +640,7 @@ def test_two_processes_populating_one_project_make_no_duplicates(db: Database, d
     outputs = [worker.communicate(timeout=120) for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
     results = sorted(tuple(int(x) for x in out.split()) for out, _ in outputs)
-    assert results == [(0, 10, 0), (10, 0, 20)]  # one did the work, the other found it done
+    assert results == [(0, 10, 0), (10, 0, 40)]  # one did the work (20 chunks, 20 summaries), the other found it done
     with db.connection() as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT path) FROM project_files").fetchone() == (10, 10)
         assert conn.execute("SELECT count(*), count(DISTINCT (file_id, content_hash)) FROM file_chunks").fetchone() == (

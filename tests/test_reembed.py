@@ -115,7 +115,8 @@ def test_reembed_to_a_model_of_the_same_dimension_keeps_the_indexes(
         unique = conn.execute("SELECT count(DISTINCT content_hash), count(*) FROM file_chunks").fetchone()
         assert unique is not None and len(conn.execute(HNSW).fetchall()) == 2
     assert report.chunks_embedded == unique[0] and report.chunks_reused == unique[1] - unique[0]
-    assert new.embedded == unique[0] + 1  # every distinct chunk once, plus the fact
+    assert report.summaries_embedded > 0  # the definitions' short texts, once each
+    assert new.embedded == unique[0] + report.summaries_embedded + 1  # every distinct chunk once, plus the fact
     _assert_embedded_by(db, new)
 
 

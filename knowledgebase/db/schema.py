@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 # The head revision this code expects; tests assert it equals alembic's head.
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
 # pg_advisory_xact_lock key held while migrating ("kbschema" in ASCII).
 MIGRATION_LOCK_KEY = 0x6B62736368656D61
 MIN_PGVECTOR = (0, 7)
@@ -32,6 +32,7 @@ TABLES = (
     "usage_log",
     "project_files",
     "file_chunks",
+    "chunk_summaries",
     "chunk_vector_cache",
     "chunk_term_counts",
     "knowledge",

@@ -35,6 +35,7 @@ from knowledgebase.facts import fact_embedding_text
 from knowledgebase.index.chunking import chunk_text, token_counter
 from knowledgebase.index.ingest import chunk_rows
 from knowledgebase.index.scanning import SkipReason, language_for, mostly_control
+from knowledgebase.index.summaries import embed_missing
 from knowledgebase.store import (
     chunk_vectors_by_hash,
     delete_chunks_of_files,
@@ -159,12 +160,11 @@ def _files(
             )
             prepared.append((file, redaction, language, chunks))
         texts = {chunk.content_hash: chunk.embedding_text for *_, chunks in prepared for chunk in chunks}
+        summaries = dict(item for *_, chunks in prepared for chunk in chunks for item in chunk.summaries)
         with db.connection() as conn:
-            vectors = chunk_vectors_by_hash(conn, list(texts), model_id)
+            vectors = chunk_vectors_by_hash(conn, [*texts, *summaries], model_id)
         missing = [content_hash for content_hash in texts if content_hash not in vectors]
-        if missing:
-            embedded = embedder.embed_documents([texts[content_hash] for content_hash in missing])
-            vectors.update(zip(missing, embedded, strict=True))
+        vectors.update(embed_missing(embedder, texts | summaries, vectors))
         with db.connection() as conn:
             for file, redaction, language, _chunks in prepared:
                 if redaction.count or language != file.language:

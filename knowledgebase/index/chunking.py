@@ -23,7 +23,8 @@ the raw ``content`` plus ``symbol`` and the file's path, from which the embedded
 exactly (``kb reembed`` does this). ``content_hash`` is the SHA-256 of the embedded text, so two
 chunks share a hash exactly when they share a vector, and a stored vector is reused for any chunk
 with the same hash. The header holds no line numbers, so an edit above a function does not change
-that function's hash.
+that function's hash. Beside it, each definition or section of a chunk gets a short text of its own
+(name and signature, ``Chunk.summaries``; ``knowledgebase.index.summaries``), embedded too.
 
 Sizes are in the embedding model's tokens (``TokenCounter``): the model reads ``max_tokens`` (256 for
 all-MiniLM-L6-v2) including two special tokens and the header, and the rest is the budget for
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from knowledgebase.errors import EmbeddingError
 from knowledgebase.index.pieces import Lines, Piece
+from knowledgebase.index.summaries import summary_items
 from knowledgebase.index.syntax import code_pieces
 
 if TYPE_CHECKING:
@@ -76,6 +78,11 @@ class Chunk:
     def embedding_text(self) -> str:
         """What the model embeds: a header naming the file and symbol, then the content."""
         return embedding_text(self.file_path, self.symbol, self.content)
+
+    @property
+    def summaries(self) -> list[tuple[str, str]]:
+        """``(hash, text)`` of each short text embedded beside the chunk (``knowledgebase.index.summaries``)."""
+        return summary_items(self.file_path, self.symbol, self.content)
 
 
 def embedding_text(file_path: str, symbol: str | None, content: str) -> str:

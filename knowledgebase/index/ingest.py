@@ -57,7 +57,7 @@ from knowledgebase.db.locks import POPULATE_LOCK, REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.errors import InputError, ModelMismatch
 from knowledgebase.index.chunking import Chunk, TokenCounter, chunk_text, token_counter
-from knowledgebase.index.reembed import ReembedProgress, ReembedReport, reembed_store
+from knowledgebase.index.reembed import ReembedProgress, ReembedReport, embed_stored_chunks, reembed_store
 from knowledgebase.index.scanning import (
     FileText,
     ScannedFile,
@@ -74,6 +74,7 @@ from knowledgebase.store import (
     active_model,
     bind_project,
     chunk_vectors_by_hash,
+    chunks_to_embed,
     delete_chunks_of_files,
     delete_files_by_id,
     fill_lexical,
@@ -149,7 +150,8 @@ class PopulateReport:
     ``added``/``changed``/``unchanged``/``deleted`` count files; ``skipped`` lists every path left out
     with its reason; ``lossy_files`` are files stored this run whose undecodable bytes became U+FFFD;
     ``chunks_written`` = ``chunks_embedded`` (sent to the model) + ``chunks_reused`` (a stored vector
-    with the same content hash).
+    with the same content hash); ``summaries_embedded`` counts the short texts of definitions
+    (``knowledgebase.index.summaries``) sent to the model beside them.
     """
 
     project: str
@@ -169,6 +171,7 @@ class PopulateReport:
     secrets_redacted: int
     timings: PopulateTimings
     backend: str  # what embedded the chunks ("openvino bf16", "torch fp32"...), or why nothing was loaded
+    summaries_embedded: int = 0
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,7 @@ class _Run:
     chunks_written: int = 0
     chunks_embedded: int = 0
     chunks_reused: int = 0
+    summaries_embedded: int = 0
     secrets_redacted: int = 0
     files_total: int = 0
     files_done: int = 0
@@ -304,6 +308,14 @@ class _Run:
         with self.db.connection() as conn:
             prune_released_vectors(conn, RELEASED_VECTOR_DAYS)
             fill_lexical(conn, self.project_id)  # chunks stored before BM25 (migration 0008)
+            active = active_model(conn)
+            stale = active is not None and bool(
+                chunks_to_embed(conn, active.id, after=0, limit=1, project_id=self.project_id)
+            )
+        if stale:  # chunks stored before their summaries (migration 0009): the model loads only then
+            self.summaries_embedded += embed_stored_chunks(
+                self.db, self.embedder, self._bind_model(), project_id=self.project_id
+            )
         self.files_indexed = len(kept)
         self.notify(self._progress("done"))
 
@@ -362,12 +374,14 @@ class _Run:
             return
         model_id = self._bind_model()
         texts = {chunk.content_hash: chunk.embedding_text for prepared in batch for chunk in prepared.chunks}
+        summaries = dict(item for prepared in batch for chunk in prepared.chunks for item in chunk.summaries)
         clock = time.perf_counter()
         with self.db.connection() as conn:
-            vectors = chunk_vectors_by_hash(conn, list(texts), model_id)
+            vectors = chunk_vectors_by_hash(conn, [*texts, *summaries], model_id)
         self.seconds["write"] += time.perf_counter() - clock
         missing = {content_hash: text for content_hash, text in texts.items() if content_hash not in vectors}
         vectors.update(self._embed(missing))
+        vectors.update(self._embed({h: text for h, text in summaries.items() if h not in vectors}, counted=False))
         clock = time.perf_counter()
         with self.db.connection() as conn:
             rows: list[NewChunk] = []
@@ -409,8 +423,9 @@ class _Run:
             mark_changed_file_facts_stale(conn, row.id, [chunk.content_hash for chunk in prepared.chunks])
         return row.id
 
-    def _embed(self, texts: dict[str, str]) -> dict[str, np.ndarray]:
-        """Vectors for ``texts`` (hash -> text), in model batches of similar length, reporting progress."""
+    def _embed(self, texts: dict[str, str], *, counted: bool = True) -> dict[str, np.ndarray]:
+        """Vectors for ``texts`` (hash -> text), in model batches of similar length, reporting progress
+        (``counted`` False: summaries, which the chunk counts leave out)."""
         if not texts:
             return {}
         items = sorted(texts.items(), key=lambda item: len(item[1]), reverse=True)
@@ -422,8 +437,11 @@ class _Run:
             embedded = self.embedder.embed_documents([text for _, text in part])
             self.seconds["embed"] += time.perf_counter() - clock
             vectors.update(zip((content_hash for content_hash, _ in part), embedded, strict=True))
-            self.chunks_embedded += len(part)
-            self._tick(None)
+            if counted:
+                self.chunks_embedded += len(part)
+                self._tick(None)
+            else:
+                self.summaries_embedded += len(part)
         return vectors
 
     def _bind_model(self) -> int:
@@ -477,8 +495,13 @@ class _Run:
             chunks_written=self.chunks_written,
             chunks_embedded=self.chunks_embedded,
             chunks_reused=self.chunks_reused,
+            summaries_embedded=self.summaries_embedded,
             secrets_redacted=self.secrets_redacted,
-            backend=str(getattr(self.embedder, "runs_on", self.embedder.name)) if self.chunks_embedded else "unused",
+            backend=(
+                str(getattr(self.embedder, "runs_on", self.embedder.name))
+                if self.chunks_embedded or self.summaries_embedded
+                else "unused"
+            ),
             timings=PopulateTimings(
                 lock_wait=lock_wait,
                 scan=self.seconds["scan"],
@@ -493,7 +516,8 @@ class _Run:
 def chunk_rows(
     chunks: list[Chunk], file_id: int, project_id: int, vectors: dict[str, np.ndarray], model_id: int
 ) -> list[NewChunk]:
-    """The rows to store for a file's chunks, each with its vector (``vectors``: by content hash)."""
+    """The rows to store for a file's chunks, each with its vector and its summaries' (``vectors``: by
+    content hash and summary hash)."""
     return [
         NewChunk(
             file_id=file_id,
@@ -508,6 +532,7 @@ def chunk_rows(
             token_count=chunk.token_count,
             embedding=vectors[chunk.content_hash],
             embedding_model_id=model_id,
+            summaries=tuple((summary, vectors[summary]) for summary, _ in chunk.summaries),
         )
         for chunk in chunks
     ]

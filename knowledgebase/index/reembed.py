@@ -32,6 +32,7 @@ from knowledgebase.db.locks import REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.embedding import Embedder
 from knowledgebase.facts import fact_embedding_text
 from knowledgebase.index.chunking import embedding_text
+from knowledgebase.index.summaries import embed_missing, summary_items
 from knowledgebase.store import (
     activate_model,
     active_model,
@@ -75,6 +76,7 @@ class ReembedReport:
     chunks_reused: int
     facts_embedded: int
     seconds: float
+    summaries_embedded: int = 0  # short texts of definitions (knowledgebase.index.summaries)
 
 
 def reembed_store(
@@ -107,6 +109,7 @@ def reembed_store(
         chunks_embedded=counts.chunks_embedded,
         chunks_reused=counts.chunks_reused,
         facts_embedded=counts.facts_embedded,
+        summaries_embedded=counts.summaries_embedded,
         seconds=time.perf_counter() - started,
     )
 
@@ -118,6 +121,7 @@ class _Counts:
     done: int = 0
     chunks_embedded: int = 0
     chunks_reused: int = 0
+    summaries_embedded: int = 0
     facts_embedded: int = 0
 
     def add(self, phase: str, rows: int) -> None:
@@ -126,22 +130,39 @@ class _Counts:
 
 
 def _reembed_chunks(db: Database, embedder: Embedder, model_id: int, counts: _Counts) -> None:
-    after = 0
+    embed_stored_chunks(db, embedder, model_id, counts)
+
+
+def embed_stored_chunks(
+    db: Database, embedder: Embedder, model_id: int, counts: _Counts | None = None, *, project_id: int | None = None
+) -> int:
+    """Give every stored chunk (of ``project_id``, or all) that lacks a vector of ``model_id``, or its
+    summaries, both (a vector stored under the same hash is reused); how many texts the model embedded."""
+    after, embedded = 0, 0
     while True:
         with db.connection() as conn:
-            rows = chunks_to_embed(conn, model_id, after=after, limit=BATCH)
+            rows = chunks_to_embed(conn, model_id, after=after, limit=BATCH, project_id=project_id)
             if not rows:
-                return
+                return embedded
             texts = {row.content_hash: embedding_text(row.path, row.symbol, row.content) for row in rows}
-            vectors = chunk_vectors_by_hash(conn, list(texts), model_id)
+            summaries = {row.id: summary_items(row.path, row.symbol, row.content) for row in rows}
+            wanted = texts | {h: text for items in summaries.values() for h, text in items}
+            vectors = chunk_vectors_by_hash(conn, list(wanted), model_id)
         missing = [content_hash for content_hash in texts if content_hash not in vectors]
-        if missing:
-            vectors.update(zip(missing, embedder.embed_documents([texts[h] for h in missing]), strict=True))
+        new = embed_missing(embedder, wanted, vectors)
+        vectors.update(new)
+        embedded += len(new)
         with db.connection() as conn:
-            set_chunk_embeddings(conn, model_id, [(row.id, vectors[row.content_hash]) for row in rows])
-        counts.chunks_embedded += len(missing)
-        counts.chunks_reused += len(rows) - len(missing)
-        counts.add("chunks", len(rows))
+            set_chunk_embeddings(
+                conn,
+                model_id,
+                [(r.id, vectors[r.content_hash], [(h, vectors[h]) for h, _ in summaries[r.id]]) for r in rows],
+            )
+        if counts is not None:
+            counts.chunks_embedded += len(missing)
+            counts.chunks_reused += len(rows) - len(missing)
+            counts.summaries_embedded += len(new) - len(missing)
+            counts.add("chunks", len(rows))
         after = rows[-1].id
 
 

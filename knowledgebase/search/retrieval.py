@@ -244,6 +244,7 @@ def _scored(hit: Hit, weights: RankingWeights, now: datetime, asked: frozenset[s
     age = age_seconds(hit.created_at, now) if isinstance(hit, FactHit | CommandHit) else None
     parts = score(
         similarity=hit.parts.similarity,
+        summary_similarity=hit.parts.summary_similarity,
         text_rank=hit.parts.text_rank,
         bm25=hit.parts.bm25,
         identifier_match=hit.parts.identifier_match,
@@ -325,10 +326,20 @@ def _vector(value: Vector | None) -> np.ndarray | None:
     return None if value is None else np.asarray(value.to_numpy(), dtype=np.float32)
 
 
-def _signals(similarity: float, text_rank: float, identifier_match: bool, bm25: float = 0.0) -> ScoreParts:
+def _signals(
+    similarity: float,
+    text_rank: float,
+    identifier_match: bool,
+    bm25: float = 0.0,
+    summary_similarity: float | None = None,
+) -> ScoreParts:
     """Parts holding only the raw signals of a candidate; ``_scored`` computes the rest."""
     return score(
-        similarity=float(similarity), text_rank=float(text_rank), identifier_match=identifier_match, bm25=bm25
+        similarity=float(similarity),
+        summary_similarity=None if summary_similarity is None else float(summary_similarity),
+        text_rank=float(text_rank),
+        identifier_match=identifier_match,
+        bm25=bm25,
     )
 
 
@@ -337,7 +348,8 @@ def _chunk_hits(conn: psycopg.Connection, candidates: store.CandidateQuery, plan
     norm = _bm25_norm(candidates.lexical)
     for row in store.chunk_candidates(conn, candidates):
         bm25 = float(row.bm25) / norm if norm > 0 else 0.0
-        parts = _signals(row.similarity, row.text_rank, _has_identifier(plan.identifiers, row.content), bm25)
+        identifier_match = _has_identifier(plan.identifiers, row.content)
+        parts = _signals(row.similarity, row.text_rank, identifier_match, bm25, row.summary_similarity)
         hits.append(
             ChunkHit(
                 id=row.id,

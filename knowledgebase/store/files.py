@@ -1,4 +1,4 @@
-"""Project files and their chunks (``project_files``, ``file_chunks``)."""
+"""Project files and their chunks (``project_files``, ``file_chunks``, with ``chunk_summaries``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import psycopg
 from pgvector import SparseVector
 
 from knowledgebase.store._rows import columns, fetch_all, fetch_one, fetch_required
+from knowledgebase.store.summaries import Summary, insert_summaries, release_summaries_of_files, replace_summaries
 from knowledgebase.util.bm25 import DIMENSIONS, document_weights
 from knowledgebase.util.lexical import search_text
 
@@ -67,7 +68,8 @@ class StoredChunk:
 
 @dataclass(frozen=True)
 class NewChunk:
-    """A chunk to store; ``embedding`` may be None when it is embedded later."""
+    """A chunk to store; ``embedding`` may be None when it is embedded later, and then ``summaries``
+    (the short vectors of its definitions, ``knowledgebase.store.summaries``) are empty too."""
 
     file_id: int
     project_id: int
@@ -81,6 +83,7 @@ class NewChunk:
     token_count: int
     embedding: np.ndarray | None
     embedding_model_id: int | None
+    summaries: tuple[Summary, ...] = ()
 
 
 _FILE_COLS = columns(ProjectFile)
@@ -118,6 +121,7 @@ SELECT t.file_id, t.project_id, t.chunk_index, t.start_line, t.end_line, t.kind,
               %(embedding_model_id)s::integer[], %(search_text)s::text[], %(lexical)b::sparsevec[])
     AS t(file_id, project_id, chunk_index, start_line, end_line, kind, symbol, content, content_hash, token_count,
          embedding, embedding_model_id, search_text, lexical)
+RETURNING id, file_id, chunk_index
 """
 # chunks stored before BM25 (migration 0008): filled by populate and kb reembed --missing, a batch at a time
 LIST_CHUNKS_WITHOUT_LEXICAL = """
@@ -179,13 +183,14 @@ def insert_chunks(conn: psycopg.Connection, chunks: Sequence[NewChunk]) -> None:
     BM25 vector from their code tokens."""
     if not chunks:
         return
-    columns: dict[str, list[object]] = {name: [] for name in NewChunk.__dataclass_fields__}
+    columns: dict[str, list[object]] = {name: [] for name in NewChunk.__dataclass_fields__ if name != "summaries"}
     for chunk in chunks:
         for name in columns:
             columns[name].append(getattr(chunk, name))
     columns["search_text"] = [search_text(chunk.content) for chunk in chunks]
     columns["lexical"] = [lexical_vector(chunk.content) for chunk in chunks]
-    conn.execute(INSERT_CHUNKS, columns)
+    ids = {(file_id, index): chunk_id for chunk_id, file_id, index in conn.execute(INSERT_CHUNKS, columns)}
+    insert_summaries(conn, [(ids[c.file_id, c.chunk_index], c.summaries) for c in chunks if c.summaries])
 
 
 def fill_lexical(conn: psycopg.Connection, project_id: int | None = None, batch: int = 2000) -> int:
@@ -254,6 +259,9 @@ SELECT DISTINCT ON (content_hash) content_hash, embedding FROM (
     UNION ALL
     SELECT content_hash, embedding FROM chunk_vector_cache
      WHERE content_hash = ANY(%(hashes)s::text[]) AND embedding_model_id = %(model_id)s
+    UNION ALL
+    SELECT s.summary_hash, s.embedding FROM chunk_summaries s JOIN file_chunks c ON c.id = s.chunk_id
+     WHERE s.summary_hash = ANY(%(hashes)s::text[]) AND c.embedding_model_id = %(model_id)s
 ) AS known
 """
 # keep the vectors of chunks about to be deleted (the files', or the files' chunks only)
@@ -309,12 +317,14 @@ def delete_files_by_id(conn: psycopg.Connection, file_ids: Sequence[int]) -> int
     if not file_ids:
         return 0
     conn.execute(RELEASE_VECTORS_OF_FILES, (list(file_ids),))
+    release_summaries_of_files(conn, file_ids)
     return conn.execute(DELETE_FILES_BY_ID, (list(file_ids),)).rowcount
 
 
 def chunk_vectors_by_hash(conn: psycopg.Connection, hashes: Sequence[str], model_id: int) -> dict[str, np.ndarray]:
     """Stored vectors of ``model_id`` for any chunk (of any project) with one of these content hashes,
-    or released by a chunk deleted recently (see ``prune_released_vectors``)."""
+    or any chunk summary with one of these summary hashes, or released by a chunk deleted recently
+    (see ``prune_released_vectors``)."""
     if not hashes:
         return {}
     rows = conn.execute(CHUNK_VECTORS_BY_HASH, {"hashes": list(hashes), "model_id": model_id}).fetchall()
@@ -344,6 +354,7 @@ def delete_chunks_of_files(conn: psycopg.Connection, file_ids: Sequence[int]) ->
     if not file_ids:
         return 0
     conn.execute(RELEASE_VECTORS_OF_FILES, (list(file_ids),))
+    release_summaries_of_files(conn, file_ids)
     return conn.execute(DELETE_CHUNKS_OF_FILES, (list(file_ids),)).rowcount
 
 
@@ -361,7 +372,8 @@ def chunk_hash_at_line(conn: psycopg.Connection, file_id: int, line: int) -> str
 
 @dataclass(frozen=True)
 class ChunkText:
-    """What a chunk's embedding text is rebuilt from (``chunking.embedding_text``)."""
+    """What a chunk's embedding text (``chunking.embedding_text``) and its summary texts
+    (``summaries.summary_texts``) are rebuilt from."""
 
     id: int
     path: str
@@ -373,22 +385,32 @@ class ChunkText:
 CHUNKS_TO_EMBED = """
 SELECT c.id, f.path, c.symbol, c.content, c.content_hash
   FROM file_chunks c JOIN project_files f ON f.id = c.file_id
- WHERE c.id > %(after)s AND (c.embedding IS NULL OR c.embedding_model_id IS DISTINCT FROM %(model_id)s)
+ WHERE c.id > %(after)s AND (%(project_id)s::bigint IS NULL OR c.project_id = %(project_id)s)
+   AND (c.embedding IS NULL OR c.embedding_model_id IS DISTINCT FROM %(model_id)s
+        OR (c.symbol IS NOT NULL AND NOT EXISTS (SELECT FROM chunk_summaries s WHERE s.chunk_id = c.id)))
  ORDER BY c.id
  LIMIT %(limit)s
 """
 SET_CHUNK_EMBEDDING = "UPDATE file_chunks SET embedding = %s, embedding_model_id = %s WHERE id = %s"
 
 
-def chunks_to_embed(conn: psycopg.Connection, model_id: int, *, after: int, limit: int) -> list[ChunkText]:
-    """Up to ``limit`` chunks with an id above ``after`` that hold no vector of ``model_id``, by id."""
-    return fetch_all(conn, ChunkText, CHUNKS_TO_EMBED, {"after": after, "model_id": model_id, "limit": limit})
+def chunks_to_embed(
+    conn: psycopg.Connection, model_id: int, *, after: int, limit: int, project_id: int | None = None
+) -> list[ChunkText]:
+    """Up to ``limit`` chunks with an id above ``after`` that hold no vector of ``model_id`` (or, with a
+    symbol, no summaries: stored before migration 0009), by id; of ``project_id`` only when given."""
+    params = {"after": after, "model_id": model_id, "limit": limit, "project_id": project_id}
+    return fetch_all(conn, ChunkText, CHUNKS_TO_EMBED, params)
 
 
-def set_chunk_embeddings(conn: psycopg.Connection, model_id: int, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
-    """Store ``(chunk_id, vector)`` pairs as vectors of ``model_id``, in one batched round trip."""
+def set_chunk_embeddings(
+    conn: psycopg.Connection, model_id: int, vectors: Sequence[tuple[int, np.ndarray, Sequence[Summary]]]
+) -> None:
+    """Store ``(chunk_id, vector, summaries)`` as vectors of ``model_id`` (the summaries replace the
+    chunk's), in batched round trips."""
     with conn.cursor() as cur:
-        cur.executemany(SET_CHUNK_EMBEDDING, [(vector, model_id, chunk_id) for chunk_id, vector in vectors])
+        cur.executemany(SET_CHUNK_EMBEDDING, [(vector, model_id, chunk_id) for chunk_id, vector, _ in vectors])
+    replace_summaries(conn, [(chunk_id, summaries) for chunk_id, _, summaries in vectors])
 
 
 @dataclass(frozen=True)

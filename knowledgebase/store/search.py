@@ -62,6 +62,7 @@ class ChunkCandidate:
     definition_start: int | None  # the span of every chunk of the definition or section this one is part of
     definition_end: int | None
     bm25: float  # Okapi BM25 of the chunk for the query (0 without BM25 or a vector of the chunk)
+    summary_similarity: float | None  # the best of its summaries' (migration 0009); None: it has none
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,9 @@ SELECT term, sum(chunks)::bigint FROM chunk_term_counts
 # BM25, the inner product of the chunk's sparse vector and the query's, or by ts_rank_cd without
 # one), then the signals for each, the file's role, and the span of the definition (function, class)
 # or section the chunk is part of: the lines of every chunk of that file with the same symbol (a
-# definition cut into several chunks).
+# definition cut into several chunks), and the best similarity of the chunk's definition summaries (their
+# short vectors re-score candidates; they are no candidate source: an HNSW scan of them as a third source
+# is not worth its cost until the evaluation says so).
 # BM25 candidates come from the GIN full-text index, not from an index on the sparse vectors: against
 # the exact BM25 top 10 (every chunk of the project scored) the GIN matches ranked by inner product had
 # recall@10 0.99-1.00 on the developer questions' projects (0.94 on csn, where 2,000 matches are cut),
@@ -162,7 +165,9 @@ SELECT c.id, p.name, f.path, f.language, c.start_line, c.end_line, c.symbol, c.c
        COALESCE(ts_rank_cd(c.tsv, to_tsquery('simple', %(tsq)s)), 0) AS text_rank,
        CASE WHEN %(with_vectors)s THEN c.embedding END AS embedding,
        f.role, span.definition_start, span.definition_end,
-       COALESCE(-(c.lexical <#> %(qlex)s::sparsevec), 0) AS bm25
+       COALESCE(-(c.lexical <#> %(qlex)s::sparsevec), 0) AS bm25,
+       (SELECT max(1 - (s.embedding <=> %(qvec)s)) FROM chunk_summaries s WHERE s.chunk_id = c.id)
+           AS summary_similarity
   FROM (SELECT id FROM vec UNION SELECT id FROM lex) ids
   JOIN file_chunks c ON c.id = ids.id
   JOIN project_files f ON f.id = c.file_id

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from knowledgebase.store._rows import fetch_one
+from knowledgebase.store.summaries import delete_all_summaries
 
 VECTOR_TABLES = ("file_chunks", "knowledge")
 HNSW_INDEXES = {"file_chunks": "file_chunks_embedding_hnsw", "knowledge": "knowledge_embedding_hnsw"}
@@ -23,7 +24,9 @@ class EmbeddingBacklog:
 
 
 COUNT_TO_EMBED = """
-SELECT (SELECT count(*) FROM file_chunks WHERE embedding IS NULL OR embedding_model_id IS DISTINCT FROM %(model_id)s)
+SELECT (SELECT count(*) FROM file_chunks c
+         WHERE c.embedding IS NULL OR c.embedding_model_id IS DISTINCT FROM %(model_id)s
+            OR (c.symbol IS NOT NULL AND NOT EXISTS (SELECT FROM chunk_summaries s WHERE s.chunk_id = c.id)))
            AS chunks,
        (SELECT count(*) FROM knowledge WHERE embedding IS NULL OR embedding_model_id IS DISTINCT FROM %(model_id)s)
            AS facts
@@ -45,7 +48,9 @@ def embedding_backlog(conn: psycopg.Connection, model_id: int) -> EmbeddingBackl
 
 def retype_vector_columns(conn: psycopg.Connection, dimension: int) -> None:
     """Give both vector columns the type ``vector(dimension)``, emptying them (old vectors cannot be
-    converted) and clearing their model ids; their HNSW indexes are dropped first."""
+    converted) and clearing their model ids; their HNSW indexes are dropped first. The chunks' summaries
+    (``chunk_summaries``, of no fixed dimension) go with their vectors."""
+    delete_all_summaries(conn)
     vector_type = VECTOR_TYPE.format(sql.Literal(int(dimension)))
     for table in VECTOR_TABLES:
         conn.execute(DROP_INDEX.format(sql.Identifier(HNSW_INDEXES[table])))
