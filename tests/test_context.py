@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from knowledgebase import store
+from knowledgebase.config import Settings
 from knowledgebase.db import Database
 from knowledgebase.errors import InputError, NotFound
 from knowledgebase.facts import add_fact
+from knowledgebase.index.ingest import populate_project
 from knowledgebase.ranking import DEFAULT_WEIGHTS
 from knowledgebase.search.context import build_context
 from tests.retrieval_support import SOURCES, index_files
@@ -142,3 +145,24 @@ def test_bad_input_records_nothing(
     with pytest.raises(error, match=message):
         build_context(alpha, fake_embedder, **arguments)
     assert records(alpha) == []
+
+
+def test_a_block_shows_a_definition_once_and_says_which_items_are_tests(
+    db: Database, fake_embedder: HashingEmbedder, settings: Settings, tmp_path: Path
+) -> None:
+    root = tmp_path / "beta"
+    (root / "src").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "src/report.py").write_text(LONG_FUNCTION)  # one definition cut into several chunks
+    (root / "tests/test_report.py").write_text("def test_export_report():\n    assert export_report(rows)\n")
+    populate_project(db, fake_embedder, root, settings=settings)
+    with db.connection() as conn:
+        chunks = conn.execute("SELECT count(*) FROM file_chunks WHERE symbol = 'export_report'").fetchone()
+    assert chunks is not None and chunks[0] > 1
+    every_hit = DEFAULT_WEIGHTS.with_(min_score=0.0)
+    pack = build_context(db, fake_embedder, "export report rows total", project="beta", weights=every_hit, record=False)
+    headings = [line for line in pack.text.split("\n") if line.startswith("### ")]
+    assert sum("`export_report`" in h for h in headings) == 1
+    tests = [h for h in headings if h.startswith("### tests/")]
+    assert len(tests) == 1 and tests[0].endswith("`test_export_report` (test)")
+    assert all(h.endswith("`export_report`") for h in headings if h.startswith("### src/"))
