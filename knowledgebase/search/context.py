@@ -4,8 +4,8 @@
 hits relevant enough (relevance >= ``RankingWeights.min_score``; facts also stored at
 ``RankingWeights.min_fact_confidence`` or above) in score order while they fit, and
 renders them as a Markdown block (no HTML or XML tags) in which every item cites its source:
-``path:start-end`` for code (with the file's role when it is not source: ``(test)``, ``(docs)``), ``fact
-#id, confidence c`` for facts. Code comes as search returns it: one item per definition (its best
+``path:start-end`` for code (with the file's role when it is not source: ``(test)``, ``(docs)``),
+``fact #id, confidence c`` for facts. Code comes as search returns it: one item per definition (its best
 chunk), tests and docs below source of the same relevance, so they enter only when they still clear
 ``min_score`` after their role's penalty (or the prompt asks for them: "how do I test ..."). A chunk that does not fit whole
 may be cut at a line boundary when enough budget is left; its citation then gives the lines actually
