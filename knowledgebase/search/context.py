@@ -7,9 +7,9 @@ renders them as a Markdown block (no HTML or XML tags) in which every item cites
 ``path:start-end`` for code (with the file's role when it is not source: ``(test)``, ``(docs)``),
 ``fact #id, confidence c`` for facts. Code comes as search returns it: one item per definition (its best
 chunk), tests and docs below source of the same relevance, so they enter only when they still clear
-``min_score`` after their role's penalty (or the prompt asks for them: "how do I test ..."). A chunk that does not fit whole
-may be cut at a line boundary when enough budget is left; its citation then gives the lines actually
-shown.
+``min_score`` after their role's penalty (or the prompt asks for them: "how do I test ..."). A chunk
+that does not fit whole may be cut at a line boundary when enough budget is left; its citation then
+gives the lines actually shown.
 
 The budget is counted in the embedding model's tokenizer (``embedder.count_tokens``), over the whole
 block including headings. That is a proxy for the agent model's tokenizer, not an exact count; for
