@@ -28,17 +28,22 @@ with the ts_rank_cd and identifier weights; ``--dump DIR`` keeps every query's c
 
 For each set it reports recall@1, recall@10 and MRR@10 of: vector only, full text only (ts_rank_cd), BM25
 only (``bm25_only``: the full-text candidates by their BM25 over code tokens), the full ranking
-(``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference),
-and two naive baselines over 40-line windows of the same files: Okapi BM25 (rank-bm25) and brute-force
-cosine with the same embedding model. A grid over the lexical weights shows why the defaults are what
-they are. It then measures HNSW recall@10 of the csn queries on the real csn chunks against exact search,
-and ``build_context`` latency p50/p95 (the work ``kb context`` and the warm hook process do per prompt)
-on a store of >= 100k chunks, made of the csn chunks repeated with perturbed copies of their real
-vectors. Those copies form clusters of near-twins, fine for latency and no test of recall:
-``scripts/bench_search.py`` measures recall on real code at 10k and 100k chunks.
+(``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference), and the peers
+of ``scripts/eval_peers.py``, what a user would pick instead, with the same embedding model: two naive
+baselines over 40-line windows of the same files, Okapi BM25 (rank-bm25) and brute-force cosine, and
+Chroma (``chromadb``, HNSW, cosine) over those windows and over our own chunks (their stored vectors),
+with its query latency (p50 per query) next to ours; Chroma is optional (``pip install -e '.[eval]'``),
+its rows are skipped without it. The window and Chroma rows are of the summary sets only. A grid over the
+lexical weights shows why the defaults are what they are. It then measures HNSW recall@10 of the csn
+queries on the real csn chunks against exact search, and ``build_context`` latency p50/p95 (the work
+``kb context`` and the warm hook process do per prompt) on a store of >= 100k chunks, made of the csn
+chunks repeated with perturbed copies of their real vectors. Those copies form clusters of near-twins,
+fine for latency and no test of recall: ``scripts/bench_search.py`` measures recall on real code at 10k
+and 100k chunks.
 
 The store lives in an embedded PostgreSQL under ``--home`` (default /tmp/kb-eval), kept between runs so a
-re-run re-embeds nothing; the server is stopped at the end.
+re-run re-embeds nothing (the Chroma store under ``--home``/chroma, rebuilt when its content changes);
+the server is stopped at the end unless ``--keep-server``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ from __future__ import annotations
 import argparse
 import ast
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -67,6 +71,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 from eval_grids import bm25_grid, choose, print_bm25_grid, print_role_grid, role_grid, weight_grid
+from eval_peers import Peers, baselines, chroma_client, project_chunks
 
 from knowledgebase import store
 from knowledgebase.config import Settings
@@ -81,7 +86,6 @@ from knowledgebase.util.lexical import identifier_parts
 
 SITE = Path(np.__file__).resolve().parent.parent
 CSN_SOURCES = ("alembic", "psycopg", "sqlalchemy/engine", "sqlalchemy/pool", "sqlalchemy/event")
-WINDOW_LINES = 40
 TOP_K = 10
 RRF_K = 60
 SCALE_PROJECT = "eval-scale"
@@ -101,14 +105,6 @@ class EvalSet:
     project: str
     root: Path
     queries: list[Query]
-
-
-@dataclass(frozen=True)
-class Window:
-    path: str
-    start: int
-    end: int
-    text: str
 
 
 # --------------------------------------------------------------------------- corpora
@@ -234,25 +230,6 @@ def build_humaneval(home: Path) -> EvalSet:
     return EvalSet("humaneval", "eval-humaneval", root, queries)
 
 
-WINDOW_SUFFIXES = (".py", ".md", ".rst", ".txt", ".toml", ".cfg", ".ini", ".yml", ".yaml", ".json", ".html")
-
-
-def windows(root: Path) -> list[Window]:
-    """Non-overlapping 40-line windows of every text file under ``root`` a user would index."""
-    out = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WINDOW_SUFFIXES):
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except UnicodeDecodeError:
-            continue
-        relative = path.relative_to(root).as_posix()
-        for start in range(0, len(lines), WINDOW_LINES):
-            text = "\n".join(lines[start : start + WINDOW_LINES])
-            if text.strip():
-                out.append(Window(relative, start + 1, min(start + WINDOW_LINES, len(lines)), text))
-    return out
-
-
 # --------------------------------------------------------------------------- metrics
 
 
@@ -305,17 +282,6 @@ def offtopic_scores(db: Database, embedder: Embedder, queries: Sequence[Query], 
     return percentiles(tops)
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased words and identifier parts, for BM25."""
-    tokens = []
-    for ident in re.findall(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+", text):
-        tokens.append(ident.lower())
-        parts = identifier_parts(ident)
-        if len(parts) > 1:
-            tokens += parts
-    return tokens
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -324,6 +290,24 @@ OLD_WEIGHTS = DEFAULT_WEIGHTS.with_(**LEGACY)
 VECTOR_ONLY = OLD_WEIGHTS.with_(text=0.0, identifier=0.0, bm25=0.0)
 TEXT_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0, bm25=0.0)
 BM25_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=0.0, bm25=1.0, bm25_saturation=0.0)
+
+
+class TimedEmbedder:
+    """``embedder`` with the seconds its ``embed_query`` calls took added up in ``seconds``."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedder, name)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self._embedder.embed_query(text)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def evaluate_set(
@@ -340,11 +324,19 @@ def evaluate_set(
     ranks: dict[str, list[int | None]] = {k: [] for k in modes}
     grid_ranks: list[list[int | None]] = [[] for _ in grid]
     correct_scores: list[float] = []
+    # seconds per query of the default search (candidates and rerank) apart from embedding the query, and of
+    # that embedding: Chroma's queries are timed with the query vector given
+    timed = TimedEmbedder(embedder)
+    searches: list[float] = []
+    embeds: list[float] = []
     started = time.perf_counter()
     for i, query in enumerate(eval_set.queries):
-        candidates = search_candidates(
-            db, embedder, query.text, project=eval_set.project, kinds=("chunk",), limit=TOP_K
-        )
+        timed.seconds = 0.0
+        searched = time.perf_counter()
+        candidates = search_candidates(db, timed, query.text, project=eval_set.project, kinds=("chunk",), limit=TOP_K)
+        new = rerank(candidates, weights=DEFAULT_WEIGHTS, limit=TOP_K, query=query.text)
+        searches.append(time.perf_counter() - searched - timed.seconds)
+        embeds.append(timed.seconds)
         if dump is not None:
             dump.append((query, candidates))
         vector = rerank(candidates, weights=VECTOR_ONLY, limit=TOP_K)
@@ -355,13 +347,12 @@ def evaluate_set(
         ranks["bm25_only"].append(first_hit(spans(by_bm25), query))
         full = rerank(candidates, weights=OLD_WEIGHTS, limit=TOP_K)
         ranks["full"].append(first_hit(spans(full), query))
-        new = rerank(candidates, weights=DEFAULT_WEIGHTS, limit=TOP_K, query=query.text)
         ranks["new"].append(first_hit(spans(new), query))
         if ranks["new"][-1] is not None:
             correct_scores.append(new[ranks["new"][-1] - 1].score)
         ranks["rrf"].append(first_hit(rrf(vector, text[:TOP_K]), query))
-        for name, ranked in baseline.items():
-            ranks[name].append(first_hit(ranked[i], query))
+        for name, peer in baseline.items():
+            ranks[name].append(first_hit(peer[i], query))
         for g, weights in enumerate(grid):
             ranked = rerank(candidates, weights=weights, limit=TOP_K, query=query.text)
             grid_ranks[g].append(first_hit(spans(ranked), query))
@@ -370,40 +361,12 @@ def evaluate_set(
         "seconds": round(time.perf_counter() - started, 1),
         "modes": {name: metrics(r) for name, r in ranks.items()},
         "correct_hit_score": percentiles(correct_scores),
+        "search_p50_ms": round(float(np.percentile(searches, 50)) * 1000, 2) if searches else None,
+        "embed_query_p50_ms": round(float(np.percentile(embeds, 50)) * 1000, 2) if embeds else None,
         "grid": [metrics(r) for r in grid_ranks],
         "ranks": ranks,
         "grid_ranks": grid_ranks,
     }
-
-
-def baselines(embedder: Embedder, eval_set: EvalSet, cache: Path) -> dict[str, list[list[tuple[str, int, int]]]]:
-    """BM25 and brute-force embedding rankings of 40-line windows, top 10 per query."""
-    from rank_bm25 import BM25Okapi
-
-    wins = windows(eval_set.root)
-    texts = [w.text for w in wins]
-    key = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
-    cached = cache / f"windows-{key}.npy"
-    if cached.exists():
-        vectors = np.load(cached)
-    else:
-        started = time.perf_counter()
-        vectors = embedder.embed_documents(texts)
-        cache.mkdir(parents=True, exist_ok=True)
-        np.save(cached, vectors)
-        log(f"  embedded {len(texts)} windows in {time.perf_counter() - started:.0f} s")
-    bm25 = BM25Okapi([tokenize(t) for t in texts])
-    queries = [q.text for q in eval_set.queries]
-    query_vectors = embedder.embed_documents(queries)
-    out: dict[str, list[list[tuple[str, int, int]]]] = {"bm25_windows": [], "embedding_windows": []}
-    for text, qvec in zip(queries, query_vectors, strict=True):
-        scores = bm25.get_scores(tokenize(text))
-        out["bm25_windows"].append([(wins[j].path, wins[j].start, wins[j].end) for j in np.argsort(-scores)[:TOP_K]])
-        cosine = vectors @ qvec
-        out["embedding_windows"].append(
-            [(wins[j].path, wins[j].start, wins[j].end) for j in np.argsort(-cosine)[:TOP_K]]
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- HNSW recall and scale
@@ -616,6 +579,11 @@ def print_report(report: dict[str, Any]) -> None:
         for mode, m in result["modes"].items():
             cells = f"{m['recall@1']:>9.3f} {m['recall@3']:>9.3f} {m['recall@10']:>10.3f} {m['mrr@10']:>8.3f}"
             out.write(f"  {mode:<20} {cells}\n")
+        chroma = result.get("chroma_latency", {})
+        if result.get("search_p50_ms") is not None:
+            peers = "".join(f", {mode} {value['query_p50_ms']} ms" for mode, value in chroma.items())
+            out.write(f"  per query p50, the query vector given: new {result['search_p50_ms']} ms (search + rerank)"
+                      f"{peers}; embedding the query {result['embed_query_p50_ms']} ms\n")  # fmt: skip
     if report.get("grid"):
         out.write("\nweight grid (top 8; MRR@10 csn / humaneval / identifiers):\n")
     for row in report.get("grid", [])[:8]:
@@ -722,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=600, help="Queries sampled per set (seed 1).")
     parser.add_argument("--grid", choices=("none", "lexical", "roles", "bm25"), default="none",
                         help="Also score a grid: the lexical weights, the role priors, or BM25's weights.")  # fmt: skip
-    parser.add_argument("--no-baselines", action="store_true", help="No 40-line window baselines.")
+    parser.add_argument("--no-baselines", action="store_true", help="No 40-line window baselines, no Chroma rows.")
     parser.add_argument("--dump", type=Path, help="Write every set's queries and candidates here (pickle).")
     parser.add_argument("--scale-chunks", type=int, default=100_000)
     parser.add_argument("--latency-prompts", type=int, default=200)
@@ -762,13 +730,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if eval_set.project not in corpus and (eval_set in sets or eval_set is csn):
                     corpus[eval_set.project] = index(db, embedder, eval_set, settings)
             results: dict[str, dict] = {}
+            with_peers = not args.no_baselines and not args.skip_sets and any(s not in question_sets for s in sets)
+            chroma = chroma_client(home / "chroma") if with_peers else None
             for eval_set in [] if args.skip_sets else sets:
                 chosen = EvalSet(eval_set.name, eval_set.project, eval_set.root, sampled[eval_set.name])
                 log(f"evaluating {eval_set.name} ({len(chosen.queries)} of {len(eval_set.queries)} queries) ...")
                 summary_set = eval_set not in question_sets
-                baseline = {} if args.no_baselines or not summary_set else baselines(embedder, chosen, home / "cache")
+                peers = Peers({})
+                if not args.no_baselines and summary_set:
+                    chunks = project_chunks(db, eval_set.project) if chroma is not None else None
+                    texts = [q.text for q in chosen.queries]
+                    peers = baselines(embedder, chosen.root, texts, home / "cache", chroma, chunks, eval_set.project)
                 dump: list[tuple[Query, list[Hit]]] | None = [] if args.dump else None
-                results[eval_set.name] = evaluate_set(db, embedder, chosen, baseline, grid, dump)
+                results[eval_set.name] = evaluate_set(db, embedder, chosen, peers.rankings, grid, dump)
+                if peers.latency:
+                    results[eval_set.name]["chroma_latency"] = peers.latency
                 if dump is not None:
                     import pickle
 
