@@ -20,6 +20,8 @@ MODE_NAMES = {
     "rrf": "reciprocal-rank fusion of the two (k = 60)",
     "bm25_windows": "baseline: BM25 over 40-line windows",
     "embedding_windows": "baseline: brute-force embedding over 40-line windows",
+    "chroma_windows": "peer: Chroma (HNSW, cosine) over 40-line windows",
+    "chroma_chunks": "peer: Chroma (HNSW, cosine) over our chunks and vectors",
 }
 
 
@@ -216,6 +218,14 @@ def render_retrieval(d: dict[str, Any]) -> list[str]:
             for mode, m in result["modes"].items()
         ]
         lines += table(("ranking", "recall@1", "recall@10", "MRR@10"), rows)
+        chroma = result.get("chroma_latency") or {}
+        if chroma and result.get("search_p50_ms") is not None:
+            peers = ", ".join(f"{mode} {_ms(v['query_p50_ms'])}" for mode, v in chroma.items())
+            lines += [
+                f"Per query p50, the query vector given: ours {_ms(result['search_p50_ms'])} (search and rerank), "
+                f"Chroma {peers}; embedding the query {_ms(result['embed_query_p50_ms'])}.",
+                "",
+            ]
     defaults = d["defaults"]
     lines += [
         f"Defaults in use: text {defaults['text']}, identifier {defaults['identifier']}, text saturation "

