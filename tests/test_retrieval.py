@@ -15,7 +15,7 @@ from knowledgebase.errors import InputError, ModelMismatch, NotFound
 from knowledgebase.facts import FactSource, add_fact
 from knowledgebase.ranking import DEFAULT_WEIGHTS, LEGACY, score
 from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit
-from knowledgebase.search.retrieval import rerank, search, search_candidates
+from knowledgebase.search.retrieval import MAX_EMBED_CHARS, embedded_query, rerank, search, search_candidates
 from knowledgebase.util.lexical import code_identifiers, tsquery_text
 from knowledgebase.util.pathglob import glob_matches, glob_to_regex
 from tests.retrieval_support import SOURCES, index_files
@@ -383,3 +383,21 @@ def test_query_helpers() -> None:
         "populate_project",
         "ContextPack",
     ]
+
+
+@pytest.mark.parametrize(
+    ("query", "embedded"),
+    [
+        ("How does the session middleware sign the cookie?", "the session middleware sign the cookie"),
+        ("where is a setting read from the environment", "a setting read from the environment"),
+        ("how do I run the tests?", "run the tests"),
+        ("What changed in 0.47.0?", "changed in 0.47.0"),
+        ("Return the current head revisions.", "Return the current head revisions."),  # not a question
+        ("  populate_project  ", "populate_project"),
+        ("how?", "how?"),  # nothing but the opening: kept whole
+        ("however the pool is disposed", "however the pool is disposed"),  # a word, not the opening
+    ],
+)
+def test_the_model_embeds_a_question_without_its_opening_words(query: str, embedded: str) -> None:
+    assert embedded_query(query) == embedded
+    assert len(embedded_query("x" * 10_000)) == MAX_EMBED_CHARS

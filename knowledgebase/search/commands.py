@@ -28,7 +28,7 @@ from knowledgebase.db import Database
 from knowledgebase.embedding import Embedder
 from knowledgebase.ranking import RankingWeights, ScoreParts, score
 from knowledgebase.search.hits import CommandHit
-from knowledgebase.search.retrieval import MAX_EMBED_CHARS
+from knowledgebase.search.retrieval import embedded_query
 from knowledgebase.util.lexical import code_identifiers, tsquery_text
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def past_command_hits(
     # a command is read as its text and, for a failure, also as "failed: ..." and with its error line;
     # its similarity is that of the closest reading
     readings = [_readings(r, errors.get(r.id)) for r in rows]
-    qvec = embedder.embed_query(prompt.strip()[:MAX_EMBED_CHARS])  # as retrieval does: one model call
+    qvec = embedder.embed_query(embedded_query(prompt))  # as retrieval does: one model call
     flat = cached_vectors(embedder, [text for texts in readings for text in texts])
     names = {*code_identifiers(prompt)}
     for path in paths:

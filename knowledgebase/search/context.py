@@ -42,7 +42,7 @@ from knowledgebase.ranking import DEFAULT_WEIGHTS, RankingWeights, ScoreParts
 from knowledgebase.ranking import score as score_parts
 from knowledgebase.search import commands as past_commands
 from knowledgebase.search.hits import ChunkHit, CommandHit, FactHit, Hit
-from knowledgebase.search.retrieval import MAX_EMBED_CHARS, search
+from knowledgebase.search.retrieval import embedded_query, search
 from knowledgebase.util.jsonable import to_jsonable
 from knowledgebase.util.redact import redact
 from knowledgebase.util.text import storable_text
@@ -222,11 +222,6 @@ class _SharedQuery:
         return self._embedder.count_tokens(text)
 
 
-def query_text(prompt: str) -> str:
-    """What of a prompt is embedded (as retrieval embeds it)."""
-    return prompt.strip()[:MAX_EMBED_CHARS]
-
-
 def _trusted(hit: Hit, weights: RankingWeights) -> bool:
     """Whether a hit may enter a block at all: a fact only once stored at ``min_fact_confidence`` or
     above (a proposal from the trail starts below it)."""
@@ -283,7 +278,7 @@ def _with_activity(
     changes = tuple(c for c in work.changes if c.path in shown)
     tasks = work.tasks
     if tasks:
-        qvec = embedder.embed_query(query_text(prompt))
+        qvec = embedder.embed_query(embedded_query(prompt))
         vectors = past_commands.cached_vectors(embedder, [t.title for t in tasks])
         tasks = tuple(t for t, v in zip(tasks, vectors, strict=True) if float(v @ qvec) >= TASK_MIN_SIMILARITY)
     text = render_active_work(work, tasks=tasks, changes=changes)

@@ -70,6 +70,16 @@ LEXICAL_SCAN_ROWS = 2000
 MAX_EMBED_CHARS = 4000
 MAX_QUERY_TERMS = 32
 MAX_QUERY_IDENTIFIERS = 16
+# The words a question opens with ("how does", "where is", "how do I") say nothing about the code that
+# answers it, and pull the query's vector towards prose that asks or explains: the model embeds the
+# query without them (full text drops them as stop words anyway; the roles a query asks for are read
+# from the whole query). On the developer questions of scripts/eval_retrieval.py this raised the top-3
+# rate from 0.646 to 0.696 (MRR@10 0.546 -> 0.558); docstring summaries do not open so and are unchanged.
+_QUESTION_OPENING = re.compile(
+    r"^(?:how\s+(?:do|does|can|should|is|are|would)\s+(?:i|we|you)?|how|where\s+(?:is|are|do|does)|which|"
+    r"what\s+(?:is|are|does|do)?|when\s+(?:is|are|does|do)|why\s+(?:is|are|does|do))\b\s*",
+    re.IGNORECASE,
+)
 # Every statement of a search is cancelled after this long; the full-text part is then dropped and
 # the search answered by vector similarity alone: at most 2 + 3 statements, within a hook's 15 s budget.
 SEARCH_TIMEOUT_MS = 2000
@@ -134,7 +144,7 @@ def search_candidates(
     weights = weights or DEFAULT_WEIGHTS
     query = storable_text(query) if isinstance(query, str) else query
     plan = _plan(query, kinds, path_glob, since, limit, weights, roles)
-    qvec = embedder.embed_query(query.strip()[:MAX_EMBED_CHARS])
+    qvec = embedder.embed_query(embedded_query(query))
 
     def run(conn: psycopg.Connection) -> list[Hit]:
         project_id = store.get_project(conn, project).id if project is not None else None
@@ -180,6 +190,13 @@ _TIMEOUT_MESSAGE = (
     f"the search did not finish within {SEARCH_TIMEOUT_MS} ms: narrow it (--project, --glob, --kind) "
     "or try again when the database is less busy"
 )
+
+
+def embedded_query(query: str) -> str:
+    """What of a query the model embeds: its first ``MAX_EMBED_CHARS`` characters, without the words
+    a question opens with (``_QUESTION_OPENING``) or its closing question mark."""
+    text = query.strip()[:MAX_EMBED_CHARS]
+    return _QUESTION_OPENING.sub("", text.rstrip("?").rstrip()).strip() or text
 
 
 def _bm25_query(conn: psycopg.Connection, project_id: int | None, terms: list[str]) -> SparseVector | None:
