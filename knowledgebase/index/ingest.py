@@ -102,6 +102,12 @@ DELETE_BATCH = 1000
 # switched back, a project moved back to its root), then forgotten.
 RELEASED_VECTOR_DAYS = 30
 
+# Texts go to the model this many batches (KB_EMBED_BATCH_SIZE) per call, and a write batch's
+# summaries in one call: the model sorts a call's texts by token count, so one batch per call padded
+# more and cost 25% more than one call per write batch (OpenVINO, alembic: 18.0 s vs 14.7 s; four
+# batches per call 15.1 s), while a call per write batch would leave progress unreported for seconds.
+EMBED_CALL_BATCHES = 4
+
 
 @dataclass(frozen=True)
 class PopulateProgress:
@@ -429,7 +435,7 @@ class _Run:
         if not texts:
             return {}
         items = sorted(texts.items(), key=lambda item: len(item[1]), reverse=True)
-        step = max(1, self.settings.embed_batch_size)
+        step = max(1, self.settings.embed_batch_size) * EMBED_CALL_BATCHES if counted else len(items)
         vectors: dict[str, np.ndarray] = {}
         for offset in range(0, len(items), step):
             part = items[offset : offset + step]
