@@ -103,6 +103,17 @@ def agent_db_url(db_url: str) -> str:
 
 
 @pytest.fixture
+def private_db(fresh_database_url: str) -> Iterator[Database]:
+    """A migrated database of its own: retyping vector columns must not leak into the shared one."""
+    from knowledgebase.db.schema import upgrade
+
+    upgrade(fresh_database_url)
+    database = Database(fresh_database_url, max_size=4)
+    yield database
+    database.close()
+
+
+@pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     """Settings pointing at the clean test database, with a private KB_HOME."""
     return Settings(home=tmp_path / "home", database_url=db_url)

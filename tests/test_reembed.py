@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,6 @@ import knowledgebase.index.reembed as reembed
 from knowledgebase import store
 from knowledgebase.config import Settings
 from knowledgebase.db import Database
-from knowledgebase.db.schema import upgrade
 from knowledgebase.embedding import bind_model
 from knowledgebase.errors import ModelMismatch
 from knowledgebase.index.chunking import embedding_text
@@ -25,15 +24,6 @@ SELECT attrelid::regclass::text, atttypmod FROM pg_attribute
  WHERE attname = 'embedding' AND attrelid IN ('file_chunks'::regclass, 'knowledge'::regclass) ORDER BY 1
 """
 HNSW = "SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%hnsw%' ORDER BY 1"
-
-
-@pytest.fixture
-def private_db(fresh_database_url: str) -> Iterator[Database]:
-    """A migrated database of its own: retyping columns must not leak into the shared test database."""
-    upgrade(fresh_database_url)
-    database = Database(fresh_database_url, max_size=4)
-    yield database
-    database.close()
 
 
 def _fill(db: Database, embedder: HashingEmbedder, root: Path, settings: Settings) -> int:

@@ -4,7 +4,6 @@ and used by search as the better of a chunk's two similarities."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +72,14 @@ BUSY = '''def render_page(template, context, *, strict=False, cache=None):
 '''
 
 
+def pools(tmp_path: Path) -> Path:
+    """A project of one file, ``pool.py``."""
+    root = tmp_path / "pools"
+    root.mkdir()
+    (root / "pool.py").write_text(POOL)
+    return root
+
+
 def summaries_of(conn: psycopg.Connection) -> dict[str | None, list[tuple[int, str]]]:
     rows = conn.execute(
         "SELECT c.symbol, s.ordinal, s.summary_hash FROM chunk_summaries s JOIN file_chunks c ON c.id = s.chunk_id"
@@ -124,9 +131,7 @@ def test_signatures_of_other_languages_and_sections_are_found_by_name() -> None:
 def test_populate_stores_one_summary_per_definition_and_reuses_them(
     db: Database, settings: Settings, tmp_path: Path
 ) -> None:
-    root = tmp_path / "pools"
-    root.mkdir()
-    (root / "pool.py").write_text(POOL)
+    root = pools(tmp_path)
     embedder = HashingEmbedder()
     first = populate_project(db, embedder, root, settings=settings)
     with db.connection() as conn:
@@ -155,9 +160,7 @@ def test_populate_stores_one_summary_per_definition_and_reuses_them(
 def test_chunks_stored_before_summaries_get_them_from_the_next_populate(
     db: Database, settings: Settings, tmp_path: Path
 ) -> None:
-    root = tmp_path / "pools"
-    root.mkdir()
-    (root / "pool.py").write_text(POOL)
+    root = pools(tmp_path)
     embedder = HashingEmbedder()
     populate_project(db, embedder, root, settings=settings)
     with db.connection() as conn:
@@ -174,21 +177,11 @@ def test_chunks_stored_before_summaries_get_them_from_the_next_populate(
     assert embedder.embedded == calls  # done once
 
 
-@pytest.fixture
-def private_db(fresh_database_url: str) -> Iterator[Database]:
-    upgrade(fresh_database_url)
-    database = Database(fresh_database_url, max_size=4)
-    yield database
-    database.close()
-
-
 def test_reembed_to_another_dimension_writes_every_summary_again(
     private_db: Database, fresh_database_url: str, tmp_path: Path
 ) -> None:
     settings = Settings(home=tmp_path / "home", database_url=fresh_database_url)
-    root = tmp_path / "pools"
-    root.mkdir()
-    (root / "pool.py").write_text(POOL)
+    root = pools(tmp_path)
     populate_project(private_db, HashingEmbedder(), root, settings=settings)
     with private_db.connection() as conn:
         before = summaries_of(conn)
