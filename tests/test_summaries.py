@@ -175,6 +175,12 @@ def test_chunks_stored_before_summaries_get_them_from_the_next_populate(
     calls = embedder.embedded
     populate_project(db, embedder, root, settings=settings)
     assert embedder.embedded == calls  # done once
+    with db.connection() as conn:
+        conn.execute("DELETE FROM chunk_summaries")
+    report = reembed_store(db, embedder)  # kb reembed, same model: the chunks' vectors are reused
+    assert report.chunks_embedded == 0 and report.summaries_embedded == sum(len(v) for v in before.values())
+    with db.connection() as conn:
+        assert summaries_of(conn) == before
 
 
 def test_reembed_to_another_dimension_writes_every_summary_again(
