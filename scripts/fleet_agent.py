@@ -100,14 +100,14 @@ def shell_output(plan: FleetPlan, agent: int, turn: int) -> str:
 def texts_to_embed(plan: FleetPlan, cwd: str) -> tuple[list[str], list[str]]:
     """(queries, documents) the agents' hook calls will ask the model for, of this run's own making."""
     from knowledgebase.search.commands import first_error_line
-    from knowledgebase.search.context import query_text
+    from knowledgebase.search.retrieval import embedded_query
 
     queries, documents = [], [""]  # a session task is untitled for a moment between its two statements
     for agent in range(plan.agents):
         documents.append(f"Gemini CLI session {plan.session_id(agent)[:8]} in {cwd}")
         for turn in range(plan.rounds):
             prompt, command = plan.prompt(agent, turn), plan.command(agent, turn)
-            queries.append(query_text(prompt))
+            queries.append(embedded_query(prompt))
             documents += [prompt, command]
             if plan.failed(turn):
                 output = plan.output(agent, turn)
