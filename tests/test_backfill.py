@@ -54,14 +54,14 @@ def test_rows_written_by_plain_sql_become_searchable(
     db: Database, db_url: str, settings: Settings, real_embedder: Embedder
 ) -> None:
     _design_rows(db_url)
-    assert store_status(settings).waiting == {"files": 2, "facts": 1}
+    assert store_status(settings).waiting == {"files": 2, "facts": 1, "summaries": 0}
     assert search(db, real_embedder, "which function emails invoices to customers?") == []
 
     report = index_missing(db, real_embedder, settings=settings)
 
     assert (report.files_chunked, report.facts_embedded, report.skipped) == (2, 1, ())
     assert report.chunks_written >= 2 and report.secrets_redacted == 2
-    assert store_status(settings).waiting == {"files": 0, "facts": 0}
+    assert store_status(settings).waiting == {"files": 0, "facts": 0, "summaries": 0}
     hits = search(db, real_embedder, "which function emails invoices to customers?", limit=3)
     assert hits[0].kind == "chunk" and hits[0].path == "billing/mailer.py"  # type: ignore[attr-defined]
     facts = search(db, real_embedder, "in which AWS region does production run?", kinds=("fact",), limit=1)
@@ -137,7 +137,27 @@ def test_kb_status_and_reembed_missing_from_the_command_line(db_url: str, tmp_pa
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    assert "2 files to chunk, 1 facts to embed: run `kb reembed --missing`" in run("status")
+    assert "2 files to chunk, 1 facts to embed, 0 chunks without definition summaries" in run("status")
     report = json.loads(run("reembed", "--missing", "--json"))
     assert (report["files_chunked"], report["facts_embedded"]) == (2, 1)
-    assert json.loads(run("status", "--json"))["waiting"] == {"files": 0, "facts": 0}
+    assert json.loads(run("status", "--json"))["waiting"] == {"files": 0, "facts": 0, "summaries": 0}
+
+
+def test_missing_gives_chunks_stored_before_summaries_theirs(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    root = tmp_path / "lib"
+    root.mkdir()
+    (root / "pool.py").write_text("def dispose(pool):\n    pool.close()\n\n\ndef status(pool):\n    return pool.size\n")
+    embedder = HashingEmbedder()
+    populate_project(db, embedder, root, settings=settings)
+    with db.connection() as conn:
+        before = conn.execute("SELECT count(*) FROM chunk_summaries").fetchone()
+        conn.execute("DELETE FROM chunk_summaries")  # as a store migrated to 0009 holds them
+    assert before is not None and before[0] > 0
+    assert store_status(settings).waiting["summaries"] > 0
+    report = index_missing(db, embedder, settings=settings)
+    assert report.summaries_embedded == before[0] and report.files_chunked == 0
+    with db.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM chunk_summaries").fetchone() == before
+    assert store_status(settings).waiting["summaries"] == 0

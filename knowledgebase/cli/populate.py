@@ -139,7 +139,8 @@ def _index_missing(settings: Settings, embedder: Embedder, as_json: bool) -> Non
         return
     click.echo(
         f"{report.files_chunked} files chunked ({report.chunks_written} chunks, {report.chunks_embedded} embedded), "
-        f"{report.facts_embedded} facts embedded, {report.secrets_redacted} secrets redacted"
+        f"{report.facts_embedded} facts embedded, {report.summaries_embedded} definition summaries embedded, "
+        f"{report.secrets_redacted} secrets redacted"
     )
     for skip in report.skipped:
         click.echo(f"skipped {skip.path} (file #{skip.file_id}): {skip.reason}")

@@ -89,7 +89,11 @@ def status(database_url: str | None, as_json: bool) -> None:
     console.print(table)
     if any(report.waiting.values()):
         files, facts = report.waiting.get("files", 0), report.waiting.get("facts", 0)
-        click.echo(f"waiting: {files} files to chunk, {facts} facts to embed: run `kb reembed --missing`")
+        summaries = report.waiting.get("summaries", 0)
+        click.echo(
+            f"waiting: {files} files to chunk, {facts} facts to embed, {summaries} chunks without definition "
+            "summaries (stored before migration 0009): run `kb reembed --missing`"
+        )
     if report.row_counts:
         counts = Table("table", "rows")
         for name, count in report.row_counts.items():

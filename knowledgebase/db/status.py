@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
 
 WAITING_FILES = "SELECT count(*) FROM project_files WHERE chunked_hash IS DISTINCT FROM content_hash"
+# chunks stored before their definition summaries (migration 0009)
+WAITING_SUMMARIES = """
+SELECT count(*) FROM file_chunks c
+ WHERE c.symbol IS NOT NULL AND NOT EXISTS (SELECT FROM chunk_summaries s WHERE s.chunk_id = c.id)
+"""
 WAITING_FACTS = """
 SELECT count(*) FROM knowledge
  WHERE embedding IS NULL OR embedding_model_id IS DISTINCT FROM (SELECT id FROM embedding_models WHERE is_active)
@@ -73,6 +78,8 @@ def store_status(settings: Settings) -> StoreStatus:
                     "files": _count(conn, WAITING_FILES),
                     "facts": _count(conn, WAITING_FACTS),
                 }
+                if "chunk_summaries" in counts:
+                    waiting["summaries"] = _count(conn, WAITING_SUMMARIES)
             if "embedding_models" in counts:
                 row = conn.execute("SELECT name, dimension FROM embedding_models WHERE is_active").fetchone()
                 if row:

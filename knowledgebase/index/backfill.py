@@ -34,14 +34,17 @@ from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.facts import fact_embedding_text
 from knowledgebase.index.chunking import chunk_text, token_counter
 from knowledgebase.index.ingest import chunk_rows
+from knowledgebase.index.reembed import embed_stored_chunks
 from knowledgebase.index.scanning import SkipReason, language_for, mostly_control
 from knowledgebase.index.summaries import embed_missing
 from knowledgebase.store import (
     chunk_vectors_by_hash,
+    chunks_to_embed,
     delete_chunks_of_files,
     fill_lexical,
     insert_chunks,
     knowledge_to_embed,
+    list_projects,
     mark_files_chunked,
     projects_with_waiting_files,
     set_fact_text_and_vector,
@@ -84,6 +87,7 @@ class BackfillReport:
     secrets_redacted: int
     skipped: tuple[BackfillSkip, ...]
     lexical_filled: int = 0  # chunks stored before BM25 (migration 0008) given their BM25 vector
+    summaries_embedded: int = 0  # texts embedded for chunks stored before their summaries (migration 0009)
 
 
 @dataclass
@@ -96,6 +100,7 @@ class _Counts:
     secrets_redacted: int = 0
     skipped: list[BackfillSkip] = field(default_factory=list)
     lexical_filled: int = 0
+    summaries_embedded: int = 0
 
 
 def index_missing(
@@ -105,14 +110,22 @@ def index_missing(
     settings: Settings,
     progress: Callable[[BackfillProgress], None] | None = None,
 ) -> BackfillReport:
-    """Chunk and embed the files that have no chunks, and embed the facts that have no vector."""
+    """Chunk and embed the files that have no chunks, give stored chunks without summaries theirs,
+    and embed the facts that have no vector."""
     counts = _Counts(notify=progress or (lambda _: None))
     with db.connection() as conn:
         model_id = bind_model(conn, embedder)
-        projects = projects_with_waiting_files(conn)
-    for project_id in projects:
+        waiting = projects_with_waiting_files(conn)
+        unsummarised = [
+            p.id
+            for p in list_projects(conn)
+            if p.id not in waiting and chunks_to_embed(conn, model_id, after=0, limit=1, project_id=p.id)
+        ]
+    for project_id in [*waiting, *unsummarised]:
         with hold_locks(db, [Lock(REEMBED_LOCK, 0, shared=True), Lock(POPULATE_LOCK, project_id)]):
-            _files(db, embedder, settings, project_id, model_id, counts)
+            if project_id in waiting:
+                _files(db, embedder, settings, project_id, model_id, counts)
+            counts.summaries_embedded += embed_stored_chunks(db, embedder, model_id, project_id=project_id)
     with db.connection() as conn:
         counts.lexical_filled = fill_lexical(conn)  # chunks stored before BM25 (migration 0008): no model
     _facts(db, embedder, model_id, counts)
@@ -124,6 +137,7 @@ def index_missing(
         secrets_redacted=counts.secrets_redacted,
         skipped=tuple(counts.skipped),
         lexical_filled=counts.lexical_filled,
+        summaries_embedded=counts.summaries_embedded,
     )
 
 
