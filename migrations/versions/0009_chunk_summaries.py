@@ -10,9 +10,10 @@ the same model), and the SHA-256 of that text, under which a vector is reused as
 its ``content_hash``. A search scores a chunk by the best of its own similarity and its summaries'.
 The column has no fixed dimension: ``kb reembed`` to a model of another dimension deletes every
 summary with the chunks' vectors and writes them again. Chunks stored before this revision have none
-until ``kb populate`` of their project or ``kb reembed`` writes them (the chunks' vectors are reused,
-only the short texts are embedded). No HNSW index: summaries re-score candidates, they do not find them.
-The agents' role (0004) writes chunks, so it writes their summaries too.
+until ``kb populate`` of their project, ``kb reembed --missing`` or ``kb reembed`` writes them (the
+chunks' vectors are reused, only the short texts are embedded). No HNSW index: summaries re-score
+candidates, they do not find them. The agents' role (0004) writes chunks, so it writes their summaries
+too.
 """
 
 from __future__ import annotations
