@@ -221,6 +221,7 @@ def _print_summary(report: PopulateReport) -> None:
         ("chunks written", report.chunks_written),
         ("  embedded", report.chunks_embedded),
         ("  reused (same content)", report.chunks_reused),
+        ("definition summaries embedded", report.summaries_embedded),
         ("secrets redacted", report.secrets_redacted),
     ):
         table.add_row(label, str(value))
@@ -229,7 +230,8 @@ def _print_summary(report: PopulateReport) -> None:
     if report.lossy_files:
         table.add_row("decoded with replacement characters", ", ".join(report.lossy_files[:5]))
     timings = report.timings
-    rate = f" ({report.chunks_embedded / timings.embed:.1f} chunks/s)" if timings.embed else ""
+    texts = report.chunks_embedded + report.summaries_embedded  # chunks and their definitions' short texts
+    rate = f" ({texts / timings.embed:.1f} texts/s)" if timings.embed else ""
     table.add_row("time", f"{timings.total:.1f} s, embedding {timings.embed:.1f} s{rate}")
     table.add_row("embedding backend", report.backend)
     Console().print(table)
