@@ -26,9 +26,14 @@ QUERIES = ["email the invoice pdf to the customer", "count the words in a text",
 @pytest.fixture
 def peers() -> Iterator[ModuleType]:
     """scripts/eval_peers.py as a module (the eval scripts import their siblings)."""
+    yield script("eval_peers")
+
+
+def script(name: str) -> ModuleType:
+    """A module of scripts/ (they import each other by their bare names)."""
     sys.path.insert(0, str(SCRIPTS))
     try:
-        yield importlib.import_module("eval_peers")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(SCRIPTS))
 
@@ -73,11 +78,7 @@ def test_the_eval_script_starts_without_chromadb(tmp_path: Path) -> None:
 
 
 def test_print_report_puts_the_chroma_rows_and_latency_beside_ours(capsys: pytest.CaptureFixture[str]) -> None:
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        eval_retrieval = importlib.import_module("eval_retrieval")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    eval_retrieval = script("eval_retrieval")
     m = {"recall@1": 0.5, "recall@3": 0.6, "recall@10": 0.75, "mrr@10": 0.55}
     modes = {name: m for name in ("new", "embedding_windows", "chroma_windows", "chroma_chunks")}
     latency = {"chroma_windows": {"query_p50_ms": 0.81}, "chroma_chunks": {"query_p50_ms": 1.2}}
@@ -162,11 +163,7 @@ def test_project_chunks_reads_the_stored_spans_and_vectors(
 
 
 def test_the_benchmark_report_names_the_chroma_rows_and_their_latency() -> None:
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        bench_report = importlib.import_module("bench_report")
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    bench_report = script("bench_report")
     m = {"recall@1": 0.25, "recall@3": 0.5, "recall@10": 0.75, "mrr@10": 0.4}
     result = {
         "queries": 4,
