@@ -248,3 +248,9 @@ def test_a_small_method_merged_with_others_is_found_by_its_own_name(
     best = rerank(candidates, limit=1, query=query)[0]
     assert isinstance(best, ChunkHit) and best.id == pool.id
     assert best.parts.used_similarity == pytest.approx(pool.parts.summary_similarity)
+
+
+def test_a_minified_line_gives_a_bounded_signature() -> None:
+    line = "function render(a,b){" + "x=a+b;" * 200_000 + "}"  # 1.2 MB on one line
+    (text,) = summary_texts("dist/app.min.js", "render", line)
+    assert text.split("\n")[-1].startswith("function render(a,b){") and len(text) < 400
