@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -136,6 +137,16 @@ class _ResolvedSource:
     chunk_hash: str | None = None
     prompt: str | None = None
 
+    def new_knowledge(self, **fields: Any) -> store.NewKnowledge:
+        """The fact to insert, read from this source: ``fields`` give the rest of ``NewKnowledge``."""
+        return store.NewKnowledge(
+            source_kind=self.kind,
+            source_command_id=self.command_id,
+            source_file_id=self.file_id,
+            source_chunk_hash=self.chunk_hash,
+            **fields,
+        )
+
 
 def fact_embedding_text(label: str, value: str) -> str:
     """The text a fact is embedded as (``kb reembed`` rebuilds vectors from it)."""
@@ -188,17 +199,13 @@ def add_fact(
             confidence = max([DEFAULT_CONFIDENCE, *(float(active.confidence_score) for active in existing)])
         new = store.insert_knowledge(
             conn,
-            store.NewKnowledge(
+            resolved.new_knowledge(
                 fact_label=label,
                 fact_value=value,
                 project_id=project_id,
                 task_id=task_id,
                 extracted_from=extracted,
                 confidence_score=round(confidence, 3),
-                source_kind=resolved.kind,
-                source_command_id=resolved.command_id,
-                source_file_id=resolved.file_id,
-                source_chunk_hash=resolved.chunk_hash,
                 pinned=pinned,
                 embedding=vector,
                 embedding_model_id=model_id,
@@ -251,17 +258,13 @@ def propose_fact(
             return None  # another session proposed it meanwhile: it counts when it proposes it again
         new = store.insert_knowledge(
             conn,
-            store.NewKnowledge(
+            resolved.new_knowledge(
                 fact_label=label,
                 fact_value=value,
                 project_id=project_id,
                 task_id=task_id,
                 extracted_from=redact(extracted_from),
                 confidence_score=PROPOSED_CONFIDENCE,
-                source_kind=resolved.kind,
-                source_command_id=resolved.command_id,
-                source_file_id=resolved.file_id,
-                source_chunk_hash=resolved.chunk_hash,
                 embedding=vector,
                 embedding_model_id=model_id,
                 proposed=True,
