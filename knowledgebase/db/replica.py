@@ -32,7 +32,13 @@ from knowledgebase.db.server import (
     write_server_conf,
 )
 from knowledgebase.db.server_files import read_pgpass, subject_names, write_certificates, write_pgpass
-from knowledgebase.db.server_init import advertised_host, check_can_create, default_allow, server_info
+from knowledgebase.db.server_init import (
+    advertised_host,
+    check_can_create,
+    default_allow,
+    existing_config,
+    server_info,
+)
 from knowledgebase.db.tls_front import Tunnel, client_context
 from knowledgebase.errors import DatabaseUnavailable, InputError, first_line
 from knowledgebase.util.private_files import make_private_dir
@@ -117,11 +123,7 @@ def init_replica(
     existing replica in ``layout`` is started and described."""
     host, port = listen
     if layout.exists():
-        config = layout.config()
-        if config.kind != "replica" or (config.host, config.port) != (host, port):
-            raise InputError(
-                f"{layout.root} already holds a {config.kind} on {config.host}:{config.port}; use another --dir"
-            )
+        config = existing_config(layout, "replica", host, port)
         start_server(layout)
         return server_info(layout, config, created=False)
     params = _primary_params(from_url)

@@ -37,6 +37,18 @@ if TYPE_CHECKING:
     import psycopg
 
 
+def existing_config(layout: ServerLayout, kind: str, host: str, port: int) -> ServerConfig:
+    """The configuration of the server already in ``layout``, which an idempotent init may start again
+    only if it is a ``kind`` listening on ``host:port``."""
+    config = layout.config()
+    if (config.host, config.port) != (host, port) or config.kind != kind:
+        raise InputError(
+            f"{layout.root} already holds a {config.kind} listening on {config.host}:{config.port}; "
+            "use that address, another --dir, or `kb server stop` and remove the directory to start over"
+        )
+    return config
+
+
 def init_server(
     layout: ServerLayout,
     *,
@@ -51,12 +63,7 @@ def init_server(
     existing server it starts it and brings the schema to this code's head (after an upgrade of kb)."""
     host, port = listen
     if layout.exists():
-        config = layout.config()
-        if (config.host, config.port) != (host, port) or config.kind != "primary":
-            raise InputError(
-                f"{layout.root} already holds a {config.kind} listening on {config.host}:{config.port}; "
-                "use that address, another --dir, or `kb server stop` and remove the directory to start over"
-            )
+        config = existing_config(layout, "primary", host, port)
         start_server(layout)
         upgrade(layout.owner_url())
         return server_info(layout, config, created=False)
