@@ -34,9 +34,8 @@ from knowledgebase.embedding import Embedder, bind_model
 from knowledgebase.facts import fact_embedding_text
 from knowledgebase.index.chunking import chunk_text, token_counter
 from knowledgebase.index.ingest import chunk_rows
-from knowledgebase.index.reembed import embed_stored_chunks
+from knowledgebase.index.reembed import embed_missing, embed_stored_chunks
 from knowledgebase.index.scanning import SkipReason, language_for, mostly_control
-from knowledgebase.index.summaries import embed_missing
 from knowledgebase.store import (
     chunk_vectors_by_hash,
     chunks_to_embed,

@@ -32,7 +32,7 @@ from knowledgebase.db.locks import REEMBED_LOCK, Lock, hold_locks
 from knowledgebase.embedding import Embedder
 from knowledgebase.facts import fact_embedding_text
 from knowledgebase.index.chunking import embedding_text
-from knowledgebase.index.summaries import embed_missing, summary_items
+from knowledgebase.index.summaries import summary_items
 from knowledgebase.store import (
     activate_model,
     active_model,
@@ -164,6 +164,14 @@ def embed_stored_chunks(
             counts.summaries_embedded += len(new) - len(missing)
             counts.add("chunks", len(rows))
         after = rows[-1].id
+
+
+def embed_missing(embedder: Embedder, texts: dict[str, str], known: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Vectors of the ``texts`` (hash -> text: chunks' and summaries') whose hash is not in ``known``."""
+    missing = [h for h in texts if h not in known]
+    if not missing:
+        return {}
+    return dict(zip(missing, embedder.embed_documents([texts[h] for h in missing]), strict=True))
 
 
 def _reembed_facts(db: Database, embedder: Embedder, model_id: int, counts: _Counts) -> None:

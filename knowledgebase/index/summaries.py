@@ -26,14 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
 
 from knowledgebase.util.lexical import identifier_parts
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from knowledgebase.embedding import Embedder
 
 MAX_SIGNATURE_LINES = 4
 MAX_SIGNATURE_CHARS = 240
@@ -66,14 +60,6 @@ def summary_hash(text: str) -> str:
 def summary_items(file_path: str, symbol: str | None, content: str) -> list[tuple[str, str]]:
     """``(hash, text)`` of each summary text of a chunk."""
     return [(summary_hash(text), text) for text in summary_texts(file_path, symbol, content)]
-
-
-def embed_missing(embedder: Embedder, texts: dict[str, str], known: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Vectors of the ``texts`` (hash -> text: chunks' and summaries') whose hash is not in ``known``."""
-    missing = [h for h in texts if h not in known]
-    if not missing:
-        return {}
-    return dict(zip(missing, embedder.embed_documents([texts[h] for h in missing]), strict=True))
 
 
 def signature(lines: list[str], qualified: str) -> str | None:
